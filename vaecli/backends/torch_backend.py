@@ -1,0 +1,573 @@
+"""The torch backend: every likelihood with autograd, on CPU or CUDA, float32 or float64.
+
+Implements the interface written in :mod:`vaecli.backends`.  ``x`` is an integer
+tensor ``(B, C, H, W)`` of levels ``0 .. L-1``; ``raw`` the decoder output laid out as
+:mod:`vaecli.registry` says.  All values are nats; results have ``raw``'s dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import registry
+from ..constants import DEFAULT_FIXED_SIGMA, DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
+from ..constants import STUDENT_T_MIN_DF
+from ..errors import VaeError
+
+NAME = "torch"
+LN2 = math.log(2.0)
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+SQRT_HALF = math.sqrt(0.5)
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+# Continued fraction of the regularized incomplete beta function (student-t CDF):
+# iterations are run in blocks, and stop once every element has converged.
+_BETACF_BLOCK = 8
+_BETACF_MAX_ITERATIONS = 400
+_BETACF_TINY = 1e-30  # Lentz's guard against division by zero
+
+# A bin whose standardized width w satisfies w * (1 + |midpoint|) < tau is too
+# narrow for a difference of log-CDFs (they agree to most of their digits, e.g. a
+# Gaussian with sigma > 1 at 8 bits): that difference loses about eps/tau relative,
+# while Simpson's rule errs by about tau^4/2880 relative.  tau balances the two.
+SIMPSON_MAX_WIDTH = {torch.float32: 0.2, torch.float64: 0.003}
+
+
+def available():
+    return True, ""
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class _Options:
+    n_bits: int
+    levels: int  # L = 2**n_bits
+    sigma: float | None
+    log_sigma: torch.Tensor | None
+    mixtures: int
+    log_sigma_min: float | None
+
+
+def _options(name, opts) -> _Options:
+    unknown = set(opts) - {"n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min"}
+    if unknown:
+        raise VaeError(f"{name}: unknown option(s) {', '.join(sorted(unknown))}")
+    n_bits = opts.get("n_bits", DEFAULT_N_BITS)
+    sigma = opts.get("sigma")
+    if sigma is not None and not float(sigma) > 0:
+        raise VaeError(f"{name}: sigma must be positive, got {sigma!r}")
+    return _Options(
+        n_bits=n_bits,
+        levels=registry.num_levels(n_bits),
+        sigma=None if sigma is None else float(sigma),
+        log_sigma=opts.get("log_sigma"),
+        mixtures=opts.get("mixtures", DEFAULT_MIXTURES),
+        log_sigma_min=opts.get("log_sigma_min", LOG_SIGMA_MIN),
+    )
+
+
+def _check_raw(name, raw):
+    if not isinstance(raw, torch.Tensor):
+        raise VaeError(f"{name}: raw must be a torch tensor, got {type(raw).__name__}")
+    if raw.dtype not in _FLOAT_DTYPES:
+        raise VaeError(
+            f"{name}: likelihoods compute in float32 or float64, got raw of dtype "
+            f"{raw.dtype} (cast it with raw.float())"
+        )
+
+
+def _check_x(name, x, raw, o: _Options):
+    if not isinstance(x, torch.Tensor) or x.dtype not in _INT_DTYPES:
+        dtype = getattr(x, "dtype", type(x).__name__)
+        raise VaeError(f"{name}: x must be an integer tensor of levels, got {dtype}")
+    registry.check_shapes(name, x.shape, raw.shape, o.n_bits, o.mixtures)
+    if x.device != raw.device:
+        raise VaeError(f"{name}: x is on {x.device} but raw is on {raw.device}")
+    # A range check needs the values on the host; on CUDA it would stall the stream,
+    # so there the caller validates the data once (the trainer does).
+    if x.device.type == "cpu" and x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= o.levels:
+            raise VaeError(
+                f"{name}: x must hold levels 0..{o.levels - 1} (n_bits={o.n_bits}), "
+                f"got values from {lo} to {hi}"
+            )
+
+
+def _split(raw, params):  # (B, P*C, H, W) -> P tensors (B, C, H, W)
+    b, pc, h, w = raw.shape
+    return raw.view(b, params, pc // params, h, w).unbind(1)
+
+
+# --------------------------------------------------------------- stable small helpers
+
+
+def _softclip(t, floor):
+    """Smooth lower bound: floor + softplus(t - floor) (identity when floor is None)."""
+    return t if floor is None else floor + F.softplus(t - floor)
+
+
+def _log1mexp(d):
+    """log(1 - exp(-d)) for d >= 0 (Maechler 2012): expm1 form below ln 2, log1p above.
+
+    Each branch gets an input clamped to its own range so that the unused branch
+    never produces an infinite gradient."""
+    small = torch.clamp(d, max=LN2)
+    large = torch.clamp(d, min=LN2)
+    return torch.where(d < LN2, torch.log(-torch.expm1(-small)), torch.log1p(-torch.exp(-large)))
+
+
+def _log_sigmoid(t):
+    # log sigma(t) = t - softplus(t) = -softplus(-t)
+    return -F.softplus(-t)
+
+
+def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, first, last):
+    """log(F(upper) - F(lower)) for a distribution symmetric about 0 (F(-t) = 1 - F(t))
+    with density f, where F(lower) = 0 where ``first`` and F(upper) = 1 where ``last``
+    (edge bins); ``width`` = upper - lower, computed without the subtraction.
+
+    Cancellation is avoided by working in whichever tail is smaller: with hi >= lo in
+    that tail, log(F(hi) - F(lo)) = log F(hi) + log1mexp(log F(hi) - log F(lo)); in the
+    upper tail F(u) - F(l) = F(-l) - F(-u).  When the bin is narrow against the scale
+    the two log-CDFs are too close to subtract, and Simpson's rule on the density,
+    (w/6)(f(l) + 4 f(m) + f(u)), is used instead (see SIMPSON_MAX_WIDTH)."""
+    use_upper = torch.where(first, False, torch.where(last, True, lower + upper > 0))
+    hi = torch.where(use_upper, -lower, upper)
+    lo = torch.where(use_upper, -upper, lower)
+    log_hi = log_cdf(hi)
+    edge = first | last
+    mid = 0.5 * (lower + upper)
+    narrow = ~edge & (width * (1 + mid.abs()) < SIMPSON_MAX_WIDTH[lower.dtype])
+    log_lo = torch.where(edge, -math.inf, log_cdf(torch.where(edge, 0.0, lo)))
+    gap = torch.where(narrow, 1.0, log_hi - log_lo)  # keep d = 0 out of the narrow bins' graph
+    by_cdf = log_hi + _log1mexp(gap)
+    log_f = torch.stack((log_pdf(lower), log_pdf(mid) + math.log(4.0), log_pdf(upper)))
+    by_simpson = torch.log(width / 6.0) + torch.logsumexp(log_f, dim=0)
+    return torch.where(narrow, by_simpson, by_cdf)
+
+
+def _log_logistic_mass(lower, upper, width, first, last):
+    """log(sigma(u) - sigma(l)) of the standard logistic, exactly and without
+    cancellation: sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - exp(-(u - l))).
+    Edge bins: log sigma(u) (first) and log sigma(-l) (last)."""
+    log_upper = _log_sigmoid(upper)  # log F(u)
+    log_above_lower = _log_sigmoid(-lower)  # log (1 - F(l))
+    interior = log_upper + log_above_lower + _log1mexp(width)
+    return torch.where(first, log_upper, torch.where(last, log_above_lower, interior))
+
+
+def _bin_edges(x, loc, inv_scale, levels):
+    """Standardized lower and upper edges of x's bin, the standardized bin width,
+    and the edge-bin masks (found by integer equality)."""
+    step = 1.0 / (levels - 1)  # distance between bin centres on the [0, 1] scale
+    centre = x.to(loc.dtype) * step
+    lower = (centre - 0.5 * step - loc) * inv_scale
+    upper = (centre + 0.5 * step - loc) * inv_scale
+    return lower, upper, step * inv_scale, x == 0, x == levels - 1
+
+
+def _log_normal_pdf(t):
+    return -0.5 * t * t - HALF_LOG_2PI
+
+
+class _LogNdtr(torch.autograd.Function):
+    """log Phi(t) with an accurate derivative everywhere.
+
+    Autograd of torch.special.log_ndtr forms phi(t)/Phi(t) from two large logs
+    (-t^2/2 and log Phi(t)), which in float32 loses about t^2/2 * eps relative deep
+    in the lower tail.  With Phi(t) = erfcx(-t/sqrt 2) exp(-t^2/2) / 2 the ratio is
+    exactly sqrt(2/pi) / erfcx(-t/sqrt 2), which has no such cancellation."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return torch.special.log_ndtr(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        return grad * (SQRT_2_OVER_PI / torch.special.erfcx(-t * SQRT_HALF))
+
+
+def _log_ndtr(t):
+    return _LogNdtr.apply(t)
+
+
+# ---------------------------------------------------- regularized incomplete beta
+
+
+def _log_betainc(a, b, x, one_minus_x):
+    """log I_x(a, b) for 0 <= x <= 1, by the continued fraction (Numerical Recipes'
+    betacf, modified Lentz) where it converges fast, x < (a+1)/(a+b+2), and by
+    I_x(a, b) = 1 - I_{1-x}(b, a) elsewhere.  ``one_minus_x`` is passed separately
+    so that it keeps its precision when x is close to 1.  Differentiable in a, b, x."""
+    swap = x >= (a + 1) / (a + b + 2)
+    aa = torch.where(swap, b, a)
+    bb = torch.where(swap, a, b)
+    xx = torch.where(swap, one_minus_x, x)
+    yy = torch.where(swap, x, one_minus_x)
+    zero = xx == 0  # I_0 = 0; keep log(0) and its infinite gradient out of the graph
+    xx = torch.where(zero, 0.5, xx)
+    # log of the prefactor x^a (1-x)^b / (a B(a, b))
+    log_front = (
+        aa * torch.log(xx)
+        + bb * torch.log(yy)
+        - torch.lgamma(aa)
+        - torch.lgamma(bb)
+        + torch.lgamma(aa + bb)
+        - torch.log(aa)
+    )
+    log_cf = torch.log(_betacf(aa, bb, xx))
+    log_part = torch.where(zero, -math.inf, log_front + log_cf)  # log I_xx(aa, bb)
+    swapped = torch.log1p(-torch.exp(log_part))  # I_x(a, b) = 1 - I_{1-x}(b, a)
+    return torch.where(swap, swapped, log_part)
+
+
+def _betacf(a, b, x):
+    def guard(t):
+        return torch.where(t.abs() < _BETACF_TINY, torch.full_like(t, _BETACF_TINY), t)
+
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = torch.ones_like(x)
+    d = 1.0 / guard(1.0 - qab * x / qap)
+    h = d
+    tol = 4 * torch.finfo(x.dtype).eps
+    m = 0
+    while m < _BETACF_MAX_ITERATIONS:
+        for _ in range(_BETACF_BLOCK):
+            m += 1
+            m2 = 2 * m
+            coef = m * (b - m) * x / ((qam + m2) * (a + m2))
+            d = 1.0 / guard(1.0 + coef * d)
+            c = guard(1.0 + coef / c)
+            h = h * d * c
+            coef = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+            d = 1.0 / guard(1.0 + coef * d)
+            c = guard(1.0 + coef / c)
+            delta = d * c
+            h = h * delta
+        if x.numel() == 0 or bool(((delta - 1.0).abs() <= tol).all()):
+            break
+    return h
+
+
+def _student_t_log_pdf(t, df):
+    """log density of the standard Student-t with ``df`` degrees of freedom."""
+    return (
+        torch.lgamma(0.5 * (df + 1))
+        - torch.lgamma(0.5 * df)
+        - 0.5 * torch.log(df * math.pi)
+        - 0.5 * (df + 1) * torch.log1p(t * t / df)
+    )
+
+
+def _student_t_log_cdf(t, df):
+    """log F(t) of the standard Student-t with ``df`` degrees of freedom:
+    F(t) = I_{df/(df+t^2)}(df/2, 1/2) / 2 for t <= 0 and 1 - that for t > 0."""
+    t2 = t * t
+    x = df / (df + t2)
+    one_minus_x = t2 / (df + t2)
+    log_tail = _log_betainc(0.5 * df, torch.full_like(df, 0.5), x, one_minus_x) - LN2
+    upper_side = torch.log1p(-torch.exp(log_tail))
+    return torch.where(t > 0, upper_side, log_tail)
+
+
+# ------------------------------------------------------------------ the likelihoods
+# Each returns the parameters of its distribution as a small dict; log_prob, log_pmf,
+# mean and sample are then written once per distribution family.
+
+
+def _gaussian_params(name, x, raw, o: _Options):
+    """mu (B, C, H, W) and log sigma (broadcastable) of the Gaussian family."""
+    if name == "gaussian-pixel":
+        mu_raw, log_sigma_raw = _split(raw, 2)
+        return torch.sigmoid(mu_raw), _softclip(log_sigma_raw, o.log_sigma_min)
+    mu = torch.sigmoid(raw)
+    if name == "gaussian":
+        sigma = DEFAULT_FIXED_SIGMA if o.sigma is None else o.sigma
+        return mu, torch.full((), math.log(sigma), dtype=raw.dtype, device=raw.device)
+    if name == "sigma-learned":
+        if o.log_sigma is None:
+            raise VaeError("sigma-learned needs its log_sigma parameter (option log_sigma)")
+        log_sigma = torch.as_tensor(o.log_sigma, dtype=raw.dtype, device=raw.device)
+        return mu, _softclip(log_sigma, o.log_sigma_min)
+    # sigma, sigma-image: fixed evaluation sigma, or sigma* = sqrt(MSE) of this batch/image
+    if o.sigma is not None:
+        return mu, torch.full((), math.log(o.sigma), dtype=raw.dtype, device=raw.device)
+    if x is None:
+        raise VaeError(
+            f"{name}: sigma comes from the data; pass the evaluation sigma (option sigma) "
+            "to draw samples"
+        )
+    y = x.to(raw.dtype) / (o.levels - 1)
+    sq = (y - mu) ** 2
+    mse = sq.mean() if name == "sigma" else sq.mean(dim=(1, 2, 3), keepdim=True)
+    return mu, _softclip(0.5 * torch.log(mse), o.log_sigma_min)
+
+
+def _student_t_params(raw, o: _Options):
+    mu_raw, log_scale_raw, df_raw = _split(raw, 3)
+    return (
+        torch.sigmoid(mu_raw),
+        _softclip(log_scale_raw, o.log_sigma_min),
+        STUDENT_T_MIN_DF + F.softplus(df_raw),
+    )
+
+
+def _logistic_params(raw, o: _Options):
+    mu, log_scale_raw = _split(raw, 2)
+    return mu, _softclip(log_scale_raw, o.log_sigma_min)
+
+
+def _mixture_params(raw, o: _Options):
+    """Mixture log-weights (B, K, H, W), means, log-scales (B, K, C, H, W) and the
+    coupling coefficients (B, K, 3, H, W) or None."""
+    k = o.mixtures
+    b, _, h, w = raw.shape
+    c = registry.image_channels_of("logistic-mixture", raw.shape[1], o.n_bits, k)
+    log_weights = torch.log_softmax(raw[:, :k], dim=1)
+    mu = raw[:, k : k + k * c].reshape(b, k, c, h, w)
+    log_scale = _softclip(raw[:, k + k * c : k + 2 * k * c].reshape(b, k, c, h, w), o.log_sigma_min)
+    coeff = None
+    if c == 3:
+        coeff = torch.tanh(raw[:, k + 2 * k * c : k + 2 * k * c + 3 * k].reshape(b, k, 3, h, w))
+    return log_weights, mu, log_scale, coeff
+
+
+def _couple(mu, coeff, y_r, y_g):
+    """RGB coupling: mu_G += a y_R, mu_B += b y_R + c y_G (y on the [0, 1] scale)."""
+    mu_r, mu_g, mu_b = mu.unbind(2)
+    a, b, c = coeff.unbind(2)
+    return torch.stack((mu_r, mu_g + a * y_r, mu_b + b * y_r + c * y_g), dim=2)
+
+
+def _sum_dims(t):  # (B, ...) -> (B,)
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+def _log_prob(name, x, raw, o: _Options, discrete: bool):
+    levels = o.levels
+    if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image"):
+        mu, log_sigma = _gaussian_params(name, x, raw, o)
+        inv_sigma = torch.exp(-log_sigma)
+        if discrete:
+            edges = _bin_edges(x, mu, inv_sigma, levels)
+            return _sum_dims(_log_interval_mass(_log_ndtr, _log_normal_pdf, *edges))
+        z = (x.to(raw.dtype) / (levels - 1) - mu) * inv_sigma
+        return _sum_dims(-0.5 * z * z - log_sigma - HALF_LOG_2PI)
+    if name == "student-t":
+        mu, log_scale, df = _student_t_params(raw, o)
+        inv_scale = torch.exp(-log_scale)
+        if discrete:
+            edges = _bin_edges(x, mu, inv_scale, levels)
+
+            def log_cdf(t):
+                return _student_t_log_cdf(t, df)
+
+            def log_pdf(t):
+                return _student_t_log_pdf(t, df)
+
+            return _sum_dims(_log_interval_mass(log_cdf, log_pdf, *edges))
+        z = (x.to(raw.dtype) / (levels - 1) - mu) * inv_scale
+        return _sum_dims(_student_t_log_pdf(z, df) - log_scale)
+    if name == "bernoulli":
+        y = x.to(raw.dtype) / (levels - 1)
+        return _sum_dims(y * raw - F.softplus(raw))  # log sigma(l)^y (1-sigma(l))^(1-y)
+    if name == "categorical":
+        b, _, h, w = raw.shape
+        logits = raw.view(b, levels, -1, h, w)  # (B, L, C, H, W)
+        log_p = torch.log_softmax(logits, dim=1)  # logits - logsumexp
+        return _sum_dims(log_p.gather(1, x.long().unsqueeze(1)))
+    if name == "bitwise":
+        b, _, h, w = raw.shape
+        logits = raw.view(b, o.n_bits, -1, h, w)  # (B, n_bits, C, H, W), MSB first
+        shifts = torch.arange(o.n_bits - 1, -1, -1, device=raw.device).view(1, -1, 1, 1, 1)
+        bits = ((x.long().unsqueeze(1) >> shifts) & 1).to(raw.dtype)
+        return _sum_dims(bits * logits - F.softplus(logits))
+    if name == "logistic":
+        mu, log_scale = _logistic_params(raw, o)
+        edges = _bin_edges(x, mu, torch.exp(-log_scale), levels)
+        return _sum_dims(_log_logistic_mass(*edges))
+    if name == "logistic-mixture":
+        log_weights, mu, log_scale, coeff = _mixture_params(raw, o)
+        xk = x.unsqueeze(1)  # (B, 1, C, H, W)
+        if coeff is not None:
+            y = x.to(raw.dtype) / (levels - 1)
+            mu = _couple(mu, coeff, y[:, None, 0], y[:, None, 1])
+        log_mass = _log_logistic_mass(*_bin_edges(xk, mu, torch.exp(-log_scale), levels))
+        return _sum_dims(torch.logsumexp(log_weights + log_mass.sum(2), dim=1))
+    raise AssertionError(name)  # registry.info has rejected unknown names
+
+
+def _prepare(name, x, raw, opts):
+    registry.info(name)
+    o = _options(name, opts)
+    _check_raw(name, raw)
+    _check_x(name, x, raw, o)
+    return o
+
+
+def log_prob(name, x, raw, **opts):
+    """log p(x | raw) in nats per image, (B,): the density of y = x/(L-1) for the
+    continuous decoders, the PMF for the discrete ones."""
+    o = _prepare(name, x, raw, opts)
+    return _log_prob(name, x, raw, o, discrete=not registry.info(name).continuous)
+
+
+def log_pmf(name, x, raw, **opts):
+    """The discretized PMF of x over the L levels, log in nats per image, (B,)."""
+    o = _prepare(name, x, raw, opts)
+    return _log_prob(name, x, raw, o, discrete=name != "bernoulli")
+
+
+# ------------------------------------------------------------------- mean and sample
+
+
+def mean(name, raw, **opts):
+    """The decoder's mean as a picture in [0, 1], (B, C, H, W) (docs/likelihoods.md)."""
+    registry.info(name)
+    o = _options(name, opts)
+    _check_raw(name, raw)
+    levels = o.levels
+    if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image", "student-t"):
+        params = registry.params_per_channel(name, o.n_bits)
+        return torch.sigmoid(_split(raw, params)[0])
+    if name == "bernoulli":
+        return torch.sigmoid(raw)
+    if name == "categorical":
+        b, _, h, w = raw.shape
+        probs = torch.softmax(raw.view(b, levels, -1, h, w), dim=1)
+        level = torch.arange(levels, dtype=raw.dtype, device=raw.device).view(1, -1, 1, 1, 1)
+        return (probs * level).sum(1) / (levels - 1)
+    if name == "bitwise":
+        b, _, h, w = raw.shape
+        probs = torch.sigmoid(raw.view(b, o.n_bits, -1, h, w))
+        weight = 2.0 ** torch.arange(o.n_bits - 1, -1, -1, dtype=raw.dtype, device=raw.device)
+        return (probs * weight.view(1, -1, 1, 1, 1)).sum(1) / (levels - 1)
+    if name == "logistic":
+        return _split(raw, 2)[0].clamp(0.0, 1.0)
+    if name == "logistic-mixture":
+        log_weights, mu, _, coeff = _mixture_params(raw, o)
+        if coeff is not None:
+            m_r = mu[:, :, 0]
+            m_g = mu[:, :, 1] + coeff[:, :, 0] * m_r
+            m_b = mu[:, :, 2] + coeff[:, :, 1] * m_r + coeff[:, :, 2] * m_g
+            mu = torch.stack((m_r, m_g, m_b), dim=2)
+        return (log_weights.exp().unsqueeze(2) * mu).sum(1).clamp(0.0, 1.0)
+    raise AssertionError(name)
+
+
+def _to_levels(y, levels):
+    """Continuous draws on the [0, 1] scale -> integer levels (edge bins reach to ±inf)."""
+    level = torch.round(y * (levels - 1)).clamp(0, levels - 1)
+    return level.to(torch.uint8 if levels <= 256 else torch.int32)
+
+
+def _uniform(shape, like, generator):
+    # in (0, 1): the open interval keeps logit(u) finite
+    tiny = torch.finfo(like.dtype).tiny
+    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    return u.clamp(tiny, 1.0 - torch.finfo(like.dtype).eps)
+
+
+def _logistic_noise(shape, like, generator):
+    u = _uniform(shape, like, generator)
+    return torch.log(u) - torch.log1p(-u)  # inverse logistic CDF
+
+
+def _gumbel_argmax(logits, dim, generator):
+    u = _uniform(logits.shape, logits, generator)
+    return torch.argmax(logits - torch.log(-torch.log(u)), dim=dim)
+
+
+def _student_t_noise(df, generator):
+    """Standard Student-t draws by Bailey's polar method (uniforms only, so the
+    generator is honoured): U, V ~ U(-1, 1) with W = U^2 + V^2 < 1, then
+    T = U sqrt(df (W^(-2/df) - 1) / W)."""
+    out = torch.empty_like(df)
+    todo = torch.ones_like(df, dtype=torch.bool)
+    while bool(todo.any()):
+        u = 2 * torch.rand(df.shape, dtype=df.dtype, device=df.device, generator=generator) - 1
+        v = 2 * torch.rand(df.shape, dtype=df.dtype, device=df.device, generator=generator) - 1
+        w = u * u + v * v
+        ok = todo & (w < 1) & (w > 0)
+        w_safe = torch.where(ok, w, torch.full_like(w, 0.5))
+        t = u * torch.sqrt(df * (w_safe ** (-2.0 / df) - 1) / w_safe)
+        out = torch.where(ok, t, out)
+        todo = todo & ~ok
+    return out
+
+
+@torch.no_grad()
+def sample(name, raw, *, generator=None, **opts):
+    """Integer levels (B, C, H, W) drawn from the discretized decoder distribution."""
+    registry.info(name)
+    o = _options(name, opts)
+    _check_raw(name, raw)
+    levels = o.levels
+    if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image"):
+        mu, log_sigma = _gaussian_params(name, None, raw, o)
+        noise = torch.randn(mu.shape, dtype=raw.dtype, device=raw.device, generator=generator)
+        return _to_levels(mu + torch.exp(log_sigma) * noise, levels)
+    if name == "student-t":
+        mu, log_scale, df = _student_t_params(raw, o)
+        return _to_levels(mu + torch.exp(log_scale) * _student_t_noise(df, generator), levels)
+    if name == "bernoulli":
+        bits = _uniform(raw.shape, raw, generator) < torch.sigmoid(raw)
+        return bits.to(torch.uint8 if levels <= 256 else torch.int32) * (levels - 1)
+    if name == "categorical":
+        b, _, h, w = raw.shape
+        level = _gumbel_argmax(raw.view(b, levels, -1, h, w), 1, generator)
+        return level.to(torch.uint8 if levels <= 256 else torch.int32)
+    if name == "bitwise":
+        b, _, h, w = raw.shape
+        logits = raw.view(b, o.n_bits, -1, h, w)
+        bits = (_uniform(logits.shape, raw, generator) < torch.sigmoid(logits)).long()
+        shifts = torch.arange(o.n_bits - 1, -1, -1, device=raw.device).view(1, -1, 1, 1, 1)
+        level = (bits << shifts).sum(1)
+        return level.to(torch.uint8 if levels <= 256 else torch.int32)
+    if name == "logistic":
+        mu, log_scale = _logistic_params(raw, o)
+        return _to_levels(mu + torch.exp(log_scale) * _logistic_noise(mu.shape, raw, generator), levels)
+    if name == "logistic-mixture":
+        log_weights, mu, log_scale, coeff = _mixture_params(raw, o)
+        comp = _gumbel_argmax(log_weights, 1, generator)  # (B, H, W)
+
+        def pick(t):  # (B, K, C', H, W) -> (B, C', H, W) at the drawn component
+            index = comp[:, None, None].expand(-1, 1, t.shape[2], -1, -1)
+            return t.gather(1, index).squeeze(1)
+
+        mu, scale = pick(mu), torch.exp(pick(log_scale))
+        noise = _logistic_noise(mu.shape, raw, generator)
+        if coeff is None:
+            return _to_levels(mu + scale * noise, levels)
+        a, b, c = pick(coeff).unbind(1)
+        y_r = _to_levels(mu[:, 0] + scale[:, 0] * noise[:, 0], levels)
+        y_r_unit = y_r.to(raw.dtype) / (levels - 1)
+        y_g = _to_levels(mu[:, 1] + a * y_r_unit + scale[:, 1] * noise[:, 1], levels)
+        y_g_unit = y_g.to(raw.dtype) / (levels - 1)
+        y_b = _to_levels(mu[:, 2] + b * y_r_unit + c * y_g_unit + scale[:, 2] * noise[:, 2], levels)
+        return torch.stack((y_r, y_g, y_b), dim=1)
+    raise AssertionError(name)
+
+
+# ------------------------------------------------------------- latent terms and IW
+
+
+def gaussian_kl(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over latent dims: (B,)."""
+    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).reshape(mu.shape[0], -1).sum(1)
+
+
+def log_mean_exp(a, axis=0):
+    """log mean_k exp(a_k) along ``axis`` = logsumexp - log K."""
+    return torch.logsumexp(a, dim=axis) - math.log(a.shape[axis])

@@ -1,0 +1,26 @@
+"""Every numerical constant of vaecli, named once, with its reason (SPEC.md)."""
+
+# Data: integer levels 0 .. L-1 with L = 2**n_bits.
+DEFAULT_N_BITS = 8  # 8-bit images: 256 levels
+
+# Floor of every learned or analytic log-scale, applied with a soft clip
+# (softclip(t, m) = m + softplus(t - m)).  exp(-6) ~ 0.0025 is below half a bin
+# (1/510) so the floor never decides a likelihood on 8-bit data, and it keeps
+# per-pixel variances from collapsing to zero (the gaussian-pixel failure mode).
+LOG_SIGMA_MIN = -6.0
+
+# Fixed standard deviation of the plain `gaussian` decoder when none is given:
+# sigma = 1 makes -log p equal to 0.5 * sum of squared errors plus a constant,
+# i.e. the usual "MSE loss" VAE.
+DEFAULT_FIXED_SIGMA = 1.0
+
+# Student-t degrees of freedom are df = STUDENT_T_MIN_DF + softplus(raw):
+# df > 2 keeps the variance finite.
+STUDENT_T_MIN_DF = 2.0
+
+# Number of components of the discretized logistic mixture (PixelCNN++ default).
+DEFAULT_MIXTURES = 10
+
+# A latent dimension is "active" when the variance over the data of its
+# posterior mean exceeds this (Burda et al., 2016).
+ACTIVE_UNIT_THRESHOLD = 0.01
