@@ -12,3 +12,12 @@ def bits_per_dim(log_likelihood_nats, num_dims):
     on NumPy, torch and CuPy arrays alike (plain arithmetic only).
     """
     return -log_likelihood_nats / (num_dims * LN2)
+
+
+def equivalent_beta(sigma):
+    """The beta of an MSE-loss beta-VAE equivalent to a Gaussian decoder with
+    per-dimension standard deviation ``sigma``: beta = 2 sigma^2 (SPEC.md).
+
+    -log N(y; mu, sigma^2) = SSE / (2 sigma^2) + const, so the negative ELBO
+    times 2 sigma^2 is SSE + 2 sigma^2 KL."""
+    return 2.0 * sigma * sigma

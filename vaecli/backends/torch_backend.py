@@ -429,6 +429,22 @@ def log_pmf(name, x, raw, **opts):
     return _log_prob(name, x, raw, o, discrete=name != "bernoulli")
 
 
+def gaussian_log_sigma(name, x, raw, **opts):
+    """log sigma of a Gaussian-family decoder as used by log_prob (a scalar, or
+    per image for sigma-image, per dimension for gaussian-pixel).  Not part of the
+    backend interface: the trainer uses it to log sigma and the equivalent beta."""
+    if not registry.info(name).gaussian_family:
+        raise VaeError(f"{name} is not a Gaussian decoder; it has no sigma")
+    o = _options(name, opts)
+    if raw is not None:
+        _check_raw(name, raw)
+    if x is not None:
+        _check_x(name, x, raw, o)
+    elif raw is None:
+        raw = torch.zeros(1, 2 if name == "gaussian-pixel" else 1, 1, 1)
+    return _gaussian_params(name, x, raw, o)[1]
+
+
 # ------------------------------------------------------------------- mean and sample
 
 

@@ -1,0 +1,5 @@
+"""``python -m vaecli`` is the ``vae`` command."""
+
+from .cli import main
+
+main(prog_name="vae")

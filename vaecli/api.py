@@ -1,0 +1,160 @@
+"""The torch-style Python API: a decoder likelihood as a ``torch.nn.Module``.
+
+    import torch, vaecli
+
+    lik = vaecli.likelihood("sigma")                 # the sigma-VAE decoder
+    head = torch.nn.Conv2d(64, lik.out_channels(3), 1)  # decoder's last layer
+    raw = head(features)                             # (B, 3, H, W) unconstrained
+    log_px = lik.log_prob(x_uint8, raw)              # (B,) nats
+    loss = -(log_px - vaecli.gaussian_kl(mu, logvar)).mean()
+
+Values are nats per image, summed over all dimensions; ``x`` is the integer batch
+``(B, C, H, W)`` of levels ``0 .. 2**n_bits - 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import registry
+from .backends import get_backend
+from .backends import torch_backend
+from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
+from .errors import VaeError
+from .units import equivalent_beta
+
+_LIKELIHOOD_BACKENDS = ("torch", "cupy")
+
+
+class Likelihood(nn.Module):
+    """One decoder likelihood.  ``sigma-learned`` owns its ``log_sigma`` parameter,
+    so put this module's parameters in your optimizer.
+
+    Parameters
+    ----------
+    name: one of ``vaecli.NAMES``.
+    backend: ``"torch"`` (autograd, CPU or CUDA) or ``"cupy"`` (fused CUDA kernels,
+        with gradients through a custom autograd function; CUDA tensors only).
+    n_bits: bits per data value (L = 2**n_bits levels).
+    sigma: fixed sigma of ``gaussian`` (default 1); for ``sigma``/``sigma-image`` the
+        fixed evaluation sigma (None: sigma* = sqrt(MSE) of the batch / image).
+    mixtures: components of ``logistic-mixture``.
+    log_sigma_min: softclip floor of every log-scale (None disables it).
+    init_log_sigma: initial raw log sigma of ``sigma-learned``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        backend: str = "torch",
+        n_bits: int = DEFAULT_N_BITS,
+        sigma: float | None = None,
+        mixtures: int = DEFAULT_MIXTURES,
+        log_sigma_min: float | None = LOG_SIGMA_MIN,
+        init_log_sigma: float = 0.0,
+    ):
+        super().__init__()
+        self.info = registry.info(name)
+        self.name = name
+        if backend not in _LIKELIHOOD_BACKENDS:
+            raise VaeError(
+                f"unknown likelihood backend {backend!r}; choose one of: {', '.join(_LIKELIHOOD_BACKENDS)}"
+            )
+        if backend == "cupy":
+            ok, why = get_backend("cupy").available()
+            if not ok:
+                raise VaeError(f"the cupy backend cannot run here: {why}")
+        self.backend = backend
+        registry.num_levels(n_bits)
+        self.n_bits = n_bits
+        self.sigma = sigma
+        self.mixtures = mixtures
+        self.log_sigma_min = log_sigma_min
+        if name == "sigma-learned":
+            self.log_sigma = nn.Parameter(torch.tensor(float(init_log_sigma)))
+        else:
+            self.log_sigma = None
+
+    # ------------------------------------------------------------------ facts
+    def out_channels(self, image_channels: int) -> int:
+        """Decoder output channels needed for images with ``image_channels`` channels."""
+        return registry.out_channels(self.name, image_channels, self.n_bits, self.mixtures)
+
+    def options(self) -> dict:
+        """The backend options this module passes (see vaecli.backends)."""
+        opts = {"n_bits": self.n_bits, "log_sigma_min": self.log_sigma_min}
+        if self.sigma is not None:
+            opts["sigma"] = self.sigma
+        if self.name == "logistic-mixture":
+            opts["mixtures"] = self.mixtures
+        if self.log_sigma is not None:
+            opts["log_sigma"] = self.log_sigma
+        return opts
+
+    def extra_repr(self) -> str:
+        extra = f", sigma={self.sigma}" if self.sigma is not None else ""
+        if self.name == "logistic-mixture":
+            extra += f", mixtures={self.mixtures}"
+        return f"{self.name!r}, backend={self.backend!r}, n_bits={self.n_bits}{extra}"
+
+    # ----------------------------------------------------------------- values
+    def _functions(self):
+        if self.backend == "cupy":
+            from .backends.cupy_backend import torch_bridge
+
+            return torch_bridge
+        return torch_backend
+
+    def log_prob(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """log p(x | raw), nats per image (B,): the density of y = x/(L-1) for the
+        continuous decoders, the PMF for the discrete ones."""
+        return self._functions().log_prob(self.name, x, raw, **self.options())
+
+    def log_pmf(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """The discretized PMF over the L levels, nats per image (B,); comparable
+        across all decoders (bits/dim: vaecli.bits_per_dim(log_pmf - kl, D))."""
+        if self.info.training_only:
+            raise VaeError(f"{self.name}: {self.info.pmf_note}; no PMF is defined")
+        return self._functions().log_pmf(self.name, x, raw, **self.options())
+
+    def forward(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x, raw)
+
+    def mean(self, raw: torch.Tensor) -> torch.Tensor:
+        """The decoder mean as a picture in [0, 1], (B, C, H, W)."""
+        return torch_backend.mean(self.name, raw, **self.options())
+
+    def sample(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Integer levels (B, C, H, W) drawn from the discretized distribution."""
+        return torch_backend.sample(self.name, raw, generator=generator, **self.options())
+
+    def current_sigma(self, x: torch.Tensor | None = None, raw: torch.Tensor | None = None):
+        """The decoder sigma now in use as a float (None for non-Gaussian decoders
+        and for gaussian-pixel, whose sigma varies per pixel).  ``sigma`` without a
+        fixed evaluation sigma needs the batch (x, raw) it is computed from;
+        ``sigma-image`` gives the batch mean of its per-image sigmas."""
+        if not self.info.gaussian_family or self.name == "gaussian-pixel":
+            return None
+        with torch.no_grad():
+            needs_batch = self.name in ("sigma", "sigma-image") and self.sigma is None
+            if needs_batch and (x is None or raw is None):
+                raise VaeError(f"{self.name}: sigma comes from a batch; pass x and raw")
+            log_sigma = torch_backend.gaussian_log_sigma(self.name, x, raw, **self.options())
+            return float(torch.exp(log_sigma).mean())
+
+    def equivalent_beta(self, x=None, raw=None):
+        """beta = 2 sigma^2 of the MSE-loss beta-VAE this decoder amounts to."""
+        sigma = self.current_sigma(x, raw)
+        return None if sigma is None else equivalent_beta(sigma)
+
+
+def likelihood(name: str, **options) -> Likelihood:
+    """The :class:`Likelihood` module called ``name`` (options as Likelihood's)."""
+    return Likelihood(name, **options)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) in nats per image, summed over latents: (B,)."""
+    return torch_backend.gaussian_kl(mu, logvar)
