@@ -1,0 +1,126 @@
+"""Forward+backward time of likelihoods per backend at a realistic size.
+
+    python benchmarks/likelihood_speed.py --device cuda [--batch 128 --size 32 --channels 3]
+
+For each likelihood: torch eager, torch.compile (with --compile) and the CuPy fused
+kernels through the torch bridge (on CUDA), each timed with CUDA events over
+``--iters`` repetitions after warm-up; and the bytes-moved floor: raw read once, its
+gradient written once, x read once, at the copy bandwidth measured on the same device
+in the same run.  Prints a markdown table (and JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import vaecli
+from vaecli import registry
+
+DEFAULT_LIKELIHOODS = ("logistic-mixture", "logistic", "categorical", "sigma", "gaussian-pixel", "bitwise")
+
+
+def _timer(device):
+    if device.type == "cuda":
+
+        def run(fn, iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3 / iters
+
+    else:
+
+        def run(fn, iters):
+            t = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            return (time.perf_counter() - t) / iters
+
+    return run
+
+
+def copy_bandwidth(device, nbytes=256 * 2**20, iters=20):
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    b = torch.empty_like(a)
+    run = _timer(device)
+    run(lambda: b.copy_(a), 3)
+    return 2 * nbytes / run(lambda: b.copy_(a), iters)
+
+
+def bench(name, backend, device, batch, channels, size, iters, compile_it=False):
+    lik = vaecli.likelihood(name, backend=backend, sigma=None).to(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randint(0, 256, (batch, channels, size, size), generator=g, dtype=torch.uint8).to(device)
+    raw = torch.randn(batch, lik.out_channels(channels), size, size, generator=g).to(device).requires_grad_()
+    fn = lik.log_prob
+    if compile_it:
+        fn = torch.compile(lik.log_prob)
+
+    def step():
+        raw.grad = None
+        fn(x, raw).sum().backward()
+
+    run = _timer(device)
+    run(step, 3)  # warm-up (compilation, kernel caches)
+    seconds = run(step, iters)
+    moved = 2 * raw.numel() * raw.element_size() + x.numel()
+    return seconds, moved
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--likelihood", action="append", choices=registry.NAMES)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--json", help="write the rows to this JSON file")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    names = args.likelihood or DEFAULT_LIKELIHOODS
+    bandwidth = copy_bandwidth(device)
+    variants = [("torch", False)]
+    if args.compile:
+        variants.append(("torch", True))
+    if device.type == "cuda" and vaecli.get_backend("cupy").available()[0]:
+        variants.append(("cupy", False))
+    rows = []
+    for name in names:
+        for backend, compiled in variants:
+            label = "torch.compile" if compiled else ("cupy fused" if backend == "cupy" else "torch eager")
+            try:
+                seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size, args.iters, compiled)
+            except Exception as exc:  # a benchmark row reports, it does not stop the table
+                rows.append({"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]})
+                continue
+            floor = moved / bandwidth
+            rows.append({"likelihood": name, "variant": label, "ms": seconds * 1e3, "floor_ms": floor * 1e3,
+                         "fraction_of_floor": floor / seconds})
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nlikelihood forward+backward, B={args.batch}, {args.channels}x{args.size}x{args.size}, {gpu}, "
+          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, torch {torch.__version__}")
+    print("| likelihood | variant | ms | floor ms | floor/time |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['likelihood']} | {r['variant']} | error: {r['error']} | | |")
+        else:
+            print(f"| {r['likelihood']} | {r['variant']} | {r['ms']:.3f} | {r['floor_ms']:.4f} | {r['fraction_of_floor']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": gpu, "bandwidth": bandwidth, "rows": rows, "args": vars(args)}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU check in one call (for a lent GPU machine with torch, cupy, pytest):
+#   1. CuPy tests and the torch-CUDA equivalence tests (pytest),
+#   2. vae verify on the torch CUDA and CuPy backends (JSON kept),
+#   3. the likelihood benchmark (torch eager vs CuPy fused kernels),
+# then a short table last.  Logs go to $OUT (or /tmp/gpu_check).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+out="${OUT:-/tmp/gpu_check}"
+mkdir -p "$out"
+seed="${SEED:-$RANDOM}"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
+
+status=0
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_gpu.py 2>&1 | tee "$out/pytest_cupy.txt" || status=1
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_torch_equivalence.py -k cuda 2>&1 | tail -5 | tee "$out/pytest_torch_cuda.txt" || status=1
+timeout 240 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
+timeout 240 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
+timeout 240 python3 benchmarks/likelihood_speed.py --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
+
+python3 - "$out" "$seed" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+print(f"\n== gpu_check summary (seed {sys.argv[2]}) ==")
+print((out / "gpu.txt").read_text().strip())
+for f in ("pytest_cupy.txt", "pytest_torch_cuda.txt"):
+    lines = [l for l in (out / f).read_text().splitlines() if l.strip()] if (out / f).exists() else ["missing"]
+    print(f"{f}: {lines[-1]}")
+for f in ("verify_torch_cuda.json", "verify_cupy.json"):
+    try:
+        d = json.loads((out / f).read_text())
+    except Exception as exc:
+        print(f"{f}: unreadable ({exc})"); continue
+    worst = {}
+    for r in d["results"]:
+        k = r["dtype"]
+        worst[k] = max(worst.get(k, 0.0), r["value_max_rel"], r["grad_max_rel"])
+    fails = [f"{r['likelihood']}/{r['kind']}/C{r['channels']}/{r['dtype']}" for r in d["results"] if not r["passed"]]
+    print(f"{f}: {d['passed']} passed, {d['failed']} failed, skipped {d['skipped'] or '-'}; "
+          f"worst rel error {worst}; failing: {fails[:8]}")
+bench = out / "bench.txt"
+if bench.exists():
+    print("\n".join(l for l in bench.read_text().splitlines() if l.startswith(("|", "likelihood"))))
+PY
+exit $status
