@@ -172,5 +172,356 @@ def _print_verify_table(results, skipped, seed):
     click.echo(f"{passed} passed, {len(results) - passed} failed")
 
 
+# --------------------------------------------------------------------- training
+
+METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
+RUN_FILE = click.Path(exists=True, dir_okay=False)
+
+
+def _echo_json(data):
+    click.echo(json.dumps(data, indent=2, default=float))
+
+
+@main.command("train", context_settings=CONTEXT)
+@click.option("--dataset", default=None, help="Dataset name (vae data list) [default: mnist5k, bundled].")
+@click.option("--data", "data_path", type=click.Path(exists=True), help="Train on a data file or folder instead.")
+@click.option("--likelihood", type=click.Choice(registry.NAMES), default="sigma", show_default=True,
+              help="Decoder likelihood.")
+@click.option("--backend", type=click.Choice(["torch", "cupy"]), default="torch", show_default=True,
+              help="Where the likelihood runs (the network always runs in torch).")
+@click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of KL in the training objective (reported ELBO uses 1).")
+@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fixed sigma of the gaussian likelihood [default: 1].")
+@click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True,
+              help="Components of logistic-mixture.")
+@click.option("--n-bits", type=click.IntRange(1, 8), default=8, show_default=True, help="Bits per value.")
+@click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate.")
+@click.option("--latent-dim", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--width", type=click.IntRange(1), default=32, show_default=True,
+              help="Channels of the first conv layer (w, 2w, 4w).")
+@click.option("--image-size", type=click.IntRange(8), default=None,
+              help="Resize datasets that support it (svhn, celeba).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default="run.h5", show_default=True,
+              help="The run file to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out (more --epochs allowed).")
+@click.option("--dequantize", is_flag=True, help="Add uniform noise to the levels (continuous decoders).")
+@click.option("--binarize", is_flag=True, help="Binarize the data at 128 (for bernoulli).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures, n_bits, epochs, batch_size,
+                  lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize, quiet,
+                  as_json):
+    """Train a VAE with a calibrated decoder and write one HDF5 run file.
+
+    The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
+    bundled 5,000 MNIST digits.  Ctrl-C saves a resumable checkpoint.
+    """
+    from .config import DEFAULT_DATASET, TrainConfig
+    from .train import train
+
+    if dataset and data_path:
+        raise click.UsageError("give --dataset or --data, not both")
+    config = TrainConfig(
+        dataset=data_path or dataset or DEFAULT_DATASET, likelihood=likelihood, backend=backend, beta=beta,
+        sigma=sigma, mixtures=mixtures, n_bits=n_bits, epochs=epochs, batch_size=batch_size, lr=lr,
+        latent_dim=latent_dim, width=width, seed=seed, device=device, binarize=binarize,
+        dequantize=dequantize, image_size=image_size,
+    )
+    if resume:
+        from . import runfile
+
+        stored = runfile.read(out).config
+        if _only_defaults_given():  # --resume alone (or with --epochs/--device): the run's own config
+            ctx = click.get_current_context()
+            default = click.core.ParameterSource.DEFAULT
+            config = stored.replace(
+                epochs=stored.epochs if ctx.get_parameter_source("epochs") == default else epochs,
+                device=stored.device if ctx.get_parameter_source("device") == default else device,
+            )
+    log = _tqdm_log if not quiet else (lambda s: None)
+    run = train(config, out, resume=resume, progress=not quiet, log=log)
+    summary = _run_summary(run)
+    if as_json:
+        _echo_json(summary)
+    else:
+        last = summary["last_epoch"]
+        if last:
+            click.echo(f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
+                       f"test ELBO {last['test_elbo']:.2f} nats/image")
+        click.echo(f"wrote {out}")
+
+
+def _only_defaults_given():
+    """True when --resume came without options that would redefine the run."""
+    ctx = click.get_current_context()
+    fixed = ("likelihood", "backend", "beta", "sigma", "mixtures", "n_bits", "batch_size", "lr", "latent_dim",
+             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path")
+    return all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in fixed)
+
+
+def _tqdm_log(text):
+    from tqdm import tqdm
+
+    tqdm.write(text)
+
+
+def _run_summary(run):
+    history = {k: [float(v) for v in vals] for k, vals in run.history.items()}
+    last = {k: v[-1] for k, v in history.items()} if history.get("epoch") else {}
+    return {"run": run.path, "status": run.attrs.get("status"), "epochs_done": int(run.attrs.get("epochs_done", 0)),
+            "config": json.loads(run.config.to_json()), "last_epoch": last, "calibration": run.calibration}
+
+
+@main.command("eval", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(METRIC_CHOICES),
+              help="Metric(s) to compute [default: elbo and bpd].")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--data", "data_path", type=click.Path(exists=True), help="Evaluate on this data file instead.")
+@click.option("--iw-samples", type=click.IntRange(1), default=100, show_default=True,
+              help="Importance samples K for nll.")
+@click.option("--elbo-samples", type=click.IntRange(1), default=1, show_default=True,
+              help="Posterior samples S averaged in elbo, bpd and mse.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior samples.")
+@click.option("--no-store", is_flag=True, help="Do not write the results into the run file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, batch_size, device, seed,
+                 no_store, as_json):
+    """Evaluate a run: ELBO (nats), bits/dim, importance-weighted NLL, KL, MSE,
+    active units.  Metrics a likelihood does not define are reported as not
+    applicable, with the reason."""
+    import torch
+
+    from . import datasets, runfile
+    from .evaluate import evaluate
+    from .train import load_model, prepare_images
+
+    run = runfile.read(run_path)
+    metrics = metrics or ("elbo", "bpd")
+    model = load_model(run, device)
+    data = datasets.load(data_path or run.config.dataset, split, size=run.config.image_size)
+    if tuple(data.images.shape[1:]) != run.image_shape:
+        raise VaeError(f"{data.source}: images of shape {data.images.shape[1:]} do not fit this model "
+                       f"(trained on {run.image_shape})")
+    images = torch.from_numpy(prepare_images(data.images, run.config))
+    with click.progressbar(length=images.shape[0], label="evaluating", file=sys.stderr) as bar:
+        results = evaluate(model, images, metrics, batch_size=batch_size, elbo_samples=elbo_samples,
+                           iw_samples=iw_samples, seed=seed, binarized=run.config.binarize, progress=bar.update)
+    key = f"data:{data.checksum[:16]}" if data_path else split
+    for r in results.values():
+        r["data"] = f"{data.name}/{data.split}" if not data_path else str(data_path)
+        r["data_checksum"] = data.checksum
+    if not no_store:
+        runfile.store_evaluation(run_path, key, results)
+    if as_json:
+        _echo_json({"run": run_path, "split": key, "results": results})
+        return
+    click.echo(f"{run_path}: {run.config.likelihood} on {results[metrics[0]]['data']} ({images.shape[0]} images)")
+    for metric, r in results.items():
+        if not r["applicable"]:
+            click.echo(f"  {metric:13s} not applicable: {r['reason']}")
+            continue
+        extra = ""
+        if metric == "nll":
+            extra = f"  ({r['bpd']:.4f} bits/dim discrete, K={r['iw_samples']})"
+        if metric == "elbo" and "decoder_sigma" in r:
+            extra = f"  (sigma {r['decoder_sigma']:.4f}, equivalent beta {r['equivalent_beta']:.4g})"
+        value = f"{r['value']:.0f}" if metric == "active-units" else f"{r['value']:.4f} ± {r['stderr']:.4f}"
+        click.echo(f"  {metric:13s} {value} {r['unit']}{extra}")
+
+
+@main.command("sample", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("-n", "num", type=click.IntRange(1), default=64, show_default=True)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "npz", "h5", "run"]), default=None,
+              help="png grid, npz/h5 arrays, or 'run' (store in the run file) [default: from -o].")
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Scale of the prior: z ~ N(0, T^2 I).")
+@click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="Picture the decoder mean, or draw from the decoder distribution.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True, help="PNG enlargement.")
+def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, scale):
+    """Draw images from the prior of a trained run."""
+    import numpy as np
+    import torch
+
+    from . import images as pictures
+    from . import runfile
+    from .train import load_model, mean_to_uint8
+
+    run = runfile.read(run_path)
+    model = load_model(run, device)
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        z = temperature * torch.randn(num, run.config.latent_dim, generator=gen, device=dev)
+        raw = model.decode(z)
+        if mode == "mean":
+            levels = mean_to_uint8(model.likelihood.mean(raw))
+        else:
+            drawn = model.likelihood.sample(raw, generator=gen).cpu().numpy()
+            levels = (drawn.astype(np.float64) * 255 / (2**run.config.n_bits - 1) + 0.5).astype(np.uint8)
+    fmt = fmt or (out.rsplit(".", 1)[-1].lower() if "." in out else "png")
+    attrs = {"temperature": temperature, "mode": mode, "seed": seed}
+    if fmt == "png":
+        pictures.write_png(out, pictures.upscale(pictures.grid(levels), scale))
+    elif fmt == "npz":
+        np.savez_compressed(out, images=levels, temperature=temperature)
+    elif fmt == "h5":
+        with runfile.atomic_h5(out) as f:
+            d = f.create_dataset("images", data=levels, compression="gzip")
+            for k, v in attrs.items():
+                d.attrs[k] = v
+    elif fmt == "run":
+        runfile.store_samples(run_path, f"prior_{mode}_t{temperature:g}_s{seed}", levels, attrs)
+        out = f"{run_path} (samples/prior_{mode}_t{temperature:g}_s{seed})"
+    else:
+        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|npz|h5|run")
+    click.echo(f"wrote {num} samples to {out}")
+
+
+@main.command("reconstruct", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="recon.png", show_default=True)
+@click.option("-n", "num", type=click.IntRange(1), default=16, show_default=True, help="Images per row pair.")
+@click.option("--rows", type=click.IntRange(1), default=2, show_default=True, help="Pairs of rows.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True)
+def reconstruct_command(run_path, out, num, rows, split, device, scale):
+    """Picture data (upper row) above its reconstruction (lower row, decoder mean at the posterior mean)."""
+    import numpy as np
+    import torch
+
+    from . import datasets, runfile
+    from . import images as pictures
+    from .train import load_model, mean_to_uint8, prepare_images
+
+    run = runfile.read(run_path)
+    model = load_model(run, device)
+    data = datasets.load(run.config.dataset, split, size=run.config.image_size)
+    x = torch.from_numpy(prepare_images(data.images[: num * rows], run.config))
+    with torch.no_grad():
+        mu, _ = model.encode(x.to(next(model.parameters()).device))
+        recon = mean_to_uint8(model.likelihood.mean(model.decode(mu)))
+    shown = (x.numpy().astype(np.float64) * 255 / (2**run.config.n_bits - 1) + 0.5).astype(np.uint8)
+    tiles = np.concatenate([np.concatenate([shown[r * num:(r + 1) * num], recon[r * num:(r + 1) * num]])
+                            for r in range(rows)])
+    pictures.write_png(out, pictures.upscale(pictures.grid(tiles, rows=2 * rows), scale))
+    click.echo(f"wrote {out}")
+
+
+@main.command("info", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_command(run_path, as_json):
+    """Summarize a run file: config, data, history, calibration, evaluations."""
+    from . import runfile
+
+    run = runfile.read(run_path)
+    summary = _run_summary(run)
+    summary["attrs"] = {k: v for k, v in run.attrs.items() if k != "config"}
+    summary["evaluations"] = run.evaluations
+    summary["samples"] = {k: list(v[0].shape) for k, v in run.samples.items()}
+    if as_json:
+        _echo_json(summary)
+        return
+    a = run.attrs
+    c = run.config
+    click.echo(f"run file     {run_path} (schema {a['schema_version']}, vaecli {a['vaecli_version']}, {a.get('status')})")
+    click.echo(f"likelihood   {c.likelihood} (backend {c.backend}, n_bits {c.n_bits}, beta {c.beta})")
+    click.echo(f"data         {a['dataset']} {tuple(a['image_shape'])}, {a['num_train']} train / {a['num_test']} test, "
+               f"sha256 {a['dataset_checksum'][:16]}…")
+    click.echo(f"training     {a['epochs_done']}/{c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
+               f"latent {c.latent_dim}, width {c.width}, seed {c.seed}, device {a['device']}")
+    click.echo(f"versions     {a.get('library_versions', '?')}")
+    if run.calibration:
+        cal = run.calibration
+        click.echo(f"eval sigma   {cal['eval_sigma']:.5f} (MSE {cal['mse']:.5f}): {cal['method']}")
+    h = run.history
+    if len(h.get("epoch", [])):
+        click.echo(f"{'epoch':>5s} {'train ELBO':>11s} {'test ELBO':>10s} {'test KL':>8s} {'sigma':>8s} {'seconds':>8s}")
+        for i in range(len(h["epoch"])):
+            click.echo(f"{int(h['epoch'][i]):5d} {h['train_elbo'][i]:11.2f} {h['test_elbo'][i]:10.2f} "
+                       f"{h['test_kl'][i]:8.2f} {h['sigma'][i]:8.4f} {h['seconds'][i]:8.1f}")
+    for split, metrics in run.evaluations.items():
+        for metric, r in metrics.items():
+            if r.get("applicable", True) in (False, 0):
+                click.echo(f"eval {split:6s} {metric:13s} not applicable: {r.get('reason')}")
+            else:
+                click.echo(f"eval {split:6s} {metric:13s} {r['value']:.4f} ± {r.get('stderr', 0):.4f} {r['unit']}")
+    for name, (arr, _) in run.samples.items():
+        click.echo(f"samples      {name} {arr.shape}")
+
+
+@main.command("plot", context_settings=CONTEXT)
+@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=RUN_FILE)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="curves.png", show_default=True)
+def plot_command(run_paths, out):
+    """Training curves (test ELBO, KL, sigma) of one or several runs, as a PNG."""
+    from . import plots, runfile
+
+    runs = [runfile.read(p) for p in run_paths]
+    plots.training_curves(runs, out)
+    click.echo(f"wrote {out}")
+
+
+@main.command("compare", context_settings=CONTEXT)
+@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=RUN_FILE)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json", "csv"]), default="markdown",
+              show_default=True)
+@click.option("--split", default="test", show_default=True, help="Evaluation split to show.")
+def compare_command(run_paths, fmt, split):
+    """One table of several runs' configs, last epoch and stored evaluations."""
+    import csv
+    import io
+
+    from . import runfile
+
+    rows = []
+    for p in run_paths:
+        run = runfile.read(p)
+        c, h = run.config, run.history
+        row = {"run": p, "likelihood": c.likelihood, "beta": c.beta, "epochs": int(run.attrs.get("epochs_done", 0)),
+               "dataset": run.attrs["dataset"], "seed": c.seed,
+               "test_elbo": float(h["test_elbo"][-1]) if len(h.get("test_elbo", [])) else None,
+               "sigma": run.eval_sigma if run.eval_sigma is not None else
+               (float(h["sigma"][-1]) if len(h.get("sigma", [])) else None)}
+        for metric, r in run.evaluations.get(split, {}).items():
+            row[metric] = r["value"] if r.get("applicable", True) not in (False, 0) else "n/a"
+            if metric == "nll" and "bpd" in r:
+                row["nll_bpd"] = r["bpd"]
+        rows.append(row)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if fmt == "json":
+        _echo_json(rows)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+        click.echo(buf.getvalue().rstrip())
+    else:
+        def cell(v):
+            if isinstance(v, float):
+                return f"{v:.4g}" if abs(v) < 1e-2 else f"{v:.4f}" if abs(v) < 100 else f"{v:.2f}"
+            return "" if v is None else str(v)
+        click.echo("| " + " | ".join(columns) + " |")
+        click.echo("|" + "---|" * len(columns))
+        for r in rows:
+            click.echo("| " + " | ".join(cell(r.get(k)) for k in columns) + " |")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

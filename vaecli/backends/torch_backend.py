@@ -84,7 +84,11 @@ def _check_raw(name, raw):
         )
 
 
-def _check_x(name, x, raw, o: _Options):
+def _check_x(name, x, raw, o: _Options, continuous_ok=False):
+    if continuous_ok and isinstance(x, torch.Tensor) and x.dtype in _FLOAT_DTYPES:
+        # dequantized data: continuous levels in [-1/2, L - 1/2] (density only)
+        registry.check_shapes(name, x.shape, raw.shape, o.n_bits, o.mixtures)
+        return
     if not isinstance(x, torch.Tensor) or x.dtype not in _INT_DTYPES:
         dtype = getattr(x, "dtype", type(x).__name__)
         raise VaeError(f"{name}: x must be an integer tensor of levels, got {dtype}")
@@ -408,18 +412,19 @@ def _log_prob(name, x, raw, o: _Options, discrete: bool):
     raise AssertionError(name)  # registry.info has rejected unknown names
 
 
-def _prepare(name, x, raw, opts):
+def _prepare(name, x, raw, opts, continuous_ok=False):
     registry.info(name)
     o = _options(name, opts)
     _check_raw(name, raw)
-    _check_x(name, x, raw, o)
+    _check_x(name, x, raw, o, continuous_ok)
     return o
 
 
 def log_prob(name, x, raw, **opts):
     """log p(x | raw) in nats per image, (B,): the density of y = x/(L-1) for the
-    continuous decoders, the PMF for the discrete ones."""
-    o = _prepare(name, x, raw, opts)
+    continuous decoders, the PMF for the discrete ones.  Continuous decoders also
+    take floating x (dequantized levels, e.g. x + U(-1/2, 1/2))."""
+    o = _prepare(name, x, raw, opts, continuous_ok=registry.info(name).continuous)
     return _log_prob(name, x, raw, o, discrete=not registry.info(name).continuous)
 
 

@@ -1,0 +1,77 @@
+"""The training configuration: one frozen, typed dataclass, which is also what the
+run file stores (as JSON in its attributes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from . import registry
+from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
+from .errors import VaeError
+
+DEFAULT_DATASET = "mnist5k"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = DEFAULT_DATASET  # a dataset name or a data file/folder
+    likelihood: str = "sigma"
+    backend: str = "torch"  # where the likelihood runs: torch or cupy
+    beta: float = 1.0  # weight of KL in the training objective (reported ELBO uses 1)
+    sigma: float | None = None  # fixed sigma of `gaussian` (default 1)
+    mixtures: int = DEFAULT_MIXTURES
+    n_bits: int = DEFAULT_N_BITS
+    log_sigma_min: float | None = LOG_SIGMA_MIN
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    latent_dim: int = 20
+    width: int = 32  # channels of the first conv layer (32-64-128 by default)
+    seed: int = 0
+    device: str = "auto"
+    binarize: bool = False
+    dequantize: bool = False
+    image_size: int | None = None  # resize loaders that support it (svhn, celeba)
+
+    def __post_init__(self):
+        registry.info(self.likelihood)
+        registry.num_levels(self.n_bits)
+        checks = [
+            (self.backend in ("torch", "cupy"), f"backend must be torch or cupy, got {self.backend!r}"),
+            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            (self.sigma is None or self.sigma > 0, f"sigma must be > 0, got {self.sigma}"),
+            (self.mixtures >= 1, f"mixtures must be >= 1, got {self.mixtures}"),
+            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.latent_dim >= 1, f"latent dim must be >= 1, got {self.latent_dim}"),
+            (self.width >= 1, f"width must be >= 1, got {self.width}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise VaeError(message)
+        if self.binarize and self.likelihood != "bernoulli":
+            raise VaeError("--binarize is for the bernoulli likelihood")
+        if self.dequantize and self.backend != "torch":
+            raise VaeError("--dequantize needs --backend torch (the cupy kernels take integer levels)")
+        if self.dequantize and not registry.info(self.likelihood).continuous:
+            raise VaeError(f"--dequantize is for continuous decoders; {self.likelihood} is discrete")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise VaeError(f"run file config has unknown keys {sorted(unknown)}; made by a newer vaecli?")
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,137 @@
+"""Evaluation metrics of a trained VAE (SPEC.md, "Objective and metrics").
+
+All per-image quantities are nats unless named ``*_bpd``.  Posterior samples are
+drawn with a generator seeded from ``seed`` so that an evaluation is repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import registry
+from .constants import ACTIVE_UNIT_THRESHOLD
+from .units import bits_per_dim, equivalent_beta
+
+METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
+DEFAULT_IW_SAMPLES = 100
+DEFAULT_ELBO_SAMPLES = 1
+
+
+def applicability(likelihood: str, metric: str, binarized: bool = False):
+    """(True, "") if ``metric`` is defined for the likelihood, else (False, why)."""
+    info = registry.info(likelihood)
+    if metric in ("elbo", "bpd", "nll") and info.training_only:
+        return False, f"{likelihood}: {info.pmf_note}"
+    if metric in ("bpd", "nll") and likelihood == "bernoulli" and not binarized:
+        return False, "bernoulli on non-binary data is not a normalized likelihood (train with --binarize)"
+    if metric == "elbo" and likelihood == "bernoulli" and not binarized:
+        return False, "bernoulli on non-binary data is a cross-entropy, not a likelihood (train with --binarize)"
+    return True, ""
+
+
+def _log_normal(z, mu, logvar):  # (..., Z) -> (...,) log N(z; mu, exp(logvar))
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def _batches(images, batch_size, device):
+    for start in range(0, images.shape[0], batch_size):
+        yield images[start : start + batch_size].to(device)
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_samples=DEFAULT_ELBO_SAMPLES,
+             iw_samples=DEFAULT_IW_SAMPLES, seed=0, binarized=False, progress=None):
+    """Evaluate ``metrics`` on uint8 ``images`` (N, C, H, W).  Returns metric -> dict
+    with ``value`` (mean over images), ``stderr``, ``unit``, ``n`` and extras; metrics
+    not defined for the likelihood get ``applicable: False`` and ``reason``."""
+    model.eval()
+    lik = model.likelihood
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n, dims = images.shape[0], int(np.prod(images.shape[1:]))
+    levels = 2**lik.n_bits
+    want = set(metrics)
+    rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf")}
+    post_means = []
+    for x in _batches(images, batch_size, device):
+        mu, logvar = model.encode(x)
+        std = torch.exp(0.5 * logvar)
+        lik_kl = 0.5 * (mu * mu + torch.exp(logvar) - 1 - logvar).sum(1).double()
+        rows["kl"].append(lik_kl)
+        post_means.append(mu.double())
+        need_elbo = want & {"elbo", "bpd", "mse"}
+        if need_elbo:
+            rec = torch.zeros_like(lik_kl)
+            rec_pmf = torch.zeros_like(lik_kl)
+            sq = torch.zeros_like(lik_kl)
+            for _ in range(elbo_samples):
+                z = mu + std * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+                raw = model.decode(z)
+                if "elbo" in want and applicability(lik.name, "elbo", binarized)[0]:
+                    rec += lik.log_prob(x, raw).double()
+                if "bpd" in want and applicability(lik.name, "bpd", binarized)[0]:
+                    rec_pmf += lik.log_pmf(x, raw).double()
+                if "mse" in want:
+                    y = x.double() / (levels - 1)
+                    sq += ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
+            rows["elbo"].append(rec / elbo_samples - lik_kl)
+            rows["elbo_pmf"].append(rec_pmf / elbo_samples - lik_kl)
+            rows["mse"].append(sq / elbo_samples)
+        if "nll" in want and applicability(lik.name, "nll", binarized)[0]:
+            log_w, log_w_pmf = [], []
+            for _ in range(iw_samples):
+                z = mu + std * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+                raw = model.decode(z)
+                prior_minus_q = (_log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)).double()
+                log_w.append(lik.log_prob(x, raw).double() + prior_minus_q)
+                log_w_pmf.append(lik.log_pmf(x, raw).double() + prior_minus_q)
+            k = float(iw_samples)
+            rows["iw"].append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+            rows["iw_pmf"].append(torch.logsumexp(torch.stack(log_w_pmf), 0) - math.log(k))
+        if progress:
+            progress(x.shape[0])
+
+    def cat(key):
+        return torch.cat(rows[key]).cpu().numpy() if rows[key] else np.zeros(0)
+
+    def summary(values, unit, **extra):
+        return {"value": float(values.mean()), "stderr": float(values.std(ddof=1) / math.sqrt(len(values)))
+                if len(values) > 1 else 0.0, "unit": unit, "n": int(len(values)), "applicable": True, **extra}
+
+    results = {}
+    for metric in metrics:
+        ok, why = applicability(lik.name, metric, binarized)
+        if not ok:
+            results[metric] = {"applicable": False, "reason": why, "n": n}
+            continue
+        if metric == "elbo":
+            kind = "density of y = x/(L-1)" if lik.info.continuous else "PMF"
+            results[metric] = summary(cat("elbo"), "nats/image", samples=elbo_samples, log_px=kind)
+        elif metric == "bpd":
+            results[metric] = summary(bits_per_dim(cat("elbo_pmf"), dims), "bits/dim", samples=elbo_samples)
+        elif metric == "nll":
+            iw_pmf = cat("iw_pmf")
+            results[metric] = summary(-cat("iw"), "nats/image", iw_samples=iw_samples,
+                                      bpd=float(bits_per_dim(iw_pmf, dims).mean()),
+                                      nats_discrete=float(-iw_pmf.mean()))
+        elif metric == "kl":
+            results[metric] = summary(cat("kl"), "nats/image")
+        elif metric == "mse":
+            results[metric] = summary(cat("mse"), "per dimension on [0, 1]", samples=elbo_samples)
+        elif metric == "active-units":
+            means = torch.cat(post_means).cpu().numpy()
+            variance = means.var(axis=0)
+            active = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+            results[metric] = {"value": active, "stderr": 0.0, "unit": f"of {means.shape[1]} latent dims",
+                               "n": n, "applicable": True, "threshold": ACTIVE_UNIT_THRESHOLD}
+    per_pixel_or_batch = lik.name in ("gaussian-pixel", "sigma-image") or (lik.name == "sigma" and lik.sigma is None)
+    sigma = None if per_pixel_or_batch else lik.current_sigma()
+    if sigma is not None:
+        for r in results.values():
+            if r.get("applicable"):
+                r["decoder_sigma"] = sigma
+                r["equivalent_beta"] = equivalent_beta(sigma)
+    return results

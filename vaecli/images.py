@@ -1,0 +1,62 @@
+"""PNG pictures: image grids written with zlib alone (no imaging library needed)."""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from .errors import VaeError
+
+
+def grid(images: np.ndarray, rows: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
+    """uint8 (N, C, H, W) -> one uint8 picture (H', W', C) tiling the images row-major."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise VaeError(f"a grid needs uint8 images (N, C, H, W), got {images.dtype} {images.shape}")
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n)) if rows is None else math.ceil(n / rows)
+    rows = math.ceil(n / cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        out[y : y + h, x : x + w] = images[i].transpose(1, 2, 0)
+    return out
+
+
+def write_png(path, picture: np.ndarray):
+    """Write a uint8 (H, W) or (H, W, 1|3) array as an 8-bit PNG, atomically."""
+    if picture.ndim == 3 and picture.shape[2] == 1:
+        picture = picture[:, :, 0]
+    if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] != 3):
+        raise VaeError(f"write_png needs uint8 (H, W) or (H, W, 3), got {picture.dtype} {picture.shape}")
+    height, width = picture.shape[:2]
+    color_type = 0 if picture.ndim == 2 else 2  # grayscale or RGB
+    rows = picture.reshape(height, -1)
+    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(height))  # filter type 0 per row
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(png)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def upscale(picture: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement, so small digits are visible."""
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture

@@ -1,0 +1,41 @@
+"""Pictures of training runs, drawn with matplotlib (imported here only)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import VaeError
+
+
+def training_curves(runs, out):
+    """Test and train ELBO, test KL and the decoder sigma per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for run in runs:
+        h = run.history
+        if not len(h.get("epoch", [])):
+            raise VaeError(f"{run.path} has no completed epoch to plot")
+        label = f"{run.config.likelihood} ({os.path.basename(run.path)})"
+        line, = axes[0].plot(h["epoch"], h["test_elbo"], marker="o", label=label)
+        axes[0].plot(h["epoch"], h["train_elbo"], linestyle="--", color=line.get_color())
+        axes[1].plot(h["epoch"], h["test_kl"], marker="o", color=line.get_color())
+        if not all(math.isnan(v) for v in h["sigma"]):
+            axes[2].plot(h["epoch"], h["sigma"], marker="o", color=line.get_color())
+    axes[0].set(title="ELBO (solid test, dashed train)", xlabel="epoch", ylabel="nats / image")
+    axes[1].set(title="KL (test)", xlabel="epoch", ylabel="nats / image")
+    axes[2].set(title="decoder sigma", xlabel="epoch", ylabel="sigma", yscale="log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = os.fspath(out) + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise VaeError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)

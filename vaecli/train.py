@@ -1,0 +1,424 @@
+"""Training, top to bottom: data on the device, one optimizer step per batch, a run
+file checkpoint after every epoch (and on Ctrl-C), exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import registry, runfile
+from ._version import __version__
+from .api import Likelihood, gaussian_kl
+from .config import TrainConfig
+from .errors import VaeError
+from .model import ConvVAE
+from .units import equivalent_beta
+
+HISTORY_COLUMNS = (
+    "epoch", "train_elbo", "train_rec", "train_kl", "train_loss", "test_elbo", "test_rec", "test_kl",
+    "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
+)
+# Options that may differ when resuming: more epochs, another device.
+RESUMABLE_CHANGES = ("epochs", "device")
+PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each reads device values)
+SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VaeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    return torch.device(name)
+
+
+def prepare_images(images: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """uint8 8-bit data -> the levels the model sees (fewer bits, or binarized)."""
+    if config.binarize:
+        return np.where(images >= 128, 2**config.n_bits - 1, 0).astype(np.uint8)
+    if config.n_bits < 8:
+        return (images >> (8 - config.n_bits)).astype(np.uint8)
+    return images
+
+
+def load_data(config: TrainConfig):
+    from . import datasets
+
+    train = datasets.load(config.dataset, "train", size=config.image_size)
+    test = datasets.load(config.dataset, "test", size=config.image_size)
+    return train, test
+
+
+def build_model(config: TrainConfig, image_shape, device) -> ConvVAE:
+    c, h, w = image_shape
+    if h != w:
+        raise VaeError(f"the convolutional VAE needs square images, got {h}x{w}")
+    lik = Likelihood(
+        config.likelihood, backend=config.backend, n_bits=config.n_bits, sigma=config.sigma,
+        mixtures=config.mixtures, log_sigma_min=config.log_sigma_min,
+    )
+    return ConvVAE(c, h, lik, latent_dim=config.latent_dim, width=config.width).to(device)
+
+
+def softclipped_sigma(mse: float, floor) -> float:
+    """exp(softclip(0.5 log mse, floor)): the analytic sigma* of a given MSE."""
+    t = 0.5 * math.log(max(mse, 1e-300))
+    if floor is not None:
+        t = floor + math.log1p(math.exp(t - floor)) if t - floor < 30 else t
+    return math.exp(t)
+
+
+@dataclass
+class _EpochSums:
+    """Running sums of the epoch in progress (kept on the device, read rarely)."""
+
+    rec: torch.Tensor
+    kl: torch.Tensor
+    loss: torch.Tensor
+    sse: torch.Tensor
+    images: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def zeros(cls, device):
+        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(), z(), z(), z())
+
+    def to_dict(self):
+        return {"rec": float(self.rec), "kl": float(self.kl), "loss": float(self.loss), "sse": float(self.sse),
+                "images": self.images, "skipped": self.skipped}
+
+    @classmethod
+    def from_dict(cls, d, device):
+        t = lambda v: torch.tensor(float(v), dtype=torch.float64, device=device)  # noqa: E731
+        return cls(t(d["rec"]), t(d["kl"]), t(d["loss"]), t(d["sse"]), int(d["images"]), int(d["skipped"]))
+
+
+def check_resume(stored: TrainConfig, wanted: TrainConfig):
+    import dataclasses
+
+    differ = [
+        f"{f.name} (run file: {getattr(stored, f.name)!r}, now: {getattr(wanted, f.name)!r})"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUMABLE_CHANGES and getattr(stored, f.name) != getattr(wanted, f.name)
+    ]
+    if differ:
+        raise VaeError("cannot resume with different options: " + "; ".join(differ))
+
+
+def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool = True,
+          data=None, log=print) -> runfile.Run:
+    """Train (or resume) a VAE and write the run file ``out``; returns it, read back."""
+    # ---------------------------------------------------------------- the run file
+    out = os.fspath(out)
+    if resume:
+        previous = runfile.read(out)
+        check_resume(previous.config, config)
+    else:
+        previous = None
+        if os.path.exists(out):
+            raise VaeError(f"{out} exists; pass --resume to continue it or choose another --out")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        raise VaeError(f"cannot write the run file: directory {out_dir} does not exist or is not writable")
+
+    # ---------------------------------------------------------------------- data
+    device = resolve_device(config.device)
+    train_set, test_set = data if data is not None else load_data(config)
+    image_shape = tuple(train_set.images.shape[1:])
+    if previous is not None and previous.attrs["dataset_checksum"] != train_set.checksum:
+        raise VaeError(f"cannot resume: the training data differs from the run's ({config.dataset})")
+    train_images = torch.from_numpy(prepare_images(train_set.images, config)).to(device)  # (N, C, H, W) uint8
+    test_images = torch.from_numpy(prepare_images(test_set.images, config)).to(device)
+    n_train = train_images.shape[0]
+    if n_train == 0:
+        raise VaeError(f"dataset {config.dataset} has no training images")
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    # ------------------------------------------------------------ model and state
+    torch.manual_seed(config.seed)
+    model = build_model(config, image_shape, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    data_order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
+    dequant = torch.Generator(device=device).manual_seed(config.seed + 2)
+    history = {k: [] for k in HISTORY_COLUMNS}
+    epochs_done, step_in_epoch = 0, 0
+    sums = _EpochSums.zeros(device)
+    epoch_order_state = data_order.get_state()
+    if previous is not None:
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in previous.model.items()})
+        if previous.optimizer is not None:
+            optimizer.load_state_dict(_optimizer_from_numpy(previous.optimizer))
+        history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
+        epochs_done = int(previous.attrs["epochs_done"])
+        step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
+        sums = _EpochSums.from_dict(previous.progress, device) if step_in_epoch else sums
+        torch.set_rng_state(torch.from_numpy(previous.rng["torch_cpu"]))
+        epoch_order_state = torch.from_numpy(previous.rng["data_order_epoch_start"])
+        dequant.set_state(torch.from_numpy(previous.rng["dequantize"]))
+        if device.type == "cuda" and "torch_cuda" in previous.rng:
+            torch.cuda.set_rng_state(torch.from_numpy(previous.rng["torch_cuda"]), device)
+
+    attrs = {
+        "created": previous.attrs["created"] if previous else runfile._now(),
+        "likelihood": config.likelihood, "n_bits": config.n_bits, "seed": config.seed,
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "dataset": train_set.name, "dataset_source": str(train_set.source),
+        "dataset_checksum": train_set.checksum, "test_checksum": test_set.checksum,
+        "image_shape": np.asarray(image_shape, dtype=np.int64), "num_train": n_train,
+        "num_test": int(test_images.shape[0]), "steps_per_epoch": steps_per_epoch,
+        "library_versions": _versions(),
+    }
+    calibration = dict(previous.calibration) if previous else {}
+
+    def checkpoint(status):
+        progress_state = {"step_in_epoch": step_in_epoch, **(sums.to_dict() if step_in_epoch else {})}
+        rng = {
+            "torch_cpu": torch.get_rng_state().numpy(),
+            "data_order_epoch_start": epoch_order_state.numpy(),
+            "dequantize": dequant.get_state().numpy(),
+        }
+        if device.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state(device).numpy()
+        runfile.write(
+            out, config=config, attrs=dict(attrs, status=status, epochs_done=epochs_done),
+            model={k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+            optimizer=_optimizer_to_numpy(optimizer.state_dict()), rng=rng, progress=progress_state,
+            history=history, calibration=calibration, samples=samples,
+        )
+
+    samples = None
+    bar = _progress_bar(progress, total=config.epochs * steps_per_epoch,
+                        initial=epochs_done * steps_per_epoch + step_in_epoch)
+    lik = model.likelihood
+    levels = 2**config.n_bits
+    interrupted = _InterruptFlag()
+    try:
+        with interrupted:
+            while epochs_done < config.epochs:
+                epoch_start = time.perf_counter()
+                data_order.set_state(epoch_order_state)
+                order = torch.randperm(n_train, generator=data_order).to(device)
+                model.train()
+                for step in range(step_in_epoch, steps_per_epoch):
+                    x = train_images[order[step * config.batch_size : (step + 1) * config.batch_size]]
+                    x_in = x
+                    if config.dequantize:  # continuous levels x + u, u ~ U(-1/2, 1/2)
+                        u = torch.rand(x.shape, generator=dequant, device=device) - 0.5
+                        x_in = x.float() + u
+                    raw, mu, logvar = model(x_in)
+                    log_px = lik.log_prob(x_in, raw)  # (B,) nats
+                    kl = gaussian_kl(mu, logvar)  # (B,) nats
+                    loss = -(log_px - config.beta * kl).mean()
+                    if not torch.isfinite(loss):
+                        sums.skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                        with torch.no_grad():
+                            sums.rec += log_px.detach().double().sum()
+                            sums.kl += kl.detach().double().sum()
+                            sums.loss += loss.detach().double() * x.shape[0]
+                            if lik.info.gaussian_family:
+                                y = x_in.double() / (levels - 1)
+                                sums.sse += ((lik.mean(raw.detach()).double() - y) ** 2).sum()
+                            sums.images += x.shape[0]
+                    step_in_epoch = step + 1
+                    bar.update(1)
+                    if step % PROGRESS_EVERY == 0 and progress:
+                        bar.set_postfix_str(_postfix(epochs_done + 1, loss, kl, lik, x, raw), refresh=False)
+                    if interrupted.flag:
+                        raise KeyboardInterrupt
+                # ------------------------------------------------------ epoch done
+                epoch_order_state = data_order.get_state()
+                n = max(sums.images, 1)
+                train_mse = float(sums.sse) / (n * int(np.prod(image_shape)))
+                sigma = _epoch_sigma(lik, config, train_mse)
+                if config.likelihood == "sigma":
+                    calibration = {
+                        "eval_sigma": sigma, "mse": train_mse, "epoch": epochs_done + 1,
+                        "method": "sqrt of the mean squared error over all training batches of the last "
+                                  "epoch (running average while the model trained), softclipped at "
+                                  f"log_sigma_min={config.log_sigma_min}",
+                    }
+                    lik.sigma = sigma  # evaluate with the calibrated sigma, never the test batch's
+                test = _test_elbo(model, test_images, config)
+                lik.sigma = config.sigma
+                history["epoch"].append(epochs_done + 1)
+                history["train_rec"].append(float(sums.rec) / n)
+                history["train_kl"].append(float(sums.kl) / n)
+                history["train_elbo"].append((float(sums.rec) - float(sums.kl)) / n)
+                history["train_loss"].append(float(sums.loss) / n)
+                history["test_rec"].append(test["rec"])
+                history["test_kl"].append(test["kl"])
+                history["test_elbo"].append(test["rec"] - test["kl"])
+                history["sigma"].append(sigma if sigma is not None else math.nan)
+                history["equivalent_beta"].append(equivalent_beta(sigma) if sigma is not None else math.nan)
+                history["train_mse"].append(train_mse if lik.info.gaussian_family else math.nan)
+                history["seconds"].append(time.perf_counter() - epoch_start)
+                history["skipped_steps"].append(sums.skipped)
+                epochs_done += 1
+                step_in_epoch = 0
+                sums = _EpochSums.zeros(device)
+                if progress:
+                    _log_epoch(log, history, config)
+                if epochs_done == config.epochs:
+                    samples = {"prior": (_prior_samples(model, config, calibration, device),
+                                         {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
+                                          "temperature": 1.0})}
+                checkpoint("complete" if epochs_done == config.epochs else "training")
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint("interrupted")
+        raise VaeError(f"interrupted at epoch {epochs_done + 1}, step {step_in_epoch}/{steps_per_epoch}; "
+                       f"saved {out}; continue with --resume") from None
+    bar.close()
+    if config.epochs == 0 or (previous is not None and epochs_done == int(previous.attrs["epochs_done"])):
+        checkpoint("complete")
+    return runfile.read(out)
+
+
+class _InterruptFlag:
+    """Turns the first SIGINT into a flag checked after each step (so the step in
+    flight finishes and the checkpoint is consistent); a second one interrupts."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _epoch_sigma(lik, config, train_mse):
+    name = config.likelihood
+    if name in ("sigma", "sigma-image"):
+        return softclipped_sigma(train_mse, config.log_sigma_min) if train_mse > 0 else None
+    if name in ("gaussian", "sigma-learned"):
+        return lik.current_sigma()
+    return None
+
+
+@torch.no_grad()
+def _test_elbo(model, images, config, batch_size=512):
+    """Single-sample test ELBO terms in nats/image (log p uses the likelihood's
+    log_prob; sigma-image uses its per-image sigma, a training objective only)."""
+    model.eval()
+    lik = model.likelihood
+    rec = kl = 0.0
+    gen = torch.Generator(device=images.device).manual_seed(config.seed + 3)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+        rec += float(lik.log_prob(x, model.decode(z)).double().sum())
+        kl += float(gaussian_kl(mu, logvar).double().sum())
+    n = max(images.shape[0], 1)
+    model.train()
+    return {"rec": rec / n, "kl": kl / n}
+
+
+@torch.no_grad()
+def _prior_samples(model, config, calibration, device, n=SAMPLE_GRID):
+    gen = torch.Generator(device=device).manual_seed(config.seed + 4)
+    z = torch.randn(n, config.latent_dim, generator=gen, device=device)
+    return mean_to_uint8(model.likelihood.mean(model.decode(z)))
+
+
+def mean_to_uint8(mean: torch.Tensor) -> np.ndarray:
+    """A [0, 1] picture -> uint8 exactly as saved images are quantized (round half up)."""
+    return torch.clamp(torch.floor(mean.double() * 255 + 0.5), 0, 255).to(torch.uint8).cpu().numpy()
+
+
+def _postfix(epoch, loss, kl, lik, x, raw):
+    text = f"epoch {epoch} loss {float(loss):.1f} KL {float(kl.mean()):.1f}"
+    if lik.info.gaussian_family and lik.name != "gaussian-pixel":
+        try:
+            sigma = lik.current_sigma(x if lik.name in ("sigma", "sigma-image") else None,
+                                      raw if lik.name in ("sigma", "sigma-image") else None)
+            text += f" sigma {sigma:.4f}"
+        except VaeError:
+            pass
+    return text
+
+
+def _log_epoch(log, history, config):
+    i = -1
+    text = (f"epoch {history['epoch'][i]}: train ELBO {history['train_elbo'][i]:.2f}, "
+            f"test ELBO {history['test_elbo'][i]:.2f} nats (KL {history['test_kl'][i]:.2f})")
+    if not math.isnan(history["sigma"][i]):
+        text += f", sigma {history['sigma'][i]:.4f} (beta-equivalent {history['equivalent_beta'][i]:.4g})"
+    if history["skipped_steps"][i]:
+        text += f", {history['skipped_steps'][i]} non-finite steps skipped"
+    log(text)
+
+
+def _progress_bar(enabled, total, initial):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                leave=False)
+
+
+def _versions():
+    import platform
+
+    import h5py
+    import scipy
+
+    return (f"vaecli {__version__}; python {platform.python_version()}; torch {torch.__version__}; "
+            f"numpy {np.__version__}; scipy {scipy.__version__}; h5py {h5py.__version__}")
+
+
+def _optimizer_to_numpy(state_dict):
+    return {
+        "param_groups": state_dict["param_groups"],
+        "state": {int(i): {k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+                           for k, v in s.items()} for i, s in state_dict["state"].items()},
+    }
+
+
+def _optimizer_from_numpy(data):
+    return {
+        "param_groups": data["param_groups"],
+        "state": {int(i): {k: torch.from_numpy(np.asarray(v)) for k, v in s.items()}
+                  for i, s in data["state"].items()},
+    }
+
+
+def load_model(run: runfile.Run, device="auto", for_evaluation=True) -> ConvVAE:
+    """The trained model of a run file, with the calibrated evaluation sigma set."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = build_model(run.config, run.image_shape, device)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in run.model.items()})
+    if for_evaluation and run.config.likelihood == "sigma":
+        if run.eval_sigma is None:
+            raise VaeError(f"{run.path}: no evaluation sigma stored yet (train for at least one epoch)")
+        model.likelihood.sigma = float(run.eval_sigma)
+    model.eval()
+    return model
+
+
+__all__ = ["train", "load_model", "resolve_device", "TrainConfig", "registry"]
