@@ -161,7 +161,7 @@ def _print_verify_table(results, skipped, seed):
         click.echo(header)
         click.echo("-" * len(header))
     for r in results:
-        status = "pass" if r.passed else "FAIL" + (f" ({r.message})" if r.message else "")
+        status = ("pass" if r.passed else "FAIL") + (f" ({r.message})" if r.message else "")
         click.echo(
             f"{r.likelihood:17s} {r.kind:8s} {r.channels:>1d} {r.backend:7s} {r.device:6s} {r.dtype:7s} "
             f"{r.value_max_abs:10.2e} {r.value_max_rel:10.2e} {r.grad_max_abs:10.2e} {r.grad_max_rel:10.2e}  {status}"

@@ -1,0 +1,617 @@
+"""Fused CUDA kernels for the heavy likelihoods: value and gradient in one pass.
+
+Each kernel takes one thread per element (per pixel for the mixture), reads that
+element's raw decoder outputs (the categorical logits and the mixture logits a second
+time, from cache) and writes the log-likelihood term and the gradient of the
+upstream-weighted sum with respect to every raw channel of the element in the same
+pass; a per-image sum follows.  The maths mirrors :mod:`.formulas` branch for branch
+(same helpers, same branch points, same order of operations where it matters).
+
+Tests: tests/test_cupy_formulas_cpu.py compiles this very source for the host (a
+short prelude maps the CUDA built-ins) and runs :func:`evaluate` on NumPy arrays
+through it, against formulas.py, checking every launch argument's type against the
+kernel's C signature; it also compiles the source with nvcc for sm_90 when nvcc is
+there.  tests/test_cupy_gpu.py runs it on a GPU.
+
+Kernels (``real`` is float or double; the source is compiled lazily, once per dtype,
+by NVRTC through :class:`cupy.RawModule`):
+
+* ``gaussian_family``: gaussian, gaussian-pixel, sigma-learned, sigma, sigma-image,
+  density or bin mass, one thread per element.  A per-image log sigma comes in as
+  an array (fixed, learned, or the analytic sqrt(MSE) of the batch/image), and the
+  kernel also writes d value / d log sigma per element, which the host sums.
+* ``squared_error`` and ``add_sigma_coupling``: the first and last pass of the
+  analytic sigma (the batch/image MSE must be known before the values; the gradient
+  through sigma(MSE) is added once d/dlog sigma has been summed).
+* ``categorical``: one thread per element, online logsumexp over the L logits,
+  then the softmax gradient.
+* ``logistic``: discretized logistic, one thread per element.
+* ``logistic_mixture``: one thread per pixel, looping over the K components and C
+  channels (RGB coupling for C == 3).  The gradient buffer doubles as scratch: the
+  first loop stores each component's log-probability in its logit slot and the
+  unscaled parameter gradients in theirs; the second rescales them by the
+  component's responsibility.
+
+Indexing: ``x`` is int32 ``(B, C, H*W)``; ``raw`` and ``grad`` are C-contiguous
+``(B, out_channels, H*W)``; parameter ``p`` of image channel ``c`` is channel
+``p*C + c`` (registry layout).  Offsets are 64-bit.  Out-of-range levels give NaN
+values in the categorical kernel instead of reading out of bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import formulas
+
+FUSED = (
+    "gaussian",
+    "gaussian-pixel",
+    "sigma-learned",
+    "sigma",
+    "sigma-image",
+    "categorical",
+    "logistic",
+    "logistic-mixture",
+)
+
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 1 << 16  # grid-stride loops cover the rest
+
+SOURCE = r"""
+// ``real`` is defined by a one-line preamble: typedef float real; / typedef double real;
+#define K_INLINE __device__ __forceinline__
+
+#define K_LN2 0.69314718055994530942
+#define K_HALF_LOG_2PI 0.91893853320467274178
+#define K_SQRT_HALF 0.70710678118654752440
+#define K_SQRT_2_OVER_PI 0.79788456080286535588
+#define K_LOG_NDTR_SWITCH (-1.0)
+#define K_NORMAL_BIN_NARROW 1.0
+
+// ---------------------------------------------------- float/double overloads
+K_INLINE float  k_exp(float v)    { return expf(v); }
+K_INLINE double k_exp(double v)   { return exp(v); }
+K_INLINE float  k_log(float v)    { return logf(v); }
+K_INLINE double k_log(double v)   { return log(v); }
+K_INLINE float  k_log1p(float v)  { return log1pf(v); }
+K_INLINE double k_log1p(double v) { return log1p(v); }
+K_INLINE float  k_expm1(float v)  { return expm1f(v); }
+K_INLINE double k_expm1(double v) { return expm1(v); }
+K_INLINE float  k_erfc(float v)   { return erfcf(v); }
+K_INLINE double k_erfc(double v)  { return erfc(v); }
+K_INLINE float  k_erfcx(float v)  { return erfcxf(v); }
+K_INLINE double k_erfcx(double v) { return erfcx(v); }
+K_INLINE float  k_tanh(float v)   { return tanhf(v); }
+K_INLINE double k_tanh(double v)  { return tanh(v); }
+K_INLINE float  k_abs(float v)    { return fabsf(v); }
+K_INLINE double k_abs(double v)   { return fabs(v); }
+K_INLINE float  k_nan(float)      { return __int_as_float(0x7fffffff); }
+K_INLINE double k_nan(double)     { return __longlong_as_double(0x7fffffffffffffffLL); }
+
+// ------------------------------------------------- stable helpers (formulas.py)
+// log(1 + e^t) = max(t, 0) + log1p(e^-|t|)
+K_INLINE real softplus(real t) {
+    return (t > (real)0 ? t : (real)0) + k_log1p(k_exp(-k_abs(t)));
+}
+
+// 1/(1 + e^-t) from e^-|t|
+K_INLINE real sigmoid(real t) {
+    const real e = k_exp(-k_abs(t));
+    return t >= (real)0 ? (real)1 / ((real)1 + e) : e / ((real)1 + e);
+}
+
+// floor + softplus(t - floor) and its derivative sigmoid(t - floor); identity without floor
+K_INLINE real softclip(real t, real floor, int use_floor, real* deriv) {
+    if (!use_floor) { *deriv = (real)1; return t; }
+    *deriv = sigmoid(t - floor);
+    return floor + softplus(t - floor);
+}
+
+// log(1 - e^-d), d >= 0: log(-expm1(-d)) below ln 2, log1p(-e^-d) above
+K_INLINE real log1mexp(real d) {
+    return d < (real)K_LN2 ? k_log(-k_expm1(-d)) : k_log1p(-k_exp(-d));
+}
+
+// log Phi(t): log(erfcx(-t/sqrt2)/2) - t^2/2 below the switch, log1p(-erfc(t/sqrt2)/2) above
+K_INLINE real log_ndtr(real t) {
+    if (t < (real)K_LOG_NDTR_SWITCH) {
+        return k_log((real)0.5 * k_erfcx(-t * (real)K_SQRT_HALF)) - (real)0.5 * t * t;
+    }
+    return k_log1p((real)-0.5 * k_erfc(t * (real)K_SQRT_HALF));
+}
+
+// d/dt log Phi(t) = phi(t)/Phi(t) = sqrt(2/pi)/erfcx(-t/sqrt2)
+K_INLINE real normal_hazard(real t) {
+    return (real)K_SQRT_2_OVER_PI / k_erfcx(-t * (real)K_SQRT_HALF);
+}
+
+// log N(mu, sigma^2) mass of the bin of level xv (y = xv/(L-1)) and its derivatives
+// with respect to mu and log sigma: formulas.normal_bin, branch for branch.
+K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real half_bin,
+                         real* g_mu, real* g_log_sigma) {
+    const real inv_sigma = k_exp(-log_sigma);
+    const real c = (y - mu) * inv_sigma;   // standardized centre
+    const real w = half_bin * inv_sigma;   // standardized half-width
+    const bool first = xv == 0;
+    const bool final_bin = xv == last;
+    const bool flip = first ? false : (final_bin ? true : c > (real)0);
+    const real cc = flip ? -c : c;         // the bin moved to the lower side
+    const real p = cc - w;
+    const real q = cc + w;
+    const real log_q = log_ndtr(q);
+    const real hz_q = normal_hazard(q);
+    real log_mass, g_centre;
+    if (first || final_bin) {
+        log_mass = log_q;
+        g_centre = -hz_q;
+        *g_log_sigma = -q * hz_q;
+    } else {
+        const real d = log_q - log_ndtr(p);
+        log_mass = log_q + log1mexp(d);
+        const real hz_p = normal_hazard(p);
+        const real a_term = hz_p / k_expm1(d);   // phi(p)/M
+        if (d < (real)K_NORMAL_BIN_NARROW) {
+            const real k = (real)2 * w * cc;    // (q^2 - p^2)/2 <= 0
+            g_centre = -hz_p * (k_exp(-k - d) * k_expm1(k) / k_expm1(-d));
+        } else {
+            g_centre = a_term - hz_q / (-k_expm1(-d));
+        }
+        *g_log_sigma = (real)-2 * w * a_term + q * g_centre;
+    }
+    *g_mu = (flip ? -g_centre : g_centre) * inv_sigma;
+    return log_mass;
+}
+
+// log mass of the bin of level xv under the logistic (mu, s) and its derivatives with
+// respect to mu and log s: formulas.logistic_bin.  sigma(b) - sigma(a) =
+// sigma(b) sigma(-a) (1 - e^(a-b)); the first bin drops the a-terms, the last the b-terms.
+K_INLINE real logistic_bin(int xv, int last, real y, real mu, real log_scale, real half_bin,
+                           real* g_mu, real* g_log_scale) {
+    const real inv_scale = k_exp(-log_scale);
+    const real c = (y - mu) * inv_scale;
+    const real w = half_bin * inv_scale;
+    const real a = c - w;
+    const real b = c + w;
+    const bool first = xv == 0;
+    const bool final_bin = xv == last;
+    real log_lo = (real)0, log_hi = (real)0, log_width = (real)0;
+    real s_a = (real)0, s_nb = (real)0, width = (real)0;
+    if (!first) {
+        log_lo = -softplus(a);     // log(1 - sigma(a)) = log sigma(-a)
+        s_a = sigmoid(a);
+    }
+    if (!final_bin) {
+        log_hi = -softplus(-b);    // log sigma(b)
+        s_nb = sigmoid(-b);
+    }
+    if (!first && !final_bin) {
+        log_width = log1mexp((real)2 * w);
+        width = (real)2 * w / k_expm1((real)2 * w);
+    }
+    *g_mu = (s_a - s_nb) * inv_scale;
+    *g_log_scale = a * s_a - b * s_nb - width;
+    return log_hi + log_lo + log_width;
+}
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+// ------------------------------------------------------------------- kernels
+
+// Gaussian family, one thread per element i = (b, e), e in [0, C*H*W).
+// params == 2 (gaussian-pixel): log sigma = softclip(raw[b, C + c]); params == 1:
+// log sigma = log_sigma_img[b], and grad_log_sigma[i] = w_b d value_i / d log sigma.
+extern "C" __global__ void gaussian_family(
+    const int* __restrict__ x, const real* __restrict__ raw,
+    const real* __restrict__ log_sigma_img, const real* __restrict__ weight,
+    real* __restrict__ value, real* __restrict__ grad, real* __restrict__ grad_log_sigma,
+    const long long n, const long long chw, const int params, const int last,
+    const real half_bin, const int discrete, const real floor, const int use_floor,
+    const int need_grad)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / chw;
+        const long long e = i - b * chw;
+        const long long i_mu = b * params * chw + e;
+        const int xv = x[i];
+        const real y = (real)xv / (real)last;
+        const real r = raw[i_mu];
+        const real mu = sigmoid(r);
+        const real dmu = mu * sigmoid(-r);
+        real dls = (real)1;
+        const real ls = params == 2 ? softclip(raw[i_mu + chw], floor, use_floor, &dls)
+                                    : log_sigma_img[b];
+        real val, g_mu, g_ls;
+        if (discrete) {
+            val = normal_bin(xv, last, y, mu, ls, half_bin, &g_mu, &g_ls);
+        } else {
+            const real inv_sigma = k_exp(-ls);
+            const real z = (y - mu) * inv_sigma;
+            val = (real)-0.5 * z * z - ls - (real)K_HALF_LOG_2PI;
+            g_mu = z * inv_sigma;
+            g_ls = z * z - (real)1;
+        }
+        value[i] = val;
+        if (need_grad) {
+            const real w = weight[b];
+            grad[i_mu] = w * g_mu * dmu;
+            if (params == 2) {
+                grad[i_mu + chw] = w * g_ls * dls;
+            } else {
+                grad_log_sigma[i] = w * g_ls;
+            }
+        }
+    }
+}
+
+// (y - sigmoid(raw))^2 per element, for the analytic sigma (one parameter per channel).
+extern "C" __global__ void squared_error(
+    const int* __restrict__ x, const real* __restrict__ raw, real* __restrict__ out,
+    const long long n, const int last)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const real diff = (real)x[i] / (real)last - sigmoid(raw[i]);
+        out[i] = diff * diff;
+    }
+}
+
+// grad += coef_b (y - mu) sigmoid'(raw): the gradient through log sigma(MSE).
+extern "C" __global__ void add_sigma_coupling(
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ coef,
+    real* __restrict__ grad, const long long n, const long long chw, const int last)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / chw;
+        const real r = raw[i];
+        const real mu = sigmoid(r);
+        const real dmu = mu * sigmoid(-r);
+        const real diff = (real)x[i] / (real)last - mu;
+        grad[i] += coef[b] * diff * dmu;
+    }
+}
+
+// Categorical over L levels, one thread per element; level k of element (b, e) is
+// raw[(b*L + k)*C*H*W + e].
+extern "C" __global__ void categorical(
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ weight,
+    real* __restrict__ value, real* __restrict__ grad,
+    const long long n, const long long chw, const int levels, const int need_grad)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / chw;
+        const long long e = i - b * chw;
+        const long long base = b * levels * chw + e;
+        const real* logits = raw + base;
+        const int xv = x[i];
+        real m = logits[0];
+        real s = (real)1;
+        for (int k = 1; k < levels; ++k) {  // online logsumexp
+            const real v = logits[(long long)k * chw];
+            if (v > m) {
+                s = s * k_exp(m - v) + (real)1;
+                m = v;
+            } else {
+                s += k_exp(v - m);
+            }
+        }
+        const real lse = m + k_log(s);
+        const bool in_range = xv >= 0 && xv < levels;
+        value[i] = in_range ? logits[(long long)xv * chw] - lse : k_nan(lse);
+        if (need_grad) {
+            const real w = weight[b];
+            real* g = grad + base;
+            for (int k = 0; k < levels; ++k) {
+                const real p = k_exp(logits[(long long)k * chw] - lse);
+                g[(long long)k * chw] = w * ((k == xv ? (real)1 : (real)0) - p);
+            }
+        }
+    }
+}
+
+// Discretized logistic, one thread per element: mu = raw[b, c], log s = softclip(raw[b, C + c]).
+extern "C" __global__ void logistic(
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ weight,
+    real* __restrict__ value, real* __restrict__ grad,
+    const long long n, const long long chw, const int last, const real half_bin,
+    const real floor, const int use_floor, const int need_grad)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / chw;
+        const long long e = i - b * chw;
+        const long long i_mu = b * 2 * chw + e;
+        const long long i_ls = i_mu + chw;
+        const int xv = x[i];
+        const real y = (real)xv / (real)last;
+        real dls;
+        const real ls = softclip(raw[i_ls], floor, use_floor, &dls);
+        real g_mu, g_ls;
+        value[i] = logistic_bin(xv, last, y, raw[i_mu], ls, half_bin, &g_mu, &g_ls);
+        if (need_grad) {
+            const real w = weight[b];
+            grad[i_mu] = w * g_mu;
+            grad[i_ls] = w * g_ls * dls;
+        }
+    }
+}
+
+// Mixture of K discretized logistics, one thread per pixel i = (b, p), p in [0, H*W).
+// Channels of raw (per pixel): logits k; means K + k*C + c; raw log-scales
+// K + K*C + k*C + c; for C == 3 coupling coefficients K + 2*K*C + 3*k + j.
+extern "C" __global__ void logistic_mixture(
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ weight,
+    real* __restrict__ value, real* __restrict__ grad,
+    const long long n, const long long hw, const int channels, const int mixtures,
+    const int last, const real half_bin, const real floor, const int use_floor,
+    const int need_grad)
+{
+    const int K = mixtures;
+    const int C = channels;
+    const int coupled = C == 3;
+    const long long per_pixel = (long long)K * (1 + 2 * C + (coupled ? 3 : 0));
+    const long long mean0 = K;
+    const long long scale0 = (long long)K + (long long)K * C;
+    const long long coef0 = (long long)K + 2LL * K * C;
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / hw;
+        const long long p = i - b * hw;
+        const real* r = raw + b * per_pixel * hw + p;  // channel j at r[j * hw]
+        real* g = grad + b * per_pixel * hw + p;       // used only if need_grad
+        const int* xs = x + b * C * hw + p;             // image channel c at xs[c * hw]
+
+        // log-softmax normaliser of the mixture logits
+        real m_pi = r[0];
+        for (int k = 1; k < K; ++k) {
+            const real v = r[(long long)k * hw];
+            m_pi = v > m_pi ? v : m_pi;
+        }
+        real s_pi = (real)0;
+        for (int k = 0; k < K; ++k) s_pi += k_exp(r[(long long)k * hw] - m_pi);
+        const real lse_pi = m_pi + k_log(s_pi);
+
+        real y_r = (real)0, y_g = (real)0;
+        if (coupled) {
+            y_r = (real)xs[0] / (real)last;
+            y_g = (real)xs[hw] / (real)last;
+        }
+
+        real m = (real)0, s = (real)0;  // online logsumexp over the components
+        for (int k = 0; k < K; ++k) {
+            real comp = r[(long long)k * hw] - lse_pi;  // log softmax(pi)_k
+            for (int c = 0; c < C; ++c) {
+                const int xv = xs[(long long)c * hw];
+                const real y = (real)xv / (real)last;
+                const long long j_mu = mean0 + (long long)k * C + c;
+                const long long j_ls = scale0 + (long long)k * C + c;
+                const long long j_cf = coef0 + 3LL * k;
+                real loc = r[j_mu * hw];
+                real t_a = (real)0, t_b = (real)0, t_c = (real)0;
+                if (coupled && c == 1) {
+                    t_a = k_tanh(r[j_cf * hw]);
+                    loc += t_a * y_r;
+                } else if (coupled && c == 2) {
+                    t_b = k_tanh(r[(j_cf + 1) * hw]);
+                    t_c = k_tanh(r[(j_cf + 2) * hw]);
+                    loc += t_b * y_r + t_c * y_g;
+                }
+                real dls;
+                const real ls = softclip(r[j_ls * hw], floor, use_floor, &dls);
+                real g_loc, g_ls;
+                comp += logistic_bin(xv, last, y, loc, ls, half_bin, &g_loc, &g_ls);
+                if (need_grad) {  // unscaled; multiplied by w_b * resp_k below
+                    g[j_mu * hw] = g_loc;
+                    g[j_ls * hw] = g_ls * dls;
+                    if (coupled && c == 1) {
+                        g[j_cf * hw] = g_loc * y_r * ((real)1 - t_a * t_a);
+                    } else if (coupled && c == 2) {
+                        g[(j_cf + 1) * hw] = g_loc * y_r * ((real)1 - t_b * t_b);
+                        g[(j_cf + 2) * hw] = g_loc * y_g * ((real)1 - t_c * t_c);
+                    }
+                }
+            }
+            if (need_grad) g[(long long)k * hw] = comp;  // scratch: component log-prob
+            if (k == 0) {
+                m = comp;
+                s = (real)1;
+            } else if (comp > m) {
+                s = s * k_exp(m - comp) + (real)1;
+                m = comp;
+            } else {
+                s += k_exp(comp - m);
+            }
+        }
+        const real lse = m + k_log(s);
+        value[i] = lse;
+        if (need_grad) {
+            const real w = weight[b];
+            for (int k = 0; k < K; ++k) {
+                const real resp = k_exp(g[(long long)k * hw] - lse);
+                const real scale = w * resp;
+                g[(long long)k * hw] = w * (resp - k_exp(r[(long long)k * hw] - lse_pi));
+                for (int c = 0; c < C; ++c) {
+                    g[(mean0 + (long long)k * C + c) * hw] *= scale;
+                    g[(scale0 + (long long)k * C + c) * hw] *= scale;
+                }
+                if (coupled) {
+                    for (int j = 0; j < 3; ++j) g[(coef0 + 3LL * k + j) * hw] *= scale;
+                }
+            }
+        }
+    }
+}
+"""
+
+KERNEL_NAMES = (
+    "gaussian_family",
+    "squared_error",
+    "add_sigma_coupling",
+    "categorical",
+    "logistic",
+    "logistic_mixture",
+)
+
+_REAL = {"float32": "float", "float64": "double"}
+_modules: dict = {}
+
+
+def source_for(dtype) -> str:
+    """The full CUDA source for ``dtype`` (float32 or float64): preamble + kernels."""
+    return f"typedef {_REAL[np.dtype(dtype).name]} real;\n" + SOURCE
+
+
+def _kernel(name: str, dtype):
+    """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
+    import cupy
+
+    key = np.dtype(dtype).name
+    module = _modules.get(key)
+    if module is None:
+        module = cupy.RawModule(code=source_for(dtype))
+        _modules[key] = module
+    return module.get_function(name)
+
+
+def launch_cuda(name, dtype, n, args):
+    """Run kernel ``name`` (of the ``dtype`` variant) over ``n`` work items on the
+    current CuPy device and stream; ``args`` are CuPy arrays and NumPy scalars whose
+    types match the kernel's parameters exactly (no conversion is done)."""
+    if n == 0:
+        return
+    blocks = min((n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK, MAX_BLOCKS)
+    _kernel(name, dtype)((blocks,), (THREADS_PER_BLOCK,), args)
+
+
+def supports(name: str) -> bool:
+    """Whether ``name`` has a fused kernel (both kinds)."""
+    return name in FUSED
+
+
+def evaluate(
+    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, ns=None, launch=None, **opts
+):
+    """:func:`formulas.evaluate` for CuPy arrays, by the fused kernels.
+
+    ``ns`` and ``launch`` default to CuPy and :func:`launch_cuda`; the tests pass NumPy
+    and a launcher of the same kernel source compiled for the host, so that this
+    orchestration and the kernels' maths are checked on machines without a GPU."""
+    ns = ns or formulas.cupy_namespace()
+    launch = launch or launch_cuda
+    xp = ns.xp
+    o = formulas.parse_options(name, opts)
+    formulas.check_inputs(ns, name, x, raw, o, check_range=False)
+    if name not in FUSED:
+        raise ValueError(f"no fused kernel for {name}")
+    discrete = formulas.is_discrete(name, kind)
+    dtype = raw.dtype
+    real = np.float32 if dtype == np.float32 else np.float64
+    raw = xp.ascontiguousarray(raw)
+    xi = xp.ascontiguousarray(x.astype(xp.int32, copy=False))
+    b, c, h, w = x.shape
+    hw, chw = h * w, c * h * w
+    last = o.levels - 1
+    half_bin = real(0.5 / last)
+    use_floor = np.int32(o.log_sigma_min is not None)
+    floor = real(0.0 if o.log_sigma_min is None else o.log_sigma_min)
+    weight = xp.ascontiguousarray(
+        formulas._weights(xp, upstream, b, dtype) if need_grad else xp.ones(b, dtype)
+    )
+    grad = xp.empty_like(raw) if need_grad else xp.empty(1, dtype)
+    flag = np.int32(need_grad)
+    grad_log_sigma = None
+
+    if name in formulas.GAUSSIAN_FAMILY:
+        n = b * chw
+        value = xp.empty(n, dtype)
+        params = 2 if name == "gaussian-pixel" else 1
+        log_sigma_img = xp.zeros(1, dtype)
+        analytic = False
+        fixed = formulas.fixed_log_sigma(name, o)
+        if name == "sigma-learned":
+            ls, d_ls = formulas.learned_log_sigma(xp, name, o, dtype)
+            log_sigma_img = xp.ascontiguousarray(xp.broadcast_to(ls, (b,)))
+        elif fixed is not None:
+            log_sigma_img = xp.full(b, fixed, dtype)
+        elif name != "gaussian-pixel":
+            analytic = True
+            sq = xp.empty(n, dtype)
+            launch("squared_error", dtype, n, (xi, raw, sq, np.int64(n), np.int32(last)))
+            sse = sq.reshape(b, chw).sum(axis=1)
+            count = chw * (b if name == "sigma" else 1)
+            mse = xp.broadcast_to(sse.sum() / count, (b,)) if name == "sigma" else sse / count
+            ls_b, d_ls_b = formulas.softclip(xp, 0.5 * xp.log(mse), o.log_sigma_min)
+            log_sigma_img = xp.ascontiguousarray(ls_b.astype(dtype, copy=False))
+        g_ls_elem = xp.empty(n, dtype) if need_grad and params == 1 else xp.empty(1, dtype)
+        launch(
+            "gaussian_family",
+            dtype,
+            n,
+            (
+                xi, raw, log_sigma_img, weight, value, grad, g_ls_elem,
+                np.int64(n), np.int64(chw), np.int32(params), np.int32(last), half_bin,
+                np.int32(discrete), floor, use_floor, flag,
+            ),
+        )  # fmt: skip
+        value = value.reshape(b, chw).sum(axis=1)
+        if need_grad and name == "sigma-learned":
+            grad_log_sigma = g_ls_elem.reshape(b, chw).sum(axis=1) * d_ls
+        elif need_grad and analytic:
+            g_img = g_ls_elem.reshape(b, chw).sum(axis=1)  # (B,) w_b d/dlog sigma_b
+            if name == "sigma":
+                g_img = xp.broadcast_to(g_img.sum(), (b,))
+            safe = xp.where(mse > 0, mse, 1.0)
+            coef = xp.where(mse > 0, -g_img * d_ls_b / (safe * count), 0.0)
+            coef = xp.ascontiguousarray(coef.astype(dtype, copy=False))
+            launch(
+                "add_sigma_coupling",
+                dtype,
+                n,
+                (xi, raw, coef, grad, np.int64(n), np.int64(chw), np.int32(last)),
+            )
+    elif name == "categorical":
+        n = b * chw
+        value = xp.empty(n, dtype)
+        launch(
+            "categorical",
+            dtype,
+            n,
+            (xi, raw, weight, value, grad, np.int64(n), np.int64(chw), np.int32(o.levels), flag),
+        )
+        value = value.reshape(b, chw).sum(axis=1)
+    elif name == "logistic":
+        n = b * chw
+        value = xp.empty(n, dtype)
+        launch(
+            "logistic",
+            dtype,
+            n,
+            (
+                xi, raw, weight, value, grad, np.int64(n), np.int64(chw), np.int32(last),
+                half_bin, floor, use_floor, flag,
+            ),
+        )  # fmt: skip
+        value = value.reshape(b, chw).sum(axis=1)
+    else:  # logistic-mixture
+        n = b * hw
+        value = xp.empty(n, dtype)
+        launch(
+            "logistic_mixture",
+            dtype,
+            n,
+            (
+                xi, raw, weight, value, grad, np.int64(n), np.int64(hw), np.int32(c),
+                np.int32(o.mixtures), np.int32(last), half_bin, floor, use_floor, flag,
+            ),
+        )  # fmt: skip
+        value = value.reshape(b, hw).sum(axis=1)
+    return formulas.Evaluation(
+        value.astype(dtype, copy=False),
+        grad if need_grad else None,
+        None if grad_log_sigma is None else grad_log_sigma.astype(dtype, copy=False),
+    )
+
+
+def compile_check_sources() -> dict:
+    """{dtype name: full CUDA source}, for compile checks without a device (nvcc)."""
+    return {name: source_for(name) for name in _REAL}
+

@@ -1,0 +1,188 @@
+"""Torch autograd over the CuPy backend: likelihoods of torch CUDA tensors computed
+by the fused kernels, with gradients for training.
+
+``log_prob(name, x, raw, **opts)`` and ``log_pmf(...)`` take torch CUDA tensors
+(``x`` integer levels ``(B, C, H, W)``, ``raw`` float32/float64 decoder output that
+may require grad; for sigma-learned the option ``log_sigma`` is a torch scalar tensor,
+the model's parameter) and return a ``(B,)`` tensor of nats in raw's dtype, attached
+to the autograd graph.  The options are those of :mod:`vaecli.backends`.
+
+How: a :class:`torch.autograd.Function` hands the tensors to CuPy without a copy
+through DLPack, runs :func:`vaecli.backends.cupy_backend.evaluate` (value and
+gradient in one pass) on torch's current CUDA stream, keeps the gradient, and in
+backward scales it by the upstream ``(B,)`` gradient: every likelihood is separable by
+image, except ``sigma`` with a batch sigma, whose gradient backward recomputes with the
+upstream weights.  torch and cupy are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+from ... import registry
+from ...errors import VaeError
+
+_FUNCTION = None  # the autograd.Function, made on first use (torch is imported then)
+
+
+def log_prob(name, x, raw, **opts):
+    """log p(x | raw) per image (B,) with autograd: see vaecli.backends."""
+    return _apply(name, "log_prob", x, raw, opts)
+
+
+def log_pmf(name, x, raw, **opts):
+    """The discretized PMF of x, log per image (B,) with autograd."""
+    return _apply(name, "log_pmf", x, raw, opts)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where the bridge computes: zero-copy conversions between torch tensors and
+    arrays, a context that puts the array work on torch's stream, and the
+    ``evaluate(name, x, raw, kind, *, upstream, need_grad, **opts)`` that runs it.
+    :func:`cupy_engine` is the real one; tests run the same autograd logic on the CPU
+    with a NumPy engine."""
+
+    to_array: Callable
+    to_torch: Callable
+    stream: Callable  # device -> context manager
+    evaluate: Callable
+
+
+def cupy_engine() -> Engine:
+    from . import evaluate
+
+    return Engine(_to_cupy, _to_torch, _torch_stream, evaluate)
+
+
+def _apply(name, kind, x, raw, opts, engine=None):
+    import torch
+
+    registry.info(name)
+    if not isinstance(raw, torch.Tensor) or not isinstance(x, torch.Tensor):
+        raise VaeError(f"{name}: the cupy torch bridge takes torch tensors x and raw")
+    if engine is None and (raw.device.type != "cuda" or x.device != raw.device):
+        raise VaeError(
+            f"{name}: the cupy torch bridge needs x and raw on the same CUDA device, "
+            f"got x on {x.device} and raw on {raw.device}"
+        )
+    if raw.dtype not in (torch.float32, torch.float64):
+        raise VaeError(
+            f"{name}: likelihoods compute in float32 or float64, got raw of dtype "
+            f"{raw.dtype} (cast it with raw.float())"
+        )
+    opts = dict(opts)
+    log_sigma = opts.pop("log_sigma", None)
+    if log_sigma is not None and not isinstance(log_sigma, torch.Tensor):
+        log_sigma = torch.as_tensor(log_sigma, dtype=raw.dtype, device=raw.device)
+    if log_sigma is not None and log_sigma.device != raw.device:
+        raise VaeError(f"{name}: log_sigma is on {log_sigma.device} but raw is on {raw.device}")
+    engine = engine or cupy_engine()
+    return _function().apply(x, raw, log_sigma, name, kind, tuple(sorted(opts.items())), engine)
+
+
+@contextlib.contextmanager
+def _torch_stream(device):
+    """Make CuPy work on torch's current CUDA stream of ``device`` (and that device)."""
+    import cupy
+    import torch
+
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(device.index):
+        if hasattr(cupy.cuda, "ExternalStream"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # CuPy 14 deprecates it
+                external = cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
+        else:  # CuPy >= 15: the CUDA stream protocol
+            external = cupy.cuda.Stream.from_external(stream)
+        with external:
+            yield
+
+
+def _to_cupy(tensor):
+    import cupy
+
+    return cupy.from_dlpack(tensor.detach())
+
+
+def _to_torch(array):
+    import torch
+
+    return torch.from_dlpack(array)
+
+
+def _function():
+    global _FUNCTION
+    if _FUNCTION is not None:
+        return _FUNCTION
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class CupyLikelihood(torch.autograd.Function):
+        """value = likelihood(x, raw[, log_sigma]); gradients from the CuPy pass."""
+
+        @staticmethod
+        def forward(ctx, x, raw, log_sigma, name, kind, opts_items, engine):
+            opts = dict(opts_items)
+            want_raw = ctx.needs_input_grad[1]
+            want_ls = log_sigma is not None and ctx.needs_input_grad[2]
+            # sigma with a batch sigma couples the images: backward recomputes with
+            # the upstream weights instead of scaling a saved gradient.
+            coupled = name == "sigma" and opts.get("sigma") is None
+            need_grad = (want_raw or want_ls) and not coupled
+            ctx.name, ctx.kind, ctx.opts, ctx.coupled = name, kind, opts, coupled
+            ctx.engine = engine
+            ctx.grad_raw = ctx.grad_log_sigma = None
+            ctx.log_sigma_meta = None if log_sigma is None else (log_sigma.shape, log_sigma.dtype)
+            e = engine
+            with e.stream(raw.device):
+                extra = dict(opts)
+                if log_sigma is not None:
+                    extra["log_sigma"] = e.to_array(log_sigma).reshape(())
+                ev = e.evaluate(
+                    name, e.to_array(x), e.to_array(raw), kind, need_grad=need_grad, **extra
+                )
+                value = e.to_torch(ev.value)
+                if need_grad:
+                    ctx.grad_raw = e.to_torch(ev.grad_raw)
+                    if ev.grad_log_sigma is not None:
+                        ctx.grad_log_sigma = e.to_torch(ev.grad_log_sigma)  # (B,)
+            if coupled and (want_raw or want_ls):
+                ctx.save_for_backward(x, raw)
+            return value
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad_value):
+            g = grad_value.reshape(-1)
+            grad_raw = grad_ls = None
+            if ctx.coupled:
+                x, raw = ctx.saved_tensors
+                g = g.to(raw.dtype).contiguous()
+                e = ctx.engine
+                with e.stream(raw.device):
+                    ev = e.evaluate(
+                        ctx.name,
+                        e.to_array(x),
+                        e.to_array(raw),
+                        ctx.kind,
+                        upstream=e.to_array(g),
+                        need_grad=True,
+                        **ctx.opts,
+                    )
+                    grad_raw = e.to_torch(ev.grad_raw)
+            elif ctx.grad_raw is not None:
+                g = g.to(ctx.grad_raw.dtype)
+                grad_raw = ctx.grad_raw * g.view(-1, 1, 1, 1)
+                if ctx.grad_log_sigma is not None and ctx.needs_input_grad[2]:
+                    shape, dtype = ctx.log_sigma_meta
+                    grad_ls = (ctx.grad_log_sigma * g).sum().to(dtype).reshape(shape)
+            if not ctx.needs_input_grad[1]:
+                grad_raw = None
+            return None, grad_raw, grad_ls, None, None, None, None
+
+    _FUNCTION = CupyLikelihood
+    return _FUNCTION
