@@ -15,11 +15,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
 
 status=0
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_gpu.py 2>&1 | tee "$out/pytest_cupy.txt" || status=1
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_torch_equivalence.py -k cuda 2>&1 | tail -5 | tee "$out/pytest_torch_cuda.txt" || status=1
-timeout 240 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
-timeout 240 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
-timeout 240 python3 benchmarks/likelihood_speed.py --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
+timeout 270 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py 2>&1 | tee "$out/pytest_cupy.txt" || status=1
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_torch_equivalence.py -k cuda 2>&1 | tail -5 | tee "$out/pytest_torch_cuda.txt" || status=1
+timeout 90 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
+timeout 120 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
+timeout 120 python3 benchmarks/likelihood_speed.py --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
 
 python3 - "$out" "$seed" <<'PY'
 import json, sys, pathlib
