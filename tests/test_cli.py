@@ -68,7 +68,9 @@ def test_verify_cupy_without_gpu_exits_zero_with_nothing_passed():
         pytest.skip("a CUDA device is present")
     result = CliRunner().invoke(main, ["verify", "--backend", "cupy", "--seed", "0"], catch_exceptions=False)
     assert result.exit_code == 0
-    assert "cupy: not verified: no CUDA device is available" in result.output
+    # no device, or no cupy at all: either way it says so and marks nothing passed
+    assert ("cupy: not verified: no CUDA device is available" in result.stdout
+            or "cupy: not verified: cupy is not installed" in result.stdout)
     assert result.stdout.splitlines()[-1] == "0 passed, 0 failed"
 
 

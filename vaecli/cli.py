@@ -302,12 +302,15 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
 
     from . import datasets, runfile
     from .evaluate import evaluate
-    from .train import load_model, prepare_images
+    from .train import load_model, load_split, prepare_images
 
     run = runfile.read(run_path)
     metrics = metrics or ("elbo", "bpd")
     model = load_model(run, device)
-    data = datasets.load(data_path or run.config.dataset, split, size=run.config.image_size)
+    if data_path:  # all of the given file
+        data = datasets.load(data_path, split, size=run.config.image_size)
+    else:
+        data = load_split(run.config.dataset, split, run.config.image_size)
     if tuple(data.images.shape[1:]) != run.image_shape:
         raise VaeError(f"{data.source}: images of shape {data.images.shape[1:]} do not fit this model "
                        f"(trained on {run.image_shape})")
@@ -404,13 +407,13 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
     import numpy as np
     import torch
 
-    from . import datasets, runfile
     from . import images as pictures
-    from .train import load_model, mean_to_uint8, prepare_images
+    from . import runfile
+    from .train import load_model, load_split, mean_to_uint8, prepare_images
 
     run = runfile.read(run_path)
     model = load_model(run, device)
-    data = datasets.load(run.config.dataset, split, size=run.config.image_size)
+    data = load_split(run.config.dataset, split, run.config.image_size)
     x = torch.from_numpy(prepare_images(data.images[: num * rows], run.config))
     with torch.no_grad():
         mu, _ = model.encode(x.to(next(model.parameters()).device))
@@ -522,6 +525,14 @@ def compare_command(run_paths, fmt, split):
         for r in rows:
             click.echo("| " + " | ".join(cell(r.get(k)) for k in columns) + " |")
 
+
+def _register_data_commands():
+    from .datasets.commands import data
+
+    main.add_command(data)
+
+
+_register_data_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

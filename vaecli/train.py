@@ -28,6 +28,8 @@ HISTORY_COLUMNS = (
 RESUMABLE_CHANGES = ("epochs", "device")
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each reads device values)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
+HOLDOUT_SEED = 0  # data files without splits: the permutation that picks the test set
+HOLDOUT_FRACTION = 0.1  # ... and the share of images it holds out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,12 +49,30 @@ def prepare_images(images: np.ndarray, config: TrainConfig) -> np.ndarray:
     return images
 
 
-def load_data(config: TrainConfig):
+def load_split(dataset: str, split: str, size=None):
+    """One split of a dataset.  A data file without train/test splits is split here:
+    a fixed permutation (seed HOLDOUT_SEED) holds out HOLDOUT_FRACTION as the test set,
+    so training and evaluation never see the same images by accident."""
     from . import datasets
+    from .datasets.core import Dataset
 
-    train = datasets.load(config.dataset, "train", size=config.image_size)
-    test = datasets.load(config.dataset, "test", size=config.image_size)
-    return train, test
+    data = datasets.load(dataset, split, size=size)
+    if data.split != "all":
+        return data
+    n = data.images.shape[0]
+    if n < 2:
+        raise VaeError(f"{dataset}: {n} image; need at least 2 to hold out a test set")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
+    n_test = max(1, round(HOLDOUT_FRACTION * n))
+    keep = np.sort(order[:n_test] if split == "test" else order[n_test:])
+    labels = None if data.labels is None else data.labels[keep]
+    return Dataset(np.ascontiguousarray(data.images[keep]), labels, data.name,
+                   f"{split} (fixed {HOLDOUT_FRACTION:.0%} hold-out of a file without splits)",
+                   source=data.source, attribution=data.attribution)
+
+
+def load_data(config: TrainConfig):
+    return load_split(config.dataset, "train", config.image_size), load_split(config.dataset, "test", config.image_size)
 
 
 def build_model(config: TrainConfig, image_shape, device) -> ConvVAE:
