@@ -3,7 +3,7 @@
 Encoder: conv 3x3 stride 1 (w channels), conv 4x4 stride 2 (2w), conv 5x5 stride 2
 (4w), ReLU after each, then a linear layer to the posterior mean and log-variance
 of a ``latent_dim``-dimensional Gaussian.  Decoder: the mirror image, a linear layer
-then transposed convs 6x6/2 (2w), 6x6/2 (w) and 5x5/1 to the likelihood's
+then (no activation, as in the paper's code) transposed convs 6x6/2 (2w), 6x6/2 (w) and 5x5/1 to the likelihood's
 ``out_channels``.  Works for any square size divisible by 4 (28, 32, 64, ...).
 """
 
@@ -35,7 +35,6 @@ class ConvVAE(nn.Module):
         self.to_posterior = nn.Linear(features, 2 * latent_dim)
         self.from_latent = nn.Linear(latent_dim, features)
         self.decoder = nn.Sequential(
-            nn.ReLU(),
             nn.ConvTranspose2d(4 * w, 2 * w, 6, stride=2, padding=2), nn.ReLU(),
             nn.ConvTranspose2d(2 * w, w, 6, stride=2, padding=2), nn.ReLU(),
             nn.ConvTranspose2d(w, likelihood.out_channels(image_channels), 5, stride=1, padding=2),
