@@ -14,22 +14,10 @@ import click
 
 from . import registry
 from ._version import __version__
+from .clicommon import CONTEXT, VaeGroup
 from .errors import VaeError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class _Group(click.Group):
-    """Turns a VaeError escaping any command into a one-line ClickException."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VaeError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=_Group, context_settings=CONTEXT)
+@click.group(cls=VaeGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="vae")
 def main():
     """vaecli: variational autoencoders with calibrated decoders.

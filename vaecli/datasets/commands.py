@@ -9,23 +9,11 @@ from __future__ import annotations
 
 import click
 
-from ..errors import VaeError
+from ..clicommon import CONTEXT, VaeGroup
 from .catalog import NAMES
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-
-class _DataGroup(click.Group):
-    """Turns a VaeError escaping a data command into a one-line ClickException (exit 1)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VaeError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group("data", cls=_DataGroup, context_settings=CONTEXT)
+@click.group("data", cls=VaeGroup, context_settings=CONTEXT)
 def data():
     """See which datasets are on this machine and download the standard ones.
 
