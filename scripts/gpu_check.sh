@@ -20,6 +20,14 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_torch_equiv
 timeout 90 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
 timeout 120 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
 timeout 120 python3 benchmarks/likelihood_speed.py --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
+# the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
+for backend in torch cupy; do
+  rm -f "/tmp/gpu_train_$backend.h5"
+  timeout 150 python3 -m vaecli train --device cuda --backend "$backend" --epochs 3 --quiet --json \
+    --out "/tmp/gpu_train_$backend.h5" > "$out/train_$backend.json" || status=1
+  timeout 60 python3 -m vaecli eval "/tmp/gpu_train_$backend.h5" --metric elbo --metric bpd --json \
+    > "$out/eval_$backend.json" || status=1
+done
 
 python3 - "$out" "$seed" <<'PY'
 import json, sys, pathlib
@@ -41,6 +49,14 @@ for f in ("verify_torch_cuda.json", "verify_cupy.json"):
     fails = [f"{r['likelihood']}/{r['kind']}/C{r['channels']}/{r['dtype']}" for r in d["results"] if not r["passed"]]
     print(f"{f}: {d['passed']} passed, {d['failed']} failed, skipped {d['skipped'] or '-'}; "
           f"worst rel error {worst}; failing: {fails[:8]}")
+for backend in ("torch", "cupy"):
+    try:
+        t = json.loads((out / f"train_{backend}.json").read_text())["last_epoch"]
+        e = json.loads((out / f"eval_{backend}.json").read_text())["results"]
+        print(f"train --backend {backend} (3 epochs, cuda): {t['seconds']:.2f} s last epoch, test ELBO "
+              f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}")
+    except Exception as exc:
+        print(f"train --backend {backend}: failed ({exc})")
 bench = out / "bench.txt"
 if bench.exists():
     print("\n".join(l for l in bench.read_text().splitlines() if l.startswith(("|", "likelihood"))))

@@ -46,7 +46,7 @@ def prepare_images(images: np.ndarray, config: TrainConfig) -> np.ndarray:
         return np.where(images >= 128, 2**config.n_bits - 1, 0).astype(np.uint8)
     if config.n_bits < 8:
         return (images >> (8 - config.n_bits)).astype(np.uint8)
-    return images
+    return images if images.flags.writeable else images.copy()  # torch wants writable memory
 
 
 def load_split(dataset: str, split: str, size=None):
