@@ -180,3 +180,26 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
         np.testing.assert_array_equal(resumed.model[k], full.model[k])
     for k in ("train_elbo", "train_kl", "test_elbo", "sigma"):
         np.testing.assert_array_equal(resumed.history[k], full.history[k])
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 32, 32)])
+@pytest.mark.parametrize("likelihood", ["sigma", "logistic-mixture", "categorical"])
+def test_model_sizes_itself(shape, likelihood):
+    from vaecli.train import build_model
+
+    config = _config(likelihood=likelihood, latent_dim=20, width=8, mixtures=2)
+    model = build_model(config, shape, torch.device("cpu"))
+    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    raw, mu, logvar = model(x)
+    assert mu.shape == logvar.shape == (2, 20)
+    assert raw.shape == (2, model.likelihood.out_channels(shape[0]), *shape[1:])
+    assert torch.isfinite(model.likelihood.log_prob(x, raw)).all()
+
+
+def test_model_refuses_sizes_it_cannot_mirror():
+    from vaecli.train import build_model
+
+    with pytest.raises(VaeError, match="divisible by 4"):
+        build_model(_config(), (1, 30, 30), torch.device("cpu"))
+    with pytest.raises(VaeError, match="square"):
+        build_model(_config(), (1, 28, 32), torch.device("cpu"))
