@@ -20,6 +20,16 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_torch_equiv
 timeout 90 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
 timeout 120 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
 timeout 120 python3 benchmarks/likelihood_speed.py --device cuda --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
+# FID on the GPU: the distance maths on CuPy/torch-CUDA, and (when the 87 MB Inception
+# file is there: $VAECLI_INCEPTION, else .weights/inception-2015-12-05.pt) feature extraction
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_fid_math.py 2>&1 | tail -3 | tee "$out/pytest_fid_math.txt" || status=1
+weights="${VAECLI_INCEPTION:-.weights/inception-2015-12-05.pt}"
+if [ -f "$weights" ]; then
+  ( time timeout 240 python3 -m vaecli fid mnist5k:train mnist5k:test --device cuda --inception "$weights" --json \
+      > "$out/fid_cuda.json" ) 2> "$out/fid_cuda_time.txt" || status=1
+else
+  echo "no Inception weights at $weights: GPU feature extraction not measured" | tee "$out/fid_cuda_time.txt"
+fi
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   rm -f "/tmp/gpu_train_$backend.h5"
@@ -57,6 +67,9 @@ for backend in ("torch", "cupy"):
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
+for f in ("pytest_fid_math.txt", "fid_cuda_time.txt"):
+    if (out / f).exists():
+        print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])
 bench = out / "bench.txt"
 if bench.exists():
     print("\n".join(l for l in bench.read_text().splitlines() if l.startswith(("|", "likelihood"))))

