@@ -24,3 +24,11 @@ DEFAULT_MIXTURES = 10
 # A latent dimension is "active" when the variance over the data of its
 # posterior mean exceeds this (Burda et al., 2016).
 ACTIVE_UNIT_THRESHOLD = 0.01
+
+# KID (Binkowski et al. 2018), as torch-fidelity computes it: 100 random subsets of
+# 1000 features, polynomial kernel k(x, y) = (x.y / d + KID_COEF0) ** KID_DEGREE, where
+# 1/d keeps x.y/d of order one for any feature width d.
+KID_SUBSET_SIZE = 1000
+KID_SUBSETS = 100
+KID_DEGREE = 3
+KID_COEF0 = 1.0

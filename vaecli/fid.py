@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .constants import KID_SUBSET_SIZE, KID_SUBSETS
 from .errors import VaeError
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -36,8 +37,6 @@ INPUT_SIZE = 299
 PREPROCESSING = "uint8/255 -> bilinear 299x299 (align_corners=False, no antialias) -> 2x-1; gray repeated to RGB"
 DEFAULT_FID_SAMPLES = 10_000
 DEFAULT_BATCH = 50
-KID_SUBSET_SIZE = 1000
-KID_SUBSETS = 100
 STATS_FILE = "fid-reference-stats.h5"
 
 

@@ -19,16 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import VaeError
+from ..constants import KID_COEF0, KID_DEGREE, KID_SUBSET_SIZE, KID_SUBSETS
 
 __all__ = ["available", "feature_statistics", "frechet_distance", "kid"]
 
-# KID defaults, as torch-fidelity: subsets of 1000 features, 100 of them.
-KID_SUBSET_SIZE = 1000
-KID_SUBSETS = 100
-# Polynomial kernel k(x, y) = (x.y / d + KID_COEF0) ** KID_DEGREE (Bińkowski et al.
-# 2018): gamma = 1/d keeps x.y/d of order one for any feature width d.
-KID_DEGREE = 3
-KID_COEF0 = 1.0
 
 
 def available():

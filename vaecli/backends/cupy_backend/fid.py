@@ -22,36 +22,16 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import VaeError
+from ...constants import KID_COEF0, KID_DEGREE, KID_SUBSET_SIZE, KID_SUBSETS
 
 __all__ = ["available", "feature_statistics", "frechet_distance", "kid"]
-
-# KID defaults, as torch-fidelity: subsets of 1000 features, 100 of them.
-KID_SUBSET_SIZE = 1000
-KID_SUBSETS = 100
-# Polynomial kernel k(x, y) = (x.y / d + KID_COEF0) ** KID_DEGREE (Bińkowski et al.
-# 2018): gamma = 1/d keeps x.y/d of order one for any feature width d.
-KID_DEGREE = 3
-KID_COEF0 = 1.0
-
-_NO_DEVICE = "no CUDA device is available (cupy.cuda.is_available() is False)"
 
 
 def available():
     """``(True, "")`` when cupy imports and sees a CUDA device, else ``(False, why)``."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return False, (
-            f"cupy is not installed ({exc}); install cupy-cuda12x or cupy-cuda13x "
-            "to match your CUDA"
-        )
-    try:
-        ok = bool(cupy.cuda.is_available())
-    except Exception as exc:  # a broken driver or runtime reads as "no device"
-        return False, f"{_NO_DEVICE}: {exc}"
-    if not ok:
-        return False, _NO_DEVICE
-    return True, ""
+    from . import available as backend_available
+
+    return backend_available()
 
 
 def _cupy():
