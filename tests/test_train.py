@@ -145,6 +145,9 @@ def test_newer_schema_is_refused(tmp_path):
     train(_config(epochs=1), out, data=_data(), progress=False)
     with h5py.File(out, "r+") as f:
         f.attrs["schema_version"] = runfile.SCHEMA_VERSION + 1
+    with pytest.raises(VaeError, match="seal mismatch"):  # edited outside vaecli
+        runfile.read(out)
+    runfile.seal(out)
     with pytest.raises(VaeError, match="newer than this vaecli"):
         runfile.read(out)
 

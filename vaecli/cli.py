@@ -15,11 +15,14 @@ import click
 from . import registry
 from ._version import __version__
 from .clicommon import CONTEXT, VaeGroup
+from .constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
 from .errors import VaeError
 
 @click.group(cls=VaeGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="vae")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def main(ctx, debug):
     """vaecli: variational autoencoders with calibrated decoders.
 
     Train with any of eleven decoder likelihoods (the sigma-VAE's analytic sigma by
@@ -215,11 +218,15 @@ def _echo_json(data):
 @click.option("--resume", is_flag=True, help="Continue the run in --out (more --epochs allowed).")
 @click.option("--dequantize", is_flag=True, help="Add uniform noise to the levels (continuous decoders).")
 @click.option("--binarize", is_flag=True, help="Binarize the data at 128 (for bernoulli).")
+@click.option("--log-sigma-min", default=str(LOG_SIGMA_MIN_DEFAULT), show_default=True,
+              help="Softclip floor of every log-scale, or 'none' to disable it (unstable: for experiments).")
+@click.option("--max-nonfinite", type=click.IntRange(1), default=20, show_default=True,
+              help="Consecutive non-finite steps (skipped) after which training stops.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures, n_bits, epochs, batch_size,
-                  lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize, quiet,
-                  as_json):
+                  lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize,
+                  log_sigma_min, max_nonfinite, quiet, as_json):
     """Train a VAE with a calibrated decoder and write one HDF5 run file.
 
     The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
@@ -234,7 +241,8 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
         dataset=data_path or dataset or DEFAULT_DATASET, likelihood=likelihood, backend=backend, beta=beta,
         sigma=sigma, mixtures=mixtures, n_bits=n_bits, epochs=epochs, batch_size=batch_size, lr=lr,
         latent_dim=latent_dim, width=width, seed=seed, device=device, binarize=binarize,
-        dequantize=dequantize, image_size=image_size,
+        dequantize=dequantize, image_size=image_size, log_sigma_min=_parse_floor(log_sigma_min),
+        max_nonfinite=max_nonfinite,
     )
     if resume:
         from . import runfile
@@ -246,6 +254,8 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
             config = stored.replace(
                 epochs=stored.epochs if ctx.get_parameter_source("epochs") == default else epochs,
                 device=stored.device if ctx.get_parameter_source("device") == default else device,
+                max_nonfinite=stored.max_nonfinite if ctx.get_parameter_source("max_nonfinite") == default
+                else max_nonfinite,
             )
     log = _tqdm_log if not quiet else (lambda s: None)
     run = train(config, out, resume=resume, progress=not quiet, log=log)
@@ -260,11 +270,20 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
         click.echo(f"wrote {out}")
 
 
+def _parse_floor(text):
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a number nor 'none'", param_hint="--log-sigma-min") from None
+
+
 def _only_defaults_given():
     """True when --resume came without options that would redefine the run."""
     ctx = click.get_current_context()
     fixed = ("likelihood", "backend", "beta", "sigma", "mixtures", "n_bits", "batch_size", "lr", "latent_dim",
-             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path")
+             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path", "log_sigma_min")
     return all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in fixed)
 
 

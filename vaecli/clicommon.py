@@ -14,4 +14,7 @@ class VaeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VaeError as exc:
+            root = ctx.find_root()
+            if root.params.get("debug"):  # vae --debug ...: the whole traceback
+                raise
             raise click.ClickException(str(exc)) from None

@@ -34,6 +34,7 @@ class TrainConfig:
     binarize: bool = False
     dequantize: bool = False
     image_size: int | None = None  # resize loaders that support it (svhn, celeba)
+    max_nonfinite: int = 20  # consecutive non-finite steps (skipped) before training stops
 
     def __post_init__(self):
         registry.info(self.likelihood)
@@ -48,6 +49,7 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.latent_dim >= 1, f"latent dim must be >= 1, got {self.latent_dim}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
+            (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {self.device!r}"),
         ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -39,9 +40,75 @@ from .errors import VaeError
 FORMAT = "vaecli-run"
 SCHEMA_VERSION = 1
 
+# Every file vaecli writes starts with an HDF5 user block (bytes HDF5 ignores) that
+# holds a seal: the SHA-256 of everything after it.  A reader checks the seal before
+# h5py parses a byte, because the HDF5 library can loop for minutes on corrupted
+# metadata; a damaged file is then one clear error, never a hang or a crash.
+USERBLOCK = 512
+SEAL_MAGIC = b"vaecli-seal-sha256-v1\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
 
 def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _temp_prefix(path) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete temporary files that a killed writer of ``path`` left beside it (only
+    ours: named after ``path``).  Returns the names removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    removed = []
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and name.endswith(".h5"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def _digest_after_userblock(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(USERBLOCK)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(path):
+    """(Re)write the seal of a file that has a vaecli user block, e.g. after editing
+    it with h5py directly."""
+    header = (SEAL_MAGIC + _digest_after_userblock(path).encode() + b"\n").ljust(USERBLOCK, b"\0")
+    with open(path, "r+b") as f:
+        f.write(header)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_seal(path) -> bool:
+    """True if ``path`` carries a valid seal, False for an unsealed HDF5 file (not
+    written by vaecli); a VaeError for anything else, naming what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(USERBLOCK + len(HDF5_SIGNATURE))
+    except OSError as exc:
+        raise VaeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head.startswith(HDF5_SIGNATURE):
+        return False
+    if not head.startswith(SEAL_MAGIC):
+        if HDF5_SIGNATURE in head:
+            raise VaeError(f"{path} is a damaged vaecli run file (its header is corrupted)")
+        raise VaeError(f"{path} is not an HDF5 file (not a vaecli run file)")
+    stored = head[len(SEAL_MAGIC) : len(SEAL_MAGIC) + 64].decode("ascii", "replace")
+    if stored != _digest_after_userblock(path):
+        raise VaeError(f"{path} is a damaged vaecli run file (SHA-256 seal mismatch: truncated, corrupted or "
+                       "edited outside vaecli; vaecli.runfile.seal(path) reseals a file you edited on purpose)")
+    return True
 
 
 @contextlib.contextmanager
@@ -54,15 +121,18 @@ def atomic_h5(path, copy_from=None):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise VaeError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
     os.close(fd)
     try:
         if copy_from is not None:
             shutil.copyfile(copy_from, tmp)
-        with h5py.File(tmp, "r+" if copy_from is not None else "w") as f:
-            yield f
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if copy_from is not None:
+            with h5py.File(tmp, "r+") as f:
+                yield f
+        else:
+            with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
+                yield f
+        seal(tmp)  # also flushes to disk
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -121,6 +191,16 @@ def read(path) -> Run:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VaeError(f"no such run file: {path}")
+    if not check_seal(path):  # an HDF5 file vaecli did not write
+        try:
+            with h5py.File(path, "r") as f:
+                fmt = f.attrs.get("format")
+        except (OSError, RuntimeError):
+            raise VaeError(f"{path} is a damaged HDF5 file (not a vaecli run file)") from None
+        if fmt in (FORMAT, FORMAT.encode()):
+            raise VaeError(f"{path} is a vaecli run file without its seal (edited outside vaecli?); "
+                           "if you edited it on purpose, reseal it with vaecli.runfile.seal(path)")
+        raise VaeError(f"{path} is an HDF5 file but not a vaecli run file")
     try:
         f = h5py.File(path, "r")
     except OSError:
@@ -161,7 +241,7 @@ def read(path) -> Run:
                 samples = {k: (f["samples"][k][()], _attrs(f["samples"][k])) for k in f["samples"]}
     except VaeError:
         raise
-    except (KeyError, OSError, ValueError, TypeError) as exc:
+    except (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
         raise VaeError(f"{path} is a damaged vaecli run file ({type(exc).__name__}: {exc})") from None
     return Run(path, attrs, config, model, optimizer, rng, progress, history, calibration, evaluations, samples)
 

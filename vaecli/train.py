@@ -25,7 +25,8 @@ HISTORY_COLUMNS = (
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
 # Options that may differ when resuming: more epochs, another device.
-RESUMABLE_CHANGES = ("epochs", "device")
+RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite")
+CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
 PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each reads device values)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
 HOLDOUT_SEED = 0  # data files without splits: the permutation that picks the test set
@@ -165,6 +166,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     torch.manual_seed(config.seed)
     model = build_model(config, image_shape, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    _check_disk_space(out_dir, model)
+    runfile.remove_stale_temporaries(out)
     data_order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
     dequant = torch.Generator(device=device).manual_seed(config.seed + 2)
     history = {k: [] for k in HISTORY_COLUMNS}
@@ -219,6 +222,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     lik = model.likelihood
     levels = 2**config.n_bits
     interrupted = _InterruptFlag()
+    nonfinite_run = 0  # consecutive non-finite steps
     try:
         with interrupted:
             while epochs_done < config.epochs:
@@ -236,12 +240,20 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                     log_px = lik.log_prob(x_in, raw)  # (B,) nats
                     kl = gaussian_kl(mu, logvar)  # (B,) nats
                     loss = -(log_px - config.beta * kl).mean()
-                    if not torch.isfinite(loss):
-                        sums.skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
-                    else:
-                        optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad(set_to_none=True)
+                    finite = bool(torch.isfinite(loss))
+                    if finite:
                         loss.backward()
+                        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+                        finite = bool(torch.isfinite(grad_norm))
+                    if not finite:  # skip the step: the weights stay as they were
+                        sums.skipped += 1
+                        nonfinite_run += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        if nonfinite_run >= config.max_nonfinite:
+                            raise _NonFinite(epochs_done + 1, step + 1)
+                    else:
+                        nonfinite_run = 0
                         optimizer.step()
                         with torch.no_grad():
                             sums.rec += log_px.detach().double().sum()
@@ -295,6 +307,14 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                                          {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
                                           "temperature": 1.0})}
                 checkpoint("complete" if epochs_done == config.epochs else "training")
+    except _NonFinite as stop:
+        bar.close()
+        last = (f"the last good checkpoint, {out} (epoch {epochs_done} complete), is intact"
+                if os.path.exists(out) else "no checkpoint had been written yet")
+        raise VaeError(
+            f"{config.likelihood}: {config.max_nonfinite} non-finite steps in a row (loss or gradient) at epoch "
+            f"{stop.epoch}, step {stop.step}; training stopped; {last}"
+        ) from None
     except KeyboardInterrupt:
         bar.close()
         checkpoint("interrupted")
@@ -304,6 +324,12 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     if config.epochs == 0 or (previous is not None and epochs_done == int(previous.attrs["epochs_done"])):
         checkpoint("complete")
     return runfile.read(out)
+
+
+class _NonFinite(Exception):
+    def __init__(self, epoch, step):
+        super().__init__(epoch, step)
+        self.epoch, self.step = epoch, step
 
 
 class _InterruptFlag:
@@ -330,6 +356,17 @@ class _InterruptFlag:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         return False
+
+
+def _check_disk_space(directory, model):
+    """Refuse to start when the disk cannot hold a few checkpoints (weights + Adam)."""
+    import shutil
+
+    need = CHECKPOINT_SPACE_FACTOR * 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise VaeError(f"not enough disk space in {directory}: {free / 2**20:.1f} MiB free, "
+                       f"checkpoints need about {need / 2**20:.1f} MiB")
 
 
 def _epoch_sigma(lik, config, train_mse):
