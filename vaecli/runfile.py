@@ -83,6 +83,9 @@ def _digest_after_userblock(path) -> str:
 def seal(path):
     """(Re)write the seal of a file that has a vaecli user block, e.g. after editing
     it with h5py directly."""
+    with open(path, "rb") as f:
+        if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            raise VaeError(f"{path} has no vaecli user block to hold a seal (it was not written by vaecli)")
     header = (SEAL_MAGIC + _digest_after_userblock(path).encode() + b"\n").ljust(USERBLOCK, b"\0")
     with open(path, "r+b") as f:
         f.write(header)
