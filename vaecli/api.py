@@ -76,6 +76,8 @@ class Likelihood(nn.Module):
             self.log_sigma = nn.Parameter(torch.tensor(float(init_log_sigma)))
         else:
             self.log_sigma = None
+        # data-parallel training sets a differentiable all-reduce here (torch backend)
+        self.batch_reduce = None
 
     # ------------------------------------------------------------------ facts
     def out_channels(self, image_channels: int) -> int:
@@ -91,6 +93,8 @@ class Likelihood(nn.Module):
             opts["mixtures"] = self.mixtures
         if self.log_sigma is not None:
             opts["log_sigma"] = self.log_sigma
+        if self.batch_reduce is not None:
+            opts["batch_reduce"] = self.batch_reduce
         return opts
 
     def extra_repr(self) -> str:
@@ -141,7 +145,9 @@ class Likelihood(nn.Module):
             needs_batch = self.name in ("sigma", "sigma-image") and self.sigma is None
             if needs_batch and (x is None or raw is None):
                 raise VaeError(f"{self.name}: sigma comes from a batch; pass x and raw")
-            log_sigma = torch_backend.gaussian_log_sigma(self.name, x, raw, **self.options())
+            opts = self.options()
+            opts.pop("batch_reduce", None)  # a local estimate: no collective from one rank's display
+            log_sigma = torch_backend.gaussian_log_sigma(self.name, x, raw, **opts)
             return float(torch.exp(log_sigma).mean())
 
     def equivalent_beta(self, x=None, raw=None):

@@ -8,6 +8,7 @@ line on stderr and exit code 1; Click's usage errors exit with 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -222,11 +223,13 @@ def _echo_json(data):
               help="Softclip floor of every log-scale, or 'none' to disable it (unstable: for experiments).")
 @click.option("--max-nonfinite", type=click.IntRange(1), default=20, show_default=True,
               help="Consecutive non-finite steps (skipped) after which training stops.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (starts torchrun; --batch-size stays global).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures, n_bits, epochs, batch_size,
                   lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize,
-                  log_sigma_min, max_nonfinite, quiet, as_json):
+                  log_sigma_min, max_nonfinite, nproc, quiet, as_json):
     """Train a VAE with a calibrated decoder and write one HDF5 run file.
 
     The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
@@ -257,8 +260,12 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
                 max_nonfinite=stored.max_nonfinite if ctx.get_parameter_source("max_nonfinite") == default
                 else max_nonfinite,
             )
+    if nproc > 1:
+        return _launch_data_parallel(nproc, out)
     log = _tqdm_log if not quiet else (lambda s: None)
     run = train(config, out, resume=resume, progress=not quiet, log=log)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
     summary = _run_summary(run)
     if as_json:
         _echo_json(summary)
@@ -268,6 +275,27 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
             click.echo(f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
                        f"test ELBO {last['test_elbo']:.2f} nats/image")
         click.echo(f"wrote {out}")
+
+
+def _launch_data_parallel(nproc, out):
+    """`vae train --nproc N ...`: the same command under torchrun on this machine."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "vaecli", *args]
+    done = subprocess.run(cmd)
+    if done.returncode != 0:
+        where = f"the last checkpoint in {out} is intact" if os.path.exists(out) else "no checkpoint was written"
+        raise VaeError(f"data-parallel training failed: a worker exited with code {done.returncode} "
+                       f"(its error is above); {where}; continue with --resume")
 
 
 def _parse_floor(text):

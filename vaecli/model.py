@@ -51,8 +51,11 @@ class ConvVAE(nn.Module):
         """Latents (B, Z) -> raw decoder output (B, out_channels, H, W)."""
         return self.decoder(self.from_latent(z).view(-1, *self.feature_shape))
 
-    def forward(self, x: torch.Tensor):
-        """One-sample reparameterized pass: (raw, mu, logvar)."""
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """One-sample reparameterized pass: (raw, mu, logvar); ``eps`` (B, Z) is the
+        standard normal noise (drawn here when not given)."""
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar

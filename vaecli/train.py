@@ -111,6 +111,15 @@ class _EpochSums:
         z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z(), z())
 
+    def all_reduce(self):
+        import torch.distributed as dist
+
+        totals = torch.stack((self.rec, self.kl, self.loss, self.sse,
+                              torch.tensor(float(self.images), dtype=torch.float64, device=self.rec.device)))
+        dist.all_reduce(totals)
+        self.rec, self.kl, self.loss, self.sse = totals[0], totals[1], totals[2], totals[3]
+        self.images = int(totals[4])
+
     def to_dict(self):
         return {"rec": float(self.rec), "kl": float(self.kl), "loss": float(self.loss), "sse": float(self.sse),
                 "images": self.images, "skipped": self.skipped}
@@ -150,7 +159,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         raise VaeError(f"cannot write the run file: directory {out_dir} does not exist or is not writable")
 
     # ---------------------------------------------------------------------- data
-    device = resolve_device(config.device)
+    rank, world, device = _distributed_setup(config)
+    progress = progress and rank == 0
     train_set, test_set = data if data is not None else load_data(config)
     image_shape = tuple(train_set.images.shape[1:])
     if previous is not None and previous.attrs["dataset_checksum"] != train_set.checksum:
@@ -167,9 +177,22 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     model = build_model(config, image_shape, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     _check_disk_space(out_dir, model)
-    runfile.remove_stale_temporaries(out)
+    if rank == 0:
+        runfile.remove_stale_temporaries(out)
+    stepper = model  # what the training step calls: the model, or its DDP wrapper
+    if world > 1:
+        if config.backend != "torch" and config.likelihood == "sigma":
+            raise VaeError("data-parallel sigma needs --backend torch (its global MSE is a torch all-reduce)")
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepper = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.likelihood == "sigma":
+            model.likelihood.batch_reduce = _all_reduce_sum
+    # Every rank draws the same batch order and the same noise for the whole global
+    # batch, then takes its shard: N processes follow one process's trajectory.
     data_order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
     dequant = torch.Generator(device=device).manual_seed(config.seed + 2)
+    noise = torch.Generator(device=device).manual_seed(config.seed + 5)  # reparameterization
     history = {k: [] for k in HISTORY_COLUMNS}
     epochs_done, step_in_epoch = 0, 0
     sums = _EpochSums.zeros(device)
@@ -185,6 +208,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         torch.set_rng_state(torch.from_numpy(previous.rng["torch_cpu"]))
         epoch_order_state = torch.from_numpy(previous.rng["data_order_epoch_start"])
         dequant.set_state(torch.from_numpy(previous.rng["dequantize"]))
+        noise.set_state(torch.from_numpy(previous.rng["noise"]))
         if device.type == "cuda" and "torch_cuda" in previous.rng:
             torch.cuda.set_rng_state(torch.from_numpy(previous.rng["torch_cuda"]), device)
 
@@ -201,11 +225,14 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     calibration = dict(previous.calibration) if previous else {}
 
     def checkpoint(status):
+        if rank != 0:
+            return
         progress_state = {"step_in_epoch": step_in_epoch, **(sums.to_dict() if step_in_epoch else {})}
         rng = {
             "torch_cpu": torch.get_rng_state().numpy(),
             "data_order_epoch_start": epoch_order_state.numpy(),
             "dequantize": dequant.get_state().numpy(),
+            "noise": noise.get_state().numpy(),
         }
         if device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(device).numpy()
@@ -231,17 +258,22 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                 order = torch.randperm(n_train, generator=data_order).to(device)
                 model.train()
                 for step in range(step_in_epoch, steps_per_epoch):
-                    x = train_images[order[step * config.batch_size : (step + 1) * config.batch_size]]
+                    batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+                    n_global = batch.shape[0]
+                    shard = slice(rank, None, world)
+                    eps = torch.randn(n_global, config.latent_dim, generator=noise, device=device)[shard]
+                    x = train_images[batch[shard]]
                     x_in = x
                     if config.dequantize:  # continuous levels x + u, u ~ U(-1/2, 1/2)
-                        u = torch.rand(x.shape, generator=dequant, device=device) - 0.5
+                        u = torch.rand((n_global, *x.shape[1:]), generator=dequant, device=device)[shard] - 0.5
                         x_in = x.float() + u
-                    raw, mu, logvar = model(x_in)
+                    raw, mu, logvar = stepper(x_in, eps)
                     log_px = lik.log_prob(x_in, raw)  # (B,) nats
                     kl = gaussian_kl(mu, logvar)  # (B,) nats
-                    loss = -(log_px - config.beta * kl).mean()
+                    # mean over the global batch; DDP averages gradients over the ranks
+                    loss = -(log_px - config.beta * kl).sum() * (world / n_global)
                     optimizer.zero_grad(set_to_none=True)
-                    finite = bool(torch.isfinite(loss))
+                    finite = _all_agree(bool(torch.isfinite(loss)), world, device)
                     if finite:
                         loss.backward()
                         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
@@ -258,7 +290,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                         with torch.no_grad():
                             sums.rec += log_px.detach().double().sum()
                             sums.kl += kl.detach().double().sum()
-                            sums.loss += loss.detach().double() * x.shape[0]
+                            sums.loss -= (log_px - config.beta * kl).detach().double().sum()
                             if lik.info.gaussian_family:
                                 y = x_in.double() / (levels - 1)
                                 sums.sse += ((lik.mean(raw.detach()).double() - y) ** 2).sum()
@@ -271,6 +303,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                         raise KeyboardInterrupt
                 # ------------------------------------------------------ epoch done
                 epoch_order_state = data_order.get_state()
+                if world > 1:  # logged sums over the global batch
+                    sums.all_reduce()
                 n = max(sums.images, 1)
                 train_mse = float(sums.sse) / (n * int(np.prod(image_shape)))
                 sigma = _epoch_sigma(lik, config, train_mse)
@@ -323,6 +357,11 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     bar.close()
     if config.epochs == 0 or (previous is not None and epochs_done == int(previous.attrs["epochs_done"])):
         checkpoint("complete")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0's file is complete before anyone reads it
+        dist.destroy_process_group()
     return runfile.read(out)
 
 
@@ -356,6 +395,65 @@ class _InterruptFlag:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
         return False
+
+
+DIST_TIMEOUT_S = 300  # a collective waiting longer than this means a rank is gone
+
+
+def _distributed_setup(config):
+    """(rank, world size, device).  Under torchrun (WORLD_SIZE > 1) this joins the
+    process group: NCCL on CUDA, gloo on the CPU; each rank uses cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, resolve_device(config.device)
+    import datetime
+
+    import torch.distributed as dist
+
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks whose backward sums the incoming gradients over the ranks
+    too: d(sum_r f_r(global))/d(local) needs every rank's upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, t):
+        import torch.distributed as dist
+
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _all_reduce_sum(t):
+    return _AllReduceSum.apply(t)
+
+
+def _all_agree(flag: bool, world: int, device) -> bool:
+    """True only if ``flag`` is true on every rank (so all ranks skip a step together)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() == 1.0)
 
 
 def _check_disk_space(directory, model):
@@ -410,7 +508,7 @@ def mean_to_uint8(mean: torch.Tensor) -> np.ndarray:
 
 
 def _postfix(epoch, loss, kl, lik, x, raw):
-    text = f"epoch {epoch} loss {float(loss):.1f} KL {float(kl.mean()):.1f}"
+    text = f"epoch {epoch} loss {float(loss.detach()):.1f} KL {float(kl.detach().mean()):.1f}"
     if lik.info.gaussian_family and lik.name != "gaussian-pixel":
         try:
             sigma = lik.current_sigma(x if lik.name in ("sigma", "sigma-image") else None,

@@ -14,7 +14,9 @@ and the fixed evaluation sigma of ``sigma``/``sigma-image``; when ``None`` those
 compute it from the batch); ``log_sigma`` (the scalar raw parameter of
 ``sigma-learned``, an array of shape ``()``; required there); ``mixtures`` (int K of
 ``logistic-mixture``, default 10); ``log_sigma_min`` (float floor of the softclip on
-every log-scale, default ``LOG_SIGMA_MIN``; ``None`` disables the floor).
+every log-scale, default ``LOG_SIGMA_MIN``; ``None`` disables the floor).  The torch
+backend also takes ``batch_reduce``: a differentiable all-reduce (sum) that makes the
+``sigma`` likelihood's batch MSE the global one under data-parallel training.
 
 ``log_prob(name, x, raw, **opts) -> (B,)``
     log p(x | raw) in nats, summed over the D = C*H*W dimensions: the continuous

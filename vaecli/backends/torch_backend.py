@@ -54,10 +54,11 @@ class _Options:
     log_sigma: torch.Tensor | None
     mixtures: int
     log_sigma_min: float | None
+    batch_reduce: object  # None, or a differentiable all-reduce (sum) for the global batch MSE
 
 
 def _options(name, opts) -> _Options:
-    unknown = set(opts) - {"n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min"}
+    unknown = set(opts) - {"n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min", "batch_reduce"}
     if unknown:
         raise VaeError(f"{name}: unknown option(s) {', '.join(sorted(unknown))}")
     n_bits = opts.get("n_bits", DEFAULT_N_BITS)
@@ -71,6 +72,7 @@ def _options(name, opts) -> _Options:
         log_sigma=opts.get("log_sigma"),
         mixtures=opts.get("mixtures", DEFAULT_MIXTURES),
         log_sigma_min=opts.get("log_sigma_min", LOG_SIGMA_MIN),
+        batch_reduce=opts.get("batch_reduce"),
     )
 
 
@@ -314,7 +316,13 @@ def _gaussian_params(name, x, raw, o: _Options):
         )
     y = x.to(raw.dtype) / (o.levels - 1)
     sq = (y - mu) ** 2
-    mse = sq.mean() if name == "sigma" else sq.mean(dim=(1, 2, 3), keepdim=True)
+    if name == "sigma" and o.batch_reduce is not None:  # data-parallel: the global batch's MSE
+        totals = o.batch_reduce(torch.stack((sq.sum(), sq.new_tensor(float(sq.numel())))))
+        mse = totals[0] / totals[1]
+    elif name == "sigma":
+        mse = sq.mean()
+    else:
+        mse = sq.mean(dim=(1, 2, 3), keepdim=True)
     return mu, _softclip(0.5 * torch.log(mse), o.log_sigma_min)
 
 
