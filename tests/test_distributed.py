@@ -86,3 +86,25 @@ def test_a_dying_rank_fails_the_job_and_keeps_the_checkpoint(tmp_path, data_file
         "the last checkpoint in" in last and "is intact" in last, last
     run = runfile.read(out)
     assert run.attrs["status"] == "training" and int(run.attrs["epochs_done"]) >= 1
+
+
+def test_distributed_evaluation_equals_one_process(tmp_path, data_file):
+    import json
+
+    run = tmp_path / "run.h5"
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, run, "logistic-mixture", epochs=1)],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    common = ["eval", str(run), "--metric", "elbo", "--metric", "bpd", "--metric", "nll", "--metric", "kl",
+              "--metric", "mse", "--metric", "active-units", "--iw-samples", "5", "--batch-size", "3", "--json",
+              "--no-store"]
+    one = subprocess.run([sys.executable, "-m", "vaecli", *common], env=_env(), capture_output=True, text=True,
+                         check=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "vaecli", *common, "--nproc", "2"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = json.loads(one.stdout)["results"], json.loads(two.stdout)["results"]
+    assert set(a) == set(b)
+    for metric in a:  # bitwise: each batch draws the same noise on whichever rank
+        assert b[metric]["value"] == a[metric]["value"], metric
+        assert b[metric]["n"] == a[metric]["n"]
+    assert b["elbo"]["processes"] == 2

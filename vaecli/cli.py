@@ -277,8 +277,8 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
         click.echo(f"wrote {out}")
 
 
-def _launch_data_parallel(nproc, out):
-    """`vae train --nproc N ...`: the same command under torchrun on this machine."""
+def _launch_data_parallel(nproc, out, what="training"):
+    """`vae train|eval --nproc N ...`: the same command under torchrun on this machine."""
     import subprocess
 
     args, skip = [], False
@@ -293,6 +293,9 @@ def _launch_data_parallel(nproc, out):
            "-m", "vaecli", *args]
     done = subprocess.run(cmd)
     if done.returncode != 0:
+        if what != "training":
+            raise VaeError(f"data-parallel {what} failed: a worker exited with code {done.returncode} "
+                           f"(its error is above); {out} is unchanged")
         where = f"the last checkpoint in {out} is intact" if os.path.exists(out) else "no checkpoint was written"
         raise VaeError(f"data-parallel training failed: a worker exited with code {done.returncode} "
                        f"(its error is above); {where}; continue with --resume")
@@ -347,9 +350,11 @@ def _run_summary(run):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior and prior samples.")
 @click.option("--no-store", is_flag=True, help="Do not write the results into the run file.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Evaluate with this many processes (starts torchrun); results equal one process's.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, fid_samples, fid_ref, inception,
-                 allow_unknown_weights, batch_size, device, seed, no_store, as_json):
+                 allow_unknown_weights, batch_size, device, seed, no_store, nproc, as_json):
     """Evaluate a run: ELBO (nats), bits/dim, importance-weighted NLL, KL, MSE,
     active units.  Metrics a likelihood does not define are reported as not
     applicable, with the reason."""
@@ -357,11 +362,16 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
 
     from . import datasets, runfile
     from .evaluate import evaluate
-    from .train import load_model, load_split, prepare_images
+    from .train import distributed_setup, load_model, load_split, prepare_images
 
+    if nproc > 1:
+        return _launch_data_parallel(nproc, run_path, "evaluation")
     run = runfile.read(run_path)
     metrics = metrics or ("elbo", "bpd")
-    model = load_model(run, device)
+    rank, world, dev = distributed_setup(device)
+    if world > 1 and "fid" in metrics:
+        raise VaeError("fid runs on one process for now; evaluate it without --nproc/torchrun")
+    model = load_model(run, dev)
     if data_path:  # all of the given file
         data = datasets.load(data_path, split, size=run.config.image_size)
     else:
@@ -373,10 +383,11 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
     results = {}
     likelihood_metrics = [m for m in metrics if m != "fid"]
     if likelihood_metrics:
-        with click.progressbar(length=images.shape[0], label="evaluating", file=sys.stderr) as bar:
+        with click.progressbar(length=images.shape[0], label="evaluating", file=sys.stderr,
+                               hidden=rank != 0) as bar:
             results = evaluate(model, images, likelihood_metrics, batch_size=batch_size, elbo_samples=elbo_samples,
                                iw_samples=iw_samples, seed=seed, binarized=run.config.binarize,
-                               progress=bar.update)
+                               progress=bar.update, rank=rank, world=world)
     if "fid" in metrics:
         from . import fid
 
@@ -384,6 +395,15 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
         reference = load_split(run.config.dataset, fid_ref, run.config.image_size)
         with click.progressbar(length=fid_samples + len(reference.images), label="fid", file=sys.stderr) as bar:
             results["fid"] = fid.model_fid(model, reference, extractor, fid_samples, seed=seed, progress=bar.update)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return  # rank 0 stores and reports
+        for r in results.values():
+            r["processes"] = world
     key = f"data:{data.checksum[:16]}" if data_path else split
     for r in results.values():
         r["data"] = f"{data.name}/{data.split}" if not data_path else str(data_path)

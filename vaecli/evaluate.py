@@ -36,17 +36,40 @@ def _log_normal(z, mu, logvar):  # (..., Z) -> (...,) log N(z; mu, exp(logvar))
     return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
 
-def _batches(images, batch_size, device):
-    for start in range(0, images.shape[0], batch_size):
-        yield images[start : start + batch_size].to(device)
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The seed of one evaluation batch's noise: a batch draws the same numbers on
+    whichever process evaluates it, so a sharded evaluation equals a single one."""
+    return seed * 1_000_003 + batch_index
+
+
+def _batches(images, batch_size, device, rank=0, world=1):
+    """(index, batch) for the batches this rank evaluates (every world-th)."""
+    for index, start in enumerate(range(0, images.shape[0], batch_size)):
+        if index % world == rank:
+            yield index, images[start : start + batch_size].to(device)
+
+
+def gather_rows(rows: dict, world: int) -> dict:
+    """Per-batch result lists {key: [(batch_index, tensor), ...]} from every rank,
+    merged in batch order (identity when world == 1)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        local = {k: [(i, t.cpu()) for i, t in v] for k, v in rows.items()}
+        everyone = [None] * world
+        dist.all_gather_object(everyone, local)
+        rows = {k: [item for part in everyone for item in part[k]] for k in rows}
+    return {k: [t for _, t in sorted(v, key=lambda it: it[0])] for k, v in rows.items()}
 
 
 @torch.no_grad()
 def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_samples=DEFAULT_ELBO_SAMPLES,
-             iw_samples=DEFAULT_IW_SAMPLES, seed=0, binarized=False, progress=None):
+             iw_samples=DEFAULT_IW_SAMPLES, seed=0, binarized=False, progress=None, rank=0, world=1):
     """Evaluate ``metrics`` on uint8 ``images`` (N, C, H, W).  Returns metric -> dict
     with ``value`` (mean over images), ``stderr``, ``unit``, ``n`` and extras; metrics
-    not defined for the likelihood get ``applicable: False`` and ``reason``."""
+    not defined for the likelihood get ``applicable: False`` and ``reason``.  With
+    ``world`` > 1 (torch.distributed initialised) each rank evaluates every world-th
+    batch and the per-image values are gathered: the result is the single-process one."""
     model.eval()
     lik = model.likelihood
     device = next(model.parameters()).device
@@ -54,14 +77,14 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     n, dims = images.shape[0], int(np.prod(images.shape[1:]))
     levels = 2**lik.n_bits
     want = set(metrics)
-    rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf")}
-    post_means = []
-    for x in _batches(images, batch_size, device):
+    rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf", "post_means")}
+    for index, x in _batches(images, batch_size, device, rank, world):
+        gen.manual_seed(batch_seed(seed, index))
         mu, logvar = model.encode(x)
         std = torch.exp(0.5 * logvar)
         lik_kl = 0.5 * (mu * mu + torch.exp(logvar) - 1 - logvar).sum(1).double()
-        rows["kl"].append(lik_kl)
-        post_means.append(mu.double())
+        rows["kl"].append((index, lik_kl))
+        rows["post_means"].append((index, mu.double()))
         need_elbo = want & {"elbo", "bpd", "mse"}
         if need_elbo:
             rec = torch.zeros_like(lik_kl)
@@ -77,9 +100,9 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
                 if "mse" in want:
                     y = x.double() / (levels - 1)
                     sq += ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
-            rows["elbo"].append(rec / elbo_samples - lik_kl)
-            rows["elbo_pmf"].append(rec_pmf / elbo_samples - lik_kl)
-            rows["mse"].append(sq / elbo_samples)
+            rows["elbo"].append((index, rec / elbo_samples - lik_kl))
+            rows["elbo_pmf"].append((index, rec_pmf / elbo_samples - lik_kl))
+            rows["mse"].append((index, sq / elbo_samples))
         if "nll" in want and applicability(lik.name, "nll", binarized)[0]:
             log_w, log_w_pmf = [], []
             for _ in range(iw_samples):
@@ -89,10 +112,12 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
                 log_w.append(lik.log_prob(x, raw).double() + prior_minus_q)
                 log_w_pmf.append(lik.log_pmf(x, raw).double() + prior_minus_q)
             k = float(iw_samples)
-            rows["iw"].append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
-            rows["iw_pmf"].append(torch.logsumexp(torch.stack(log_w_pmf), 0) - math.log(k))
+            rows["iw"].append((index, torch.logsumexp(torch.stack(log_w), 0) - math.log(k)))
+            rows["iw_pmf"].append((index, torch.logsumexp(torch.stack(log_w_pmf), 0) - math.log(k)))
         if progress:
             progress(x.shape[0])
+
+    rows = gather_rows(rows, world)
 
     def cat(key):
         return torch.cat(rows[key]).cpu().numpy() if rows[key] else np.zeros(0)
@@ -122,7 +147,7 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
         elif metric == "mse":
             results[metric] = summary(cat("mse"), "per dimension on [0, 1]", samples=elbo_samples)
         elif metric == "active-units":
-            means = torch.cat(post_means).cpu().numpy()
+            means = cat("post_means")
             variance = means.var(axis=0)
             active = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
             results[metric] = {"value": active, "stderr": 0.0, "unit": f"of {means.shape[1]} latent dims",

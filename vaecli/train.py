@@ -159,7 +159,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         raise VaeError(f"cannot write the run file: directory {out_dir} does not exist or is not writable")
 
     # ---------------------------------------------------------------------- data
-    rank, world, device = _distributed_setup(config)
+    rank, world, device = distributed_setup(config.device)
     progress = progress and rank == 0
     train_set, test_set = data if data is not None else load_data(config)
     image_shape = tuple(train_set.images.shape[1:])
@@ -400,17 +400,17 @@ class _InterruptFlag:
 DIST_TIMEOUT_S = 300  # a collective waiting longer than this means a rank is gone
 
 
-def _distributed_setup(config):
+def distributed_setup(device_name: str):
     """(rank, world size, device).  Under torchrun (WORLD_SIZE > 1) this joins the
     process group: NCCL on CUDA, gloo on the CPU; each rank uses cuda:LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, resolve_device(config.device)
+        return 0, 1, resolve_device(device_name)
     import datetime
 
     import torch.distributed as dist
 
-    device = resolve_device(config.device)
+    device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
