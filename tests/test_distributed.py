@@ -108,3 +108,27 @@ def test_distributed_evaluation_equals_one_process(tmp_path, data_file):
         assert b[metric]["value"] == a[metric]["value"], metric
         assert b[metric]["n"] == a[metric]["n"]
     assert b["elbo"]["processes"] == 2
+
+
+def test_distributed_fid_equals_one_process(tmp_path, data_file):
+    import json
+
+    from vaecli import VaeError, fid
+
+    try:
+        weights = fid.fetch_inception()
+    except VaeError as exc:
+        pytest.skip(f"the FID Inception weights cannot be had here: {exc}")
+    run = tmp_path / "run.h5"
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, run, "sigma", epochs=1)],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    common = ["eval", str(run), "--metric", "fid", "--fid-samples", "12", "--batch-size", "4", "--json",
+              "--no-store", "--inception", str(weights)]
+    results = []
+    for extra, cache in (([], "one"), (["--nproc", "2"], "two")):  # separate caches: both compute the reference
+        env = dict(_env(), VAECLI_CACHE=str(tmp_path / cache))
+        done = subprocess.run([sys.executable, "-m", "vaecli", *common, *extra], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(json.loads(done.stdout)["results"]["fid"])
+    assert results[1]["value"] == results[0]["value"] and results[0]["n_generated"] == 12

@@ -369,8 +369,6 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
     run = runfile.read(run_path)
     metrics = metrics or ("elbo", "bpd")
     rank, world, dev = distributed_setup(device)
-    if world > 1 and "fid" in metrics:
-        raise VaeError("fid runs on one process for now; evaluate it without --nproc/torchrun")
     model = load_model(run, dev)
     if data_path:  # all of the given file
         data = datasets.load(data_path, split, size=run.config.image_size)
@@ -393,8 +391,10 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
 
         extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
         reference = load_split(run.config.dataset, fid_ref, run.config.image_size)
-        with click.progressbar(length=fid_samples + len(reference.images), label="fid", file=sys.stderr) as bar:
-            results["fid"] = fid.model_fid(model, reference, extractor, fid_samples, seed=seed, progress=bar.update)
+        with click.progressbar(length=fid_samples + len(reference.images), label="fid", file=sys.stderr,
+                               hidden=rank != 0) as bar:
+            results["fid"] = fid.model_fid(model, reference, extractor, fid_samples, min(batch_size, fid.DEFAULT_BATCH),
+                                           seed=seed, progress=bar.update, rank=rank, world=world)
     if world > 1:
         import torch.distributed as dist
 

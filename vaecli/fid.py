@@ -207,7 +207,29 @@ def kid(features1, features2, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS, 
     return _distance_backend(device).kid(t(features1), t(features2), subset_size, subsets, seed)
 
 
-def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_size=DEFAULT_BATCH, progress=None):
+def sharded_features(make_batch, n, extractor, batch_size=DEFAULT_BATCH, progress=None, rank=0, world=1):
+    """Features of ``n`` images made batch by batch (``make_batch(index, start, stop)``
+    gives uint8 images): with ``world`` > 1 each rank does every world-th batch and
+    the features are gathered in batch order on every rank."""
+    parts = []
+    for index, start in enumerate(range(0, n, batch_size)):
+        if index % world != rank:
+            continue
+        images = make_batch(index, start, min(start + batch_size, n))
+        parts.append((index, extractor.features(images, batch_size)))
+        if progress:
+            progress(len(images) * world)
+    if world > 1:
+        import torch.distributed as dist
+
+        everyone = [None] * world
+        dist.all_gather_object(everyone, parts)
+        parts = [p for part in everyone for p in part]
+    return np.concatenate([f for _, f in sorted(parts, key=lambda p: p[0])])
+
+
+def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_size=DEFAULT_BATCH, progress=None,
+                         rank=0, world=1):
     """(mu, sigma, n) of a dataset's features, computed once and cached in an HDF5 file
     keyed by the data checksum, the extractor's hash and the preprocessing."""
     import h5py
@@ -224,8 +246,11 @@ def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_si
                     return g["mu"][()], g["sigma"][()], int(g.attrs["n"])
         except OSError:
             pass  # an unreadable cache is rebuilt below
-    feats = extractor.features(data.images, batch_size, progress)
+    feats = sharded_features(lambda i, a, b: data.images[a:b], len(data.images), extractor, batch_size,
+                             progress, rank, world)
     mu, sigma = statistics(feats, extractor.device)
+    if rank != 0:
+        return mu, sigma, len(feats)
     cache.parent.mkdir(parents=True, exist_ok=True)
     existing = cache if cache.is_file() and h5py.is_hdf5(cache) else None
     with atomic_h5(cache, copy_from=existing) as f:
@@ -240,25 +265,27 @@ def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_si
 
 
 def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_FID_SAMPLES,
-              batch_size=DEFAULT_BATCH, seed=0, progress=None, cache=None) -> dict:
+              batch_size=DEFAULT_BATCH, seed=0, progress=None, cache=None, rank=0, world=1) -> dict:
     """FID of a trained model: the likelihood mean of prior draws z ~ N(0, I),
-    quantized to uint8 as saved images are, against ``reference`` (a Dataset)."""
+    quantized to uint8 as saved images are, against ``reference`` (a Dataset).  Each
+    batch's prior draws are seeded from (seed, batch index), so several ranks
+    (``world`` > 1) give the single-process number."""
     import torch
 
+    from .evaluate import batch_seed
     from .train import mean_to_uint8
 
-    mu_ref, sigma_ref, n_ref = reference_statistics(extractor, reference, cache, batch_size, progress)
+    mu_ref, sigma_ref, n_ref = reference_statistics(extractor, reference, cache, batch_size, progress, rank, world)
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    feats = np.empty((n_samples, FEATURE_DIM), dtype=np.float64)
-    with torch.no_grad():
-        for start in range(0, n_samples, batch_size):
-            n = min(batch_size, n_samples - start)
-            z = torch.randn(n, model.latent_dim, generator=gen, device=device)
-            images = mean_to_uint8(model.likelihood.mean(model.decode(z)))
-            feats[start : start + n] = extractor.features(images, batch_size)
-            if progress:
-                progress(n)
+    gen = torch.Generator(device=device)
+
+    @torch.no_grad()
+    def generate(index, start, stop):
+        gen.manual_seed(batch_seed(seed, index))
+        z = torch.randn(stop - start, model.latent_dim, generator=gen, device=device)
+        return mean_to_uint8(model.likelihood.mean(model.decode(z)))
+
+    feats = sharded_features(generate, n_samples, extractor, batch_size, progress, rank, world)
     score = frechet(statistics(feats, extractor.device), (mu_ref, sigma_ref), extractor.device)
     return {"value": score, "stderr": 0.0, "unit": "FID", "n": n_samples, "applicable": True,
             "n_generated": n_samples, "n_reference": n_ref, "reference": f"{reference.name}/{reference.split}",
