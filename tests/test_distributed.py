@@ -132,3 +132,18 @@ def test_distributed_fid_equals_one_process(tmp_path, data_file):
         assert done.returncode == 0, done.stderr[-2000:]
         results.append(json.loads(done.stdout)["results"]["fid"])
     assert results[1]["value"] == results[0]["value"] and results[0]["n_generated"] == 12
+
+
+def test_distributed_resume_continues_the_trajectory(tmp_path, data_file):
+    single, double = tmp_path / "one.h5", tmp_path / "two.h5"
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, single, "sigma", epochs=3)],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, double, "sigma", epochs=1), "--nproc", "2"],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "vaecli", "train", "--out", str(double), "--resume", "--epochs", "3",
+                           "--quiet", "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = runfile.read(single), runfile.read(double)
+    assert b.attrs["epochs_done"] == 3
+    for k in a.model:
+        np.testing.assert_allclose(b.model[k], a.model[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
