@@ -561,20 +561,43 @@ def info_command(run_path, as_json):
         click.echo(f"samples      {name} {arr.shape}")
 
 
+RUNS = click.Path(exists=True)
+
+
+def _expand_runs(paths):
+    """Run files, with directories (a vae sweep) expanded to the run files inside."""
+    import os
+
+    from .sweep import run_paths
+
+    out = []
+    for p in paths:
+        found = run_paths(p) if os.path.isdir(p) else [p]
+        if not found:
+            raise VaeError(f"{p}: no run files (*.h5) in this directory")
+        out.extend(found)
+    return out
+
+
 @main.command("plot", context_settings=CONTEXT)
-@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=RUN_FILE)
+@click.argument("run_paths", metavar="RUN|DIR...", nargs=-1, required=True, type=RUNS)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="curves.png", show_default=True)
-def plot_command(run_paths, out):
-    """Training curves (test ELBO, KL, sigma) of one or several runs, as a PNG."""
+@click.option("--kind", type=click.Choice(["curves", "rate-distortion"]), default="curves", show_default=True,
+              help="Training curves, or KL (rate) against MSE (distortion), one point per run, FID as colour.")
+def plot_command(run_paths, out, kind):
+    """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
     from . import plots, runfile
 
-    runs = [runfile.read(p) for p in run_paths]
-    plots.training_curves(runs, out)
+    runs = [runfile.read(p) for p in _expand_runs(run_paths)]
+    if kind == "curves":
+        plots.training_curves(runs, out)
+    else:
+        plots.rate_distortion(runs, out)
     click.echo(f"wrote {out}")
 
 
 @main.command("compare", context_settings=CONTEXT)
-@click.argument("run_paths", metavar="RUN...", nargs=-1, required=True, type=RUN_FILE)
+@click.argument("run_paths", metavar="RUN|DIR...", nargs=-1, required=True, type=RUNS)
 @click.option("--format", "fmt", type=click.Choice(["markdown", "json", "csv"]), default="markdown",
               show_default=True)
 @click.option("--split", default="test", show_default=True, help="Evaluation split to show.")
@@ -586,7 +609,7 @@ def compare_command(run_paths, fmt, split):
     from . import runfile
 
     rows = []
-    for p in run_paths:
+    for p in _expand_runs(run_paths):
         run = runfile.read(p)
         c, h = run.config, run.history
         row = {"run": p, "likelihood": c.likelihood, "beta": c.beta, "epochs": int(run.attrs.get("epochs_done", 0)),
@@ -617,6 +640,45 @@ def compare_command(run_paths, fmt, split):
         click.echo("|" + "---|" * len(columns))
         for r in rows:
             click.echo("| " + " | ".join(cell(r.get(k)) for k in columns) + " |")
+
+
+@main.command("sweep", context_settings=CONTEXT)
+@click.option("--out-dir", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory of run files.")
+@click.option("--likelihood", "likelihoods", multiple=True, type=click.Choice(registry.NAMES),
+              help="Decoders to train [default: all eleven].")
+@click.option("--beta", "betas", multiple=True, type=click.FloatRange(min=0),
+              help="Betas of the fixed-variance gaussian [default: the paper's 0.001 0.01 0.1 1 10].")
+@click.option("--seed", "seeds", multiple=True, type=int, help="Seeds [default: 0].")
+@click.option("--dataset", default=None, help="Dataset name [default: mnist5k].")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(METRIC_CHOICES),
+              help="Metrics evaluated on the test split [default: elbo bpd kl mse active-units].")
+@click.option("--iw-samples", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--fid-samples", type=click.IntRange(0), default=0, show_default=True,
+              help="Prior samples for FID (0: no FID).")
+@_inception_options
+def sweep_command(out_dir, likelihoods, betas, seeds, dataset, epochs, batch_size, lr, latent_dim, mixtures, device,
+                  metrics, iw_samples, fid_samples, inception, allow_unknown_weights):
+    """Train and evaluate a grid of runs (likelihoods x betas x seeds) into a directory.
+
+    Resumable: finished runs are skipped and interrupted ones resumed.  Betas sweep the
+    fixed-variance gaussian; the calibrated decoders train with beta = 1.  Then
+    `vae compare DIR` and `vae plot DIR --kind rate-distortion`.
+    """
+    from .config import DEFAULT_DATASET, TrainConfig
+    from .sweep import PAPER_BETAS, sweep
+
+    base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, batch_size=batch_size, lr=lr,
+                       latent_dim=latent_dim, mixtures=mixtures, device=device)
+    metrics = [m for m in (metrics or ("elbo", "bpd", "kl", "mse", "active-units")) if m != "fid"]
+    paths = sweep(out_dir, base, likelihoods or registry.NAMES, betas or PAPER_BETAS, seeds or (0,), metrics,
+                  fid_samples=fid_samples, inception=inception, iw_samples=iw_samples, log=click.echo)
+    click.echo(f"{len(paths)} runs in {out_dir}; see `vae compare {out_dir}`")
 
 
 # -------------------------------------------------------------------------- FID

@@ -39,3 +39,41 @@ def training_curves(runs, out):
         raise VaeError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
+
+
+def rate_distortion(runs, out):
+    """KL (rate, nats) against MSE (distortion), one point per run; FID as colour
+    where the runs have it.  Uses the stored test evaluations (vae eval / vae sweep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = []
+    for run in runs:
+        ev = run.evaluations.get("test", {})
+        if "kl" not in ev or "mse" not in ev:
+            raise VaeError(f"{run.path} has no stored test kl and mse; run `vae eval {run.path} --metric kl --metric mse`")
+        fid = ev.get("fid", {}).get("value")
+        label = run.config.likelihood + (f" b={run.config.beta:g}" if run.config.likelihood == "gaussian" else "")
+        points.append((ev["kl"]["value"], ev["mse"]["value"], fid, label))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    fids = [p[2] for p in points]
+    if all(f is not None for f in fids):
+        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], c=fids, cmap="viridis_r", s=60)
+        fig.colorbar(sc, ax=ax, label="FID")
+    else:
+        ax.scatter([p[0] for p in points], [p[1] for p in points], s=60)
+    for kl, mse, _, label in points:
+        ax.annotate(label, (kl, mse), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="rate: KL (nats / image)", ylabel="distortion: MSE on [0, 1]", yscale="log",
+           title="rate-distortion of the runs (test split)")
+    fig.tight_layout()
+    tmp = os.fspath(out) + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise VaeError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
