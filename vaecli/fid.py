@@ -234,7 +234,7 @@ def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_si
     keyed by the data checksum, the extractor's hash and the preprocessing."""
     import h5py
 
-    from .runfile import atomic_h5
+    from .runfile import atomic_h5, check_seal
 
     cache = Path(cache) if cache else cache_dir() / STATS_FILE
     key = hashlib.sha256(f"{data.checksum}|{extractor.key}".encode()).hexdigest()[:32]
@@ -252,7 +252,12 @@ def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_si
     if rank != 0:
         return mu, sigma, len(feats)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    existing = cache if cache.is_file() and h5py.is_hdf5(cache) else None
+    existing = None
+    if cache.is_file():
+        try:
+            existing = cache if check_seal(cache) else None  # an unsealed or foreign cache is rebuilt
+        except VaeError:
+            existing = None
     with atomic_h5(cache, copy_from=existing) as f:
         if key in f:
             del f[key]
