@@ -30,15 +30,7 @@ def training_curves(runs, out):
     axes[1].set(title="KL (test)", xlabel="epoch", ylabel="nats / image")
     axes[2].set(title="decoder sigma", xlabel="epoch", ylabel="sigma", yscale="log")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    tmp = os.fspath(out) + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise VaeError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(fig, out)
 
 
 def rate_distortion(runs, out):
@@ -68,6 +60,13 @@ def rate_distortion(runs, out):
         ax.annotate(label, (kl, mse), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="rate: KL (nats / image)", ylabel="distortion: MSE on [0, 1]", yscale="log",
            title="rate-distortion of the runs (test split)")
+    _save(fig, out)
+
+
+def _save(fig, out):
+    """Write a figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = os.fspath(out) + ".tmp.png"
     try:

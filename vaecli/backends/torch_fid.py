@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import VaeError
+from .kid_draws import kid_subsets
 from ..constants import KID_COEF0, KID_DEGREE, KID_SUBSET_SIZE, KID_SUBSETS
 
 __all__ = ["available", "feature_statistics", "frechet_distance", "kid"]
@@ -163,29 +164,10 @@ def kid(features1, features2, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS, 
     """
     x = _features(features1, "features1")  # (N1, d)
     y = _features(features2, "features2").to(x.device)  # (N2, d)
-    if x.shape[1] != y.shape[1]:
-        raise VaeError(
-            f"KID needs features of one width d, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if int(subsets) < 1:
-        raise VaeError(f"KID needs at least one subset, got subsets={subsets}")
-    m = min(int(subset_size), x.shape[0], y.shape[0])
-    if m < 2:
-        raise VaeError(
-            f"KID needs subsets of at least 2 features; subset_size={subset_size} with "
-            f"shapes {tuple(x.shape)} and {tuple(y.shape)} gives {m}"
-        )
-    rng = np.random.default_rng(seed)
-    draws = [
-        (
-            rng.choice(x.shape[0], m, replace=False),
-            rng.choice(y.shape[0], m, replace=False),
-        )
-        for _ in range(int(subsets))
-    ]
+    m, rows1, rows2 = kid_subsets(x.shape, y.shape, subset_size, subsets, seed)
     # All indices go to the device in one copy: (subsets, m) each.
-    rows_x = torch.as_tensor(np.stack([i for i, _ in draws]), device=x.device)
-    rows_y = torch.as_tensor(np.stack([j for _, j in draws]), device=x.device)
+    rows_x = torch.as_tensor(rows1, device=x.device)
+    rows_y = torch.as_tensor(rows2, device=x.device)
     mmd2 = torch.stack([_mmd2_unbiased(x[i], y[j]) for i, j in zip(rows_x, rows_y)])
     mean, std = torch.stack([mmd2.mean(), mmd2.std(correction=0)]).tolist()
     return float(mean), float(std)

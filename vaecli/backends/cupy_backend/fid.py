@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import VaeError
+from ..kid_draws import kid_subsets
 from ...constants import KID_COEF0, KID_DEGREE, KID_SUBSET_SIZE, KID_SUBSETS
 
 __all__ = ["available", "feature_statistics", "frechet_distance", "kid"]
@@ -163,31 +164,10 @@ def kid(features1, features2, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS, 
     cp = _cupy()
     x = _features(cp, features1, "features1")  # (N1, d)
     y = _features(cp, features2, "features2")  # (N2, d)
-    if x.shape[1] != y.shape[1]:
-        raise VaeError(
-            f"KID needs features of one width d, got shapes {x.shape} and {y.shape}"
-        )
-    if int(subsets) < 1:
-        raise VaeError(f"KID needs at least one subset, got subsets={subsets}")
-    m = min(int(subset_size), x.shape[0], y.shape[0])
-    if m < 2:
-        raise VaeError(
-            f"KID needs subsets of at least 2 features; subset_size={subset_size} with "
-            f"shapes {x.shape} and {y.shape} gives {m}"
-        )
-    rng = np.random.default_rng(seed)
-    draws = [
-        (
-            rng.choice(x.shape[0], m, replace=False),
-            rng.choice(y.shape[0], m, replace=False),
-        )
-        for _ in range(int(subsets))
-    ]
+    m, rows1, rows2 = kid_subsets(x.shape, y.shape, subset_size, subsets, seed)
     # All indices go to the device in one copy: (subsets, m) each.
-    rows_x = cp.asarray(np.stack([i for i, _ in draws]))
-    rows_y = cp.asarray(np.stack([j for _, j in draws]))
-    mmd2 = cp.stack(
-        [_mmd2_unbiased(cp, x[rows_x[s]], y[rows_y[s]]) for s in range(len(draws))]
-    )
+    rows_x = cp.asarray(rows1)
+    rows_y = cp.asarray(rows2)
+    mmd2 = cp.stack([_mmd2_unbiased(cp, x[rows_x[s]], y[rows_y[s]]) for s in range(len(rows1))])
     mean, std = cp.asnumpy(cp.stack([mmd2.mean(), mmd2.std()]))
     return float(mean), float(std)
