@@ -1,7 +1,6 @@
 """Faults injected on purpose: SIGKILL at random moments, a full disk, non-finite
 losses, stale temporaries, corrupted run files.  Nothing may be lost."""
 
-import dataclasses
 import errno
 import os
 import signal
@@ -19,18 +18,12 @@ h5py = pytest.importorskip("h5py")
 
 from vaecli import VaeError, runfile  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
+from fakes import FakeData  # noqa: E402
 from vaecli.train import train  # noqa: E402
 
 KILLS = 8  # SIGKILLs per run of the test
 
 
-@dataclasses.dataclass
-class FakeData:
-    images: np.ndarray
-    name: str = "fake"
-    split: str = "train"
-    source: str = "memory"
-    checksum: str = "0" * 64
 
 
 def _data(n=64, size=8):

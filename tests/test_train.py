@@ -1,6 +1,5 @@
 """Training, the run file, resume and evaluation on small synthetic data."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -12,16 +11,10 @@ h5py = pytest.importorskip("h5py")
 from vaecli import VaeError, runfile  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
+from fakes import FakeData  # noqa: E402
 from vaecli.train import load_model, train  # noqa: E402
 
 
-@dataclasses.dataclass
-class FakeData:
-    images: np.ndarray
-    name: str = "fake"
-    split: str = "train"
-    source: str = "memory"
-    checksum: str = "0" * 64
 
 
 def _data(n_train=96, n_test=32, size=12, c=1, seed=0):
