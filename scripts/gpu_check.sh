@@ -30,6 +30,9 @@ if [ -f "$weights" ]; then
 else
   echo "no Inception weights at $weights: GPU feature extraction not measured" | tee "$out/fid_cuda_time.txt"
 fi
+# training throughput against the plain DataLoader loop (issue 8's baseline), same card
+timeout 300 python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
+  2>&1 | tee "$out/train_throughput.txt" || status=1
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   rm -f "/tmp/gpu_train_$backend.h5"
@@ -67,7 +70,7 @@ for backend in ("torch", "cupy"):
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
-for f in ("pytest_fid_math.txt", "fid_cuda_time.txt"):
+for f in ("pytest_fid_math.txt", "fid_cuda_time.txt", "train_throughput.txt"):
     if (out / f).exists():
         print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])
 bench = out / "bench.txt"
