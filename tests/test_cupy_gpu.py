@@ -16,26 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes import cupy_device
 from vaecli import registry
 from vaecli.backends.cupy_backend import formulas
 from vaecli.errors import VaeError
 
 
-def _gpu():
-    """(cupy, "") when a CUDA device is usable from cupy, else (None, why)."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return None, f"cupy is not installed ({exc})"
-    try:
-        if not cupy.cuda.is_available():
-            return None, "no CUDA device is available (cupy.cuda.is_available() is False)"
-    except Exception as exc:  # a driver/runtime mismatch reads as "no device"
-        return None, f"CUDA is not usable from cupy ({exc})"
-    return cupy, ""
-
-
-cupy, _WHY = _gpu()
+cupy, _WHY = cupy_device()
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(cupy is None, reason=f"the cupy GPU tests need a CUDA device: {_WHY}"),

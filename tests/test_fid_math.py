@@ -16,6 +16,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from fakes import cupy_device
 from vaecli.backends import torch_fid
 from vaecli.backends.cupy_backend import fid as cupy_fid
 from vaecli.errors import VaeError
@@ -385,24 +386,7 @@ def test_cupy_array_code_on_numpy_agrees_with_reference(seed, monkeypatch):
         cupy_fid.feature_statistics(np.zeros((1, 3)))
 
 
-def _gpu():
-    """(cupy, "") when a CUDA device is usable from cupy, else (None, why)."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return None, f"cupy is not installed ({exc})"
-    try:
-        if not cupy.cuda.is_available():
-            return (
-                None,
-                "no CUDA device is available (cupy.cuda.is_available() is False)",
-            )
-    except Exception as exc:  # a driver/runtime mismatch reads as "no device"
-        return None, f"CUDA is not usable from cupy ({exc})"
-    return cupy, ""
-
-
-_cupy_module, _WHY_NO_GPU = _gpu()
+_cupy_module, _WHY_NO_GPU = cupy_device()
 
 
 def test_cupy_available_says_why_not():
