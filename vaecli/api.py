@@ -39,6 +39,9 @@ class Likelihood(nn.Module):
     n_bits: bits per data value (L = 2**n_bits levels).
     sigma: fixed sigma of ``gaussian`` (default 1); for ``sigma``/``sigma-image`` the
         fixed evaluation sigma (None: sigma* = sqrt(MSE) of the batch / image).
+    pmf_sigma: ``sigma`` only: the evaluation sigma of the discretized PMF (``log_pmf``
+        and ``sample``), when it differs from the density's (vaecli.calibration);
+        None: ``sigma`` serves both.
     mixtures: components of ``logistic-mixture``.
     log_sigma_min: softclip floor of every log-scale (None disables it).
     init_log_sigma: initial raw log sigma of ``sigma-learned``.
@@ -51,6 +54,7 @@ class Likelihood(nn.Module):
         backend: str = "torch",
         n_bits: int = DEFAULT_N_BITS,
         sigma: float | None = None,
+        pmf_sigma: float | None = None,
         mixtures: int = DEFAULT_MIXTURES,
         log_sigma_min: float | None = LOG_SIGMA_MIN,
         init_log_sigma: float = 0.0,
@@ -70,6 +74,9 @@ class Likelihood(nn.Module):
         registry.num_levels(n_bits)
         self.n_bits = n_bits
         self.sigma = sigma
+        if pmf_sigma is not None and name != "sigma":
+            raise VaeError(f"{name}: pmf_sigma is an evaluation sigma of the sigma likelihood only")
+        self.pmf_sigma = pmf_sigma
         self.mixtures = mixtures
         self.log_sigma_min = log_sigma_min
         if name == "sigma-learned":
@@ -97,8 +104,18 @@ class Likelihood(nn.Module):
             opts["batch_reduce"] = self.batch_reduce
         return opts
 
+    def pmf_options(self) -> dict:
+        """The options of the discretized PMF: ``options()`` with ``pmf_sigma`` as the
+        sigma where one is set."""
+        opts = self.options()
+        if self.pmf_sigma is not None:
+            opts["sigma"] = self.pmf_sigma
+        return opts
+
     def extra_repr(self) -> str:
         extra = f", sigma={self.sigma}" if self.sigma is not None else ""
+        if self.pmf_sigma is not None:
+            extra += f", pmf_sigma={self.pmf_sigma}"
         if self.name == "logistic-mixture":
             extra += f", mixtures={self.mixtures}"
         return f"{self.name!r}, backend={self.backend!r}, n_bits={self.n_bits}{extra}"
@@ -121,7 +138,7 @@ class Likelihood(nn.Module):
         across all decoders (bits/dim: vaecli.bits_per_dim(log_pmf - kl, D))."""
         if self.info.training_only:
             raise VaeError(f"{self.name}: {self.info.pmf_note}; no PMF is defined")
-        return self._functions().log_pmf(self.name, x, raw, **self.options())
+        return self._functions().log_pmf(self.name, x, raw, **self.pmf_options())
 
     def forward(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x, raw)
@@ -132,7 +149,7 @@ class Likelihood(nn.Module):
 
     def sample(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Integer levels (B, C, H, W) drawn from the discretized distribution."""
-        return torch_backend.sample(self.name, raw, generator=generator, **self.options())
+        return torch_backend.sample(self.name, raw, generator=generator, **self.pmf_options())
 
     def current_sigma(self, x: torch.Tensor | None = None, raw: torch.Tensor | None = None):
         """The decoder sigma now in use as a float (None for non-Gaussian decoders

@@ -428,6 +428,8 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
         extra = ""
         if metric == "nll":
             extra = f"  ({r['bpd']:.4f} bits/dim discrete, K={r['iw_samples']})"
+        if metric in ("bpd", "nll") and "pmf_sigma" in r:
+            extra += f"  (PMF sigma {r['pmf_sigma']:.4f})"
         if metric == "elbo" and "decoder_sigma" in r:
             extra = f"  (sigma {r['decoder_sigma']:.4f}, equivalent beta {r['equivalent_beta']:.4g})"
         value = f"{r['value']:.0f}" if metric == "active-units" else f"{r['value']:.4f} ± {r['stderr']:.4f}"
@@ -518,6 +520,42 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
     click.echo(f"wrote {out}")
 
 
+@main.command("calibrate", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def calibrate_command(run_path, device, as_json):
+    """Store the PMF evaluation sigma of a `sigma` run (vae train does this at every
+    checkpoint; use this for older run files).  It is the maximum-likelihood sigma
+    of the discretized Gaussian on the run's training data; stored bits/dim and NLL
+    results, computed with the old sigma, are removed."""
+    import torch
+
+    from . import runfile
+    from .calibration import pmf_sigma
+    from .train import load_model, load_split, prepare_images
+
+    run = runfile.read(run_path)
+    if run.config.likelihood != "sigma":
+        raise VaeError(f"{run_path}: a {run.config.likelihood} run; only sigma runs have evaluation sigmas")
+    model = load_model(run, device)
+    data = load_split(run.config.dataset, "train", run.config.image_size)
+    if data.checksum != run.attrs["dataset_checksum"]:
+        raise VaeError(f"{run_path}: the training data {run.config.dataset} here differs from the run's "
+                       f"(SHA-256 {data.checksum[:16]}… vs {run.attrs['dataset_checksum'][:16]}…)")
+    images = torch.from_numpy(prepare_images(data.images, run.config)).to(next(model.parameters()).device)
+    values = pmf_sigma(model, images, seed=run.config.seed + 6, n_bits=run.config.n_bits,
+                       log_sigma_min=run.config.log_sigma_min)
+    removed = runfile.store_calibration(run_path, values, stale_metrics=("bpd", "nll"))
+    if as_json:
+        _echo_json({"run": run_path, "calibration": values, "removed_evaluations": removed})
+        return
+    click.echo(f"PMF sigma {values['pmf_sigma']:.5f} (eval sigma {run.eval_sigma:.5f}); "
+               f"training PMF term {values['pmf_train_bits']:.4f} bits/dim on {values['pmf_images']} images")
+    if removed:
+        click.echo(f"removed stale evaluations: {', '.join(removed)} (rerun vae eval)")
+
+
 @main.command("info", context_settings=CONTEXT)
 @click.argument("run_path", metavar="RUN", type=RUN_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -545,6 +583,11 @@ def info_command(run_path, as_json):
     if run.calibration:
         cal = run.calibration
         click.echo(f"eval sigma   {cal['eval_sigma']:.5f} (MSE {cal['mse']:.5f}): {cal['method']}")
+        if cal.get("pmf_sigma") is not None:
+            click.echo(f"PMF sigma    {cal['pmf_sigma']:.5f}: {cal['pmf_method']}")
+        else:
+            click.echo("PMF sigma    none stored (an older run file): "
+                       "bits/dim use the eval sigma; `vae calibrate` stores one")
     h = run.history
     if len(h.get("epoch", [])):
         click.echo(f"{'epoch':>5s} {'train ELBO':>11s} {'test ELBO':>10s} {'test KL':>8s} {'sigma':>8s} {'seconds':>8s}")
@@ -617,6 +660,8 @@ def compare_command(run_paths, fmt, split):
                "test_elbo": float(h["test_elbo"][-1]) if len(h.get("test_elbo", [])) else None,
                "sigma": run.eval_sigma if run.eval_sigma is not None else
                (float(h["sigma"][-1]) if len(h.get("sigma", [])) else None)}
+        if run.calibration.get("pmf_sigma") is not None:
+            row["pmf_sigma"] = float(run.calibration["pmf_sigma"])
         for metric, r in run.evaluations.get(split, {}).items():
             row[metric] = r["value"] if r.get("applicable", True) not in (False, 0) else "n/a"
             if metric == "nll" and "bpd" in r:

@@ -159,4 +159,8 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             if r.get("applicable"):
                 r["decoder_sigma"] = sigma
                 r["equivalent_beta"] = equivalent_beta(sigma)
+    if lik.name == "sigma" and lik.sigma is not None:  # the sigma the discrete numbers used
+        for metric in ("bpd", "nll"):
+            if results.get(metric, {}).get("applicable"):
+                results[metric]["pmf_sigma"] = lik.pmf_sigma if lik.pmf_sigma is not None else lik.sigma
     return results

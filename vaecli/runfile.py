@@ -11,7 +11,8 @@ Layout (schema 1)::
     /rng/<name>       RNG states as uint8 datasets (torch CPU, data order, CUDA)
     /progress         attrs and datasets of the epoch in progress (running sums)
     /history/<column> one float64 value per completed epoch
-    /calibration      attrs: eval_sigma, mse, method (sigma likelihood only)
+    /calibration      attrs: eval_sigma, mse, method; pmf_sigma, pmf_images, pmf_train_bits,
+                      pmf_method (sigma likelihood only; pmf_* absent in older files)
     /evaluations/<split>/<metric>  attrs: value, stderr, unit, n, ... or applicable=0 + reason
     /samples/<name>   uint8 (N, C, H, W) with attrs
 
@@ -311,6 +312,24 @@ def store_evaluation(path, split: str, results: dict):
                     continue
                 m.attrs[k] = v
         f.attrs["updated"] = _now()
+
+
+def store_calibration(path, values: dict, stale_metrics=()) -> list:
+    """Add or replace calibration attrs; stored evaluations of ``stale_metrics``
+    (computed with the old values) are removed.  Returns the removed 'split/metric's."""
+    read(path)
+    removed = []
+    with atomic_h5(path, copy_from=path) as f:
+        g = f.require_group("calibration")
+        for k, v in values.items():
+            g.attrs[k] = v
+        for split, metrics in f.get("evaluations", {}).items():
+            for metric in stale_metrics:
+                if metric in metrics:
+                    del metrics[metric]
+                    removed.append(f"{split}/{metric}")
+        f.attrs["updated"] = _now()
+    return removed
 
 
 def store_samples(path, name: str, images: np.ndarray, attrs: dict):

@@ -15,6 +15,7 @@ import torch
 from . import registry, runfile
 from ._version import __version__
 from .api import Likelihood, gaussian_kl
+from .calibration import pmf_sigma
 from .config import TrainConfig
 from .errors import VaeError
 from .model import ConvVAE
@@ -315,6 +316,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                                   "epoch (running average while the model trained), softclipped at "
                                   f"log_sigma_min={config.log_sigma_min}",
                     }
+                    calibration.update(pmf_sigma(model, train_images, seed=config.seed + 6, n_bits=config.n_bits,
+                                                 log_sigma_min=config.log_sigma_min))
                     lik.sigma = sigma  # evaluate with the calibrated sigma, never the test batch's
                 test = _test_elbo(model, test_images, config)
                 lik.sigma = config.sigma
@@ -572,6 +575,8 @@ def load_model(run: runfile.Run, device="auto", for_evaluation=True) -> ConvVAE:
         if run.eval_sigma is None:
             raise VaeError(f"{run.path}: no evaluation sigma stored yet (train for at least one epoch)")
         model.likelihood.sigma = float(run.eval_sigma)
+        if run.calibration.get("pmf_sigma") is not None:  # files before it fall back to eval_sigma
+            model.likelihood.pmf_sigma = float(run.calibration["pmf_sigma"])
     model.eval()
     return model
 
