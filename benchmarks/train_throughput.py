@@ -1,6 +1,7 @@
 """Training throughput of `vae train` against a plain PyTorch loop, same model, same run.
 
-    python benchmarks/train_throughput.py --device cpu --batch 128 --batch 1024 --epochs 2
+    python benchmarks/train_throughput.py --device cpu --batch 128 --batch 1024 --epochs 2 \
+        [--variant float32 --variant bf16 --variant compile --variant compile+bf16]
 
 vaecli: `vaecli.train.train` (data resident on the device, batches indexed there, the
 sigma-VAE likelihood), timed per epoch from its own history (training steps plus the
@@ -67,12 +68,21 @@ def baseline_epoch_seconds(images, test, batch, device, epochs, workers):
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
-def vaecli_epoch_seconds(batch, device, epochs):
+VARIANTS = {  # name -> TrainConfig options
+    "float32": {},
+    "bf16": {"precision": "bf16"},
+    "compile": {"compile": True},
+    "compile+bf16": {"compile": True, "precision": "bf16"},
+}
+
+
+def vaecli_epoch_seconds(batch, device, epochs, variant="float32"):
+    """Best epoch time (epochs 2..N) and the last test ELBO of `vaecli.train.train`."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = train(TrainConfig(batch_size=batch, epochs=epochs, device=str(device)), os.path.join(tmp, "r.h5"),
-                    progress=False, log=lambda s: None)
+        config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), **VARIANTS[variant])
+        run = train(config, os.path.join(tmp, "r.h5"), progress=False, log=lambda s: None)
     seconds = list(run.history["seconds"])
-    return min(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    return (min(seconds[1:]) if len(seconds) > 1 else seconds[0]), float(run.history["test_elbo"][-1])
 
 
 def main():
@@ -81,19 +91,24 @@ def main():
     p.add_argument("--batch", type=int, action="append")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the baseline")
+    p.add_argument("--variant", action="append", choices=sorted(VARIANTS),
+                   help="vaecli configurations to time [default: float32]")
     args = p.parse_args()
     device = resolve_device(args.device)
     train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
     n = len(train_set.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"\ntraining throughput, mnist5k ({n} images, 28x28), sigma-VAE, {name}, torch {torch.__version__}")
-    print("| batch | baseline images/s | vaecli images/s | ratio |")
-    print("|---|---|---|---|")
+    print(f"epochs {args.epochs} (best of epochs 2..N), baseline DataLoader workers {args.workers}")
+    print("| batch | vaecli variant | baseline images/s | vaecli images/s | ratio | vaecli test ELBO |")
+    print("|---|---|---|---|---|---|")
     for batch in args.batch or (128, 1024):
         torch.manual_seed(0)
         base = baseline_epoch_seconds(train_set.images, test_set.images, batch, device, args.epochs, args.workers)
-        ours = vaecli_epoch_seconds(batch, device, args.epochs)
-        print(f"| {batch} | {n / base:,.0f} | {n / ours:,.0f} | {base / ours:.2f} |")
+        for variant in args.variant or ["float32"]:
+            ours, elbo = vaecli_epoch_seconds(batch, device, args.epochs, variant)
+            print(f"| {batch} | {variant} | {n / base:,.0f} | {n / ours:,.0f} | {base / ours:.2f} | {elbo:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

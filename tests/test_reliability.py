@@ -137,27 +137,30 @@ def test_stale_temporaries_of_the_same_run_are_removed(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_counted_then_stop_training(tmp_path, monkeypatch):
-    import vaecli.train as train_module
+    import vaecli.step as step_module
 
-    real_kl = train_module.gaussian_kl
+    real_kl = step_module.gaussian_kl
     calls = {"n": 0}
 
     def kl_with_nans(mu, logvar):
         calls["n"] += 1
         kl = real_kl(mu, logvar)
-        # epoch 1: steps 2 and 3 are non-finite (skipped); from epoch 2 on, every step
-        return kl * float("nan") if calls["n"] in (2, 3) or calls["n"] > 5 else kl
+        # 2 steps an epoch.  Epoch 1: step 2 non-finite (skipped); epoch 2: step 1 fine,
+        # then every step: the third in a row is epoch 3's second step
+        return kl * float("nan") if calls["n"] == 2 or calls["n"] > 3 else kl
 
-    monkeypatch.setattr(train_module, "gaussian_kl", kl_with_nans)
+    monkeypatch.setattr(step_module, "gaussian_kl", kl_with_nans)
     out = tmp_path / "run.h5"
-    with pytest.raises(VaeError, match=r"sigma: 3 non-finite steps in a row \(loss or gradient\) at epoch 2, "
-                                       r"step 3; training stopped; the last good checkpoint, .*run.h5 "
-                                       r"\(epoch 1 complete\), is intact"):
-        train(_config(epochs=3, max_nonfinite=3), out, data=_data(), progress=False)
+    with pytest.raises(VaeError, match=r"sigma: 3 non-finite steps in a row \(loss or gradient\) at epoch 3, "
+                                       r"step 2; training stopped; the last good checkpoint, .*run.h5 "
+                                       r"\(epoch 2 complete\), is intact"):
+        train(_config(epochs=4, max_nonfinite=3, batch_size=32), out, data=_data(), progress=False)
     run = runfile.read(out)
-    assert run.attrs["epochs_done"] == 1 and run.history["skipped_steps"][0] == 2
+    assert run.attrs["epochs_done"] == 2 and list(run.history["skipped_steps"]) == [1, 1]
     for k, v in run.model.items():
         assert np.all(np.isfinite(v)), k  # skipped steps never touched the weights
+    # the skipped steps left the Adam state as it was: 1 + 1 real updates
+    assert all(float(np.max(s["step"])) == 2 for s in run.optimizer["state"].values())
 
 
 def test_nonfinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):

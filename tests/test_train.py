@@ -150,27 +150,27 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     says 'interrupted', and --resume ends bitwise equal to an uninterrupted run."""
     import signal
 
-    import vaecli.train as train_module
+    import vaecli.step as step_module
 
     data = _data()
     full = train(_config(epochs=2), tmp_path / "full.h5", data=data, progress=False)
 
     calls = {"n": 0}
-    real_kl = train_module.gaussian_kl
+    real_kl = step_module.gaussian_kl
 
     def kl_then_interrupt(mu, logvar):
         calls["n"] += 1
-        if calls["n"] == 5:  # 3 training steps + 1 test pass in epoch 1, then epoch 2's first step
+        if calls["n"] == 4:  # 3 training steps in epoch 1, then epoch 2's first step
             signal.raise_signal(signal.SIGINT)
         return real_kl(mu, logvar)
 
-    monkeypatch.setattr(train_module, "gaussian_kl", kl_then_interrupt)
+    monkeypatch.setattr(step_module, "gaussian_kl", kl_then_interrupt)
     part = tmp_path / "part.h5"
     with pytest.raises(VaeError, match=r"interrupted at epoch 2, step 1/3; saved .*--resume"):
         train(_config(epochs=2), part, data=data, progress=False)
     saved = runfile.read(part)
     assert saved.attrs["status"] == "interrupted" and saved.progress["step_in_epoch"] == 1
-    monkeypatch.setattr(train_module, "gaussian_kl", real_kl)
+    monkeypatch.setattr(step_module, "gaussian_kl", real_kl)
     resumed = train(_config(epochs=2), part, data=data, resume=True, progress=False)
     for k in full.model:
         np.testing.assert_array_equal(resumed.model[k], full.model[k])

@@ -223,13 +223,17 @@ def _echo_json(data):
               help="Softclip floor of every log-scale, or 'none' to disable it (unstable: for experiments).")
 @click.option("--max-nonfinite", type=click.IntRange(1), default=20, show_default=True,
               help="Consecutive non-finite steps (skipped) after which training stops.")
+@click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
+              help="bf16: the network under bfloat16 autocast; the likelihood and KL stay float32.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the forward pass, likelihood and KL (compiling takes a while at the start).")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel processes on this machine (starts torchrun; --batch-size stays global).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures, n_bits, epochs, batch_size,
                   lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize,
-                  log_sigma_min, max_nonfinite, nproc, quiet, as_json):
+                  log_sigma_min, max_nonfinite, precision, compile_, nproc, quiet, as_json):
     """Train a VAE with a calibrated decoder and write one HDF5 run file.
 
     The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
@@ -245,7 +249,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
         sigma=sigma, mixtures=mixtures, n_bits=n_bits, epochs=epochs, batch_size=batch_size, lr=lr,
         latent_dim=latent_dim, width=width, seed=seed, device=device, binarize=binarize,
         dequantize=dequantize, image_size=image_size, log_sigma_min=_parse_floor(log_sigma_min),
-        max_nonfinite=max_nonfinite,
+        max_nonfinite=max_nonfinite, precision=precision, compile=compile_,
     )
     if resume:
         from . import runfile
@@ -259,6 +263,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
                 device=stored.device if ctx.get_parameter_source("device") == default else device,
                 max_nonfinite=stored.max_nonfinite if ctx.get_parameter_source("max_nonfinite") == default
                 else max_nonfinite,
+                compile=stored.compile if ctx.get_parameter_source("compile_") == default else compile_,
             )
     if nproc > 1:
         return _launch_data_parallel(nproc, out)
@@ -314,7 +319,8 @@ def _only_defaults_given():
     """True when --resume came without options that would redefine the run."""
     ctx = click.get_current_context()
     fixed = ("likelihood", "backend", "beta", "sigma", "mixtures", "n_bits", "batch_size", "lr", "latent_dim",
-             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path", "log_sigma_min")
+             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path", "log_sigma_min",
+             "precision")
     return all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in fixed)
 
 

@@ -35,6 +35,8 @@ class TrainConfig:
     dequantize: bool = False
     image_size: int | None = None  # resize loaders that support it (svhn, celeba)
     max_nonfinite: int = 20  # consecutive non-finite steps (skipped) before training stops
+    precision: str = "float32"  # float32, or bf16 autocast of the model (likelihood and KL stay float32)
+    compile: bool = False  # torch.compile the forward pass, likelihood and KL
 
     def __post_init__(self):
         registry.info(self.likelihood)
@@ -50,6 +52,7 @@ class TrainConfig:
             (self.latent_dim >= 1, f"latent dim must be >= 1, got {self.latent_dim}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
+            (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {self.device!r}"),
         ]

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from .calibration import pmf_sigma
 from .config import TrainConfig
 from .errors import VaeError
 from .model import ConvVAE
+from .step import EpochSums, NonFiniteGuard, TrainStep, fused_state, make_optimizer
 from .units import equivalent_beta
 
 HISTORY_COLUMNS = (
@@ -26,9 +26,9 @@ HISTORY_COLUMNS = (
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
 # Options that may differ when resuming: more epochs, another device.
-RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite")
+RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile")
 CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
-PROGRESS_EVERY = 10  # steps between progress-bar refreshes (each reads device values)
+READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
 HOLDOUT_SEED = 0  # data files without splits: the permutation that picks the test set
 HOLDOUT_FRACTION = 0.1  # ... and the share of images it holds out
@@ -96,41 +96,6 @@ def softclipped_sigma(mse: float, floor) -> float:
     return math.exp(t)
 
 
-@dataclass
-class _EpochSums:
-    """Running sums of the epoch in progress (kept on the device, read rarely)."""
-
-    rec: torch.Tensor
-    kl: torch.Tensor
-    loss: torch.Tensor
-    sse: torch.Tensor
-    images: int = 0
-    skipped: int = 0
-
-    @classmethod
-    def zeros(cls, device):
-        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
-        return cls(z(), z(), z(), z())
-
-    def all_reduce(self):
-        import torch.distributed as dist
-
-        totals = torch.stack((self.rec, self.kl, self.loss, self.sse,
-                              torch.tensor(float(self.images), dtype=torch.float64, device=self.rec.device)))
-        dist.all_reduce(totals)
-        self.rec, self.kl, self.loss, self.sse = totals[0], totals[1], totals[2], totals[3]
-        self.images = int(totals[4])
-
-    def to_dict(self):
-        return {"rec": float(self.rec), "kl": float(self.kl), "loss": float(self.loss), "sse": float(self.sse),
-                "images": self.images, "skipped": self.skipped}
-
-    @classmethod
-    def from_dict(cls, d, device):
-        t = lambda v: torch.tensor(float(v), dtype=torch.float64, device=device)  # noqa: E731
-        return cls(t(d["rec"]), t(d["kl"]), t(d["loss"]), t(d["sse"]), int(d["images"]), int(d["skipped"]))
-
-
 def check_resume(stored: TrainConfig, wanted: TrainConfig):
     import dataclasses
 
@@ -176,7 +141,9 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     # ------------------------------------------------------------ model and state
     torch.manual_seed(config.seed)
     model = build_model(config, image_shape, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model.parameters(), config.lr)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions for the fixed batch shape
     _check_disk_space(out_dir, model)
     if rank == 0:
         runfile.remove_stale_temporaries(out)
@@ -196,16 +163,16 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     noise = torch.Generator(device=device).manual_seed(config.seed + 5)  # reparameterization
     history = {k: [] for k in HISTORY_COLUMNS}
     epochs_done, step_in_epoch = 0, 0
-    sums = _EpochSums.zeros(device)
+    sums = EpochSums(device)
     epoch_order_state = data_order.get_state()
     if previous is not None:
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in previous.model.items()})
         if previous.optimizer is not None:
-            optimizer.load_state_dict(_optimizer_from_numpy(previous.optimizer))
+            optimizer.load_state_dict(fused_state(_optimizer_from_numpy(previous.optimizer)))
         history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
         epochs_done = int(previous.attrs["epochs_done"])
         step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
-        sums = _EpochSums.from_dict(previous.progress, device) if step_in_epoch else sums
+        sums = EpochSums(device, previous.progress) if step_in_epoch else sums
         torch.set_rng_state(torch.from_numpy(previous.rng["torch_cpu"]))
         epoch_order_state = torch.from_numpy(previous.rng["data_order_epoch_start"])
         dequant.set_state(torch.from_numpy(previous.rng["dequantize"]))
@@ -250,7 +217,19 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     lik = model.likelihood
     levels = 2**config.n_bits
     interrupted = _InterruptFlag()
-    nonfinite_run = 0  # consecutive non-finite steps
+    guard = NonFiniteGuard(config.max_nonfinite, device)
+    first_step = epochs_done * steps_per_epoch + step_in_epoch  # where this process starts
+    train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
+                           device=device, levels=levels,
+                           all_finite=(lambda flag: _all_finite(flag, world)) if world > 1 else None,
+                           compile_forward=config.compile)
+    last_read = time.perf_counter()
+
+    def stop_if_tripped():
+        at = guard.tripped()
+        if at is not None:
+            index = first_step + at - 1
+            raise _NonFinite(index // steps_per_epoch + 1, index % steps_per_epoch + 1)
     try:
         with interrupted:
             while epochs_done < config.epochs:
@@ -268,45 +247,23 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                     if config.dequantize:  # continuous levels x + u, u ~ U(-1/2, 1/2)
                         u = torch.rand((n_global, *x.shape[1:]), generator=dequant, device=device)[shard] - 0.5
                         x_in = x.float() + u
-                    raw, mu, logvar = stepper(x_in, eps)
-                    log_px = lik.log_prob(x_in, raw)  # (B,) nats
-                    kl = gaussian_kl(mu, logvar)  # (B,) nats
-                    # mean over the global batch; DDP averages gradients over the ranks
-                    loss = -(log_px - config.beta * kl).sum() * (world / n_global)
-                    optimizer.zero_grad(set_to_none=True)
-                    finite = _all_agree(bool(torch.isfinite(loss)), world, device)
-                    if finite:
-                        loss.backward()
-                        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
-                        finite = bool(torch.isfinite(grad_norm))
-                    if not finite:  # skip the step: the weights stay as they were
-                        sums.skipped += 1
-                        nonfinite_run += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        if nonfinite_run >= config.max_nonfinite:
-                            raise _NonFinite(epochs_done + 1, step + 1)
-                    else:
-                        nonfinite_run = 0
-                        optimizer.step()
-                        with torch.no_grad():
-                            sums.rec += log_px.detach().double().sum()
-                            sums.kl += kl.detach().double().sum()
-                            sums.loss -= (log_px - config.beta * kl).detach().double().sum()
-                            if lik.info.gaussian_family:
-                                y = x_in.double() / (levels - 1)
-                                sums.sse += ((lik.mean(raw.detach()).double() - y) ** 2).sum()
-                            sums.images += x.shape[0]
+                    loss, kl, raw = train_step(x, x_in, eps, n_global, sums, guard)
                     step_in_epoch = step + 1
                     bar.update(1)
-                    if step % PROGRESS_EVERY == 0 and progress:
-                        bar.set_postfix_str(_postfix(epochs_done + 1, loss, kl, lik, x, raw), refresh=False)
+                    now = time.perf_counter()
+                    if now - last_read >= READ_EVERY_S:  # the only host reads of device values
+                        last_read = now
+                        if progress:
+                            bar.set_postfix_str(_postfix(epochs_done + 1, loss, kl, lik, x, raw), refresh=False)
+                        stop_if_tripped()
                     if interrupted.flag:
                         raise KeyboardInterrupt
                 # ------------------------------------------------------ epoch done
+                stop_if_tripped()
                 epoch_order_state = data_order.get_state()
                 if world > 1:  # logged sums over the global batch
                     sums.all_reduce()
-                n = max(sums.images, 1)
+                n = max(int(sums.images), 1)
                 train_mse = float(sums.sse) / (n * int(np.prod(image_shape)))
                 sigma = _epoch_sigma(lik, config, train_mse)
                 if config.likelihood == "sigma":
@@ -335,10 +292,10 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                 history["equivalent_beta"].append(equivalent_beta(sigma) if sigma is not None else math.nan)
                 history["train_mse"].append(train_mse if lik.info.gaussian_family else math.nan)
                 history["seconds"].append(time.perf_counter() - epoch_start)
-                history["skipped_steps"].append(sums.skipped)
+                history["skipped_steps"].append(int(sums.skipped))
                 epochs_done += 1
                 step_in_epoch = 0
-                sums = _EpochSums.zeros(device)
+                sums = EpochSums(device)
                 if progress:
                     _log_epoch(log, history, config)
                 if epochs_done == config.epochs:
@@ -450,15 +407,13 @@ def _all_reduce_sum(t):
     return _AllReduceSum.apply(t)
 
 
-def _all_agree(flag: bool, world: int, device) -> bool:
-    """True only if ``flag`` is true on every rank (so all ranks skip a step together)."""
-    if world == 1:
-        return flag
+def _all_finite(flag: torch.Tensor, world: int) -> torch.Tensor:
+    """``flag`` (a device bool) and-ed over the ranks, without a host read."""
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = flag.to(torch.float32).reshape(1)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item() == 1.0)
+    return t[0] > 0
 
 
 def _check_disk_space(directory, model):

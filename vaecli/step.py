@@ -1,0 +1,150 @@
+"""One training step that never waits for the device.
+
+The step runs forward, likelihood, backward and the Adam update, and it keeps every
+decision on the device:
+
+* A step whose loss or gradient is not finite is skipped by the fused Adam kernel
+  itself (``found_inf``, the mechanism of torch's GradScaler): weights, moments and
+  the step count stay as they were, with no host read of the flag.
+* The epoch's running sums (ELBO terms, squared error, images, skipped steps) are
+  added on the device with ``torch.where``, so a skipped step adds nothing.
+* :class:`NonFiniteGuard` counts consecutive skipped steps on the device and records
+  the step at which the limit was first reached; the training loop reads it only
+  when it reads the progress values anyway, and at the end of each epoch.
+
+With ``compile_forward`` the forward pass, likelihood and KL are one
+``torch.compile`` graph.  With ``precision="bf16"`` the model runs under ``torch.autocast`` in bfloat16; the
+decoder outputs and posterior parameters are cast to float32 before the likelihood
+and the KL, which stay in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .api import gaussian_kl
+from .errors import VaeError
+
+PRECISIONS = ("float32", "bf16")
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel, which can skip a step on a device-side flag."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def fused_state(state_dict: dict) -> dict:
+    """An Adam state dict (possibly written before the fused kernel was used) made to
+    load as a fused one: step counters then move to the parameters' device."""
+    groups = [dict(g, fused=True, foreach=None) for g in state_dict["param_groups"]]
+    return {"param_groups": groups, "state": state_dict["state"]}
+
+
+class NonFiniteGuard:
+    """Consecutive non-finite steps, counted on the device."""
+
+    def __init__(self, limit: int, device):
+        self.limit = limit
+        self.steps = torch.zeros((), dtype=torch.int64, device=device)  # steps taken since start
+        self.run = torch.zeros((), dtype=torch.int64, device=device)  # current run of skipped steps
+        self.tripped_at = torch.full((), -1, dtype=torch.int64, device=device)  # step that reached limit
+
+    def update(self, ok: torch.Tensor):
+        self.steps += 1
+        self.run = torch.where(ok, torch.zeros_like(self.run), self.run + 1)
+        first = (self.run >= self.limit) & (self.tripped_at < 0)
+        self.tripped_at = torch.where(first, self.steps, self.tripped_at)
+
+    def tripped(self):
+        """The 1-based step (counted from the start of this process's training) at which
+        ``limit`` non-finite steps in a row were reached, or None.  Reads the device."""
+        value = int(self.tripped_at)
+        return None if value < 0 else value
+
+
+class EpochSums:
+    """Running sums of the epoch in progress, on the device (float64)."""
+
+    KEYS = ("rec", "kl", "loss", "sse", "images", "skipped")
+
+    def __init__(self, device, values=None):
+        values = values or {}
+        for k in self.KEYS:
+            setattr(self, k, torch.tensor(float(values.get(k, 0.0)), dtype=torch.float64, device=device))
+
+    def add(self, ok, log_px, kl, loss_terms, sse, images: int):
+        zero = torch.zeros((), dtype=torch.float64, device=ok.device)
+        self.rec += torch.where(ok, log_px.detach().double().sum(), zero)
+        self.kl += torch.where(ok, kl.detach().double().sum(), zero)
+        self.loss -= torch.where(ok, loss_terms.detach().double().sum(), zero)
+        if sse is not None:
+            self.sse += torch.where(ok, sse, zero)
+        self.images += torch.where(ok, zero + images, zero)
+        self.skipped += torch.where(ok, zero, zero + 1)
+
+    def all_reduce(self):
+        """Sum the logged terms over the ranks (skipped steps agree on every rank)."""
+        import torch.distributed as dist
+
+        totals = torch.stack((self.rec, self.kl, self.loss, self.sse, self.images))
+        dist.all_reduce(totals)
+        self.rec, self.kl, self.loss, self.sse, self.images = totals.unbind()
+
+    def to_dict(self) -> dict:
+        d = {k: float(getattr(self, k)) for k in self.KEYS}
+        d["images"], d["skipped"] = int(d["images"]), int(d["skipped"])
+        return d
+
+
+class TrainStep:
+    """Forward, likelihood, backward and the Adam update of one (shard of a) batch.
+
+    ``stepper`` is the model or its DistributedDataParallel wrapper; ``all_finite``
+    turns a local finiteness flag into one that holds on every rank (a device
+    all-reduce; the identity in one process)."""
+
+    def __init__(self, model, stepper, optimizer, *, beta: float, world: int, precision: str, device,
+                 levels: int, all_finite=None, compile_forward: bool = False):
+        if precision not in PRECISIONS:
+            raise VaeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.model, self.stepper, self.optimizer = model, stepper, optimizer
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.beta, self.world, self.levels = beta, world, levels
+        self.device = torch.device(device)
+        self.autocast = precision == "bf16"
+        self.all_finite = all_finite or (lambda flag: flag)
+        # forward, likelihood and KL as one torch.compile graph (backward follows it)
+        self.forward = torch.compile(self._forward) if compile_forward else self._forward
+
+    def _forward(self, x_in, eps):
+        lik = self.model.likelihood
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            raw, mu, logvar = self.stepper(x_in, eps)
+        raw, mu, logvar = raw.float(), mu.float(), logvar.float()  # likelihood and KL in float32
+        log_px = lik.log_prob(x_in, raw)  # (B,) nats
+        kl = gaussian_kl(mu, logvar)  # (B,) nats
+        return raw, log_px, kl
+
+    def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
+        """Returns (loss, kl, raw) of this step as device tensors; reads nothing back."""
+        lik = self.model.likelihood
+        raw, log_px, kl = self.forward(x_in, eps)
+        terms = log_px - self.beta * kl
+        # mean over the global batch; DDP averages gradients over the ranks
+        loss = -terms.sum() * (self.world / n_global)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf)
+        ok = self.all_finite(torch.isfinite(loss.detach())) & torch.isfinite(grad_norm)
+        self.optimizer.found_inf = (~ok).float()
+        self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
+        guard.update(ok)
+        sse = None
+        if lik.info.gaussian_family:
+            with torch.no_grad():
+                y = x_in.double() / (self.levels - 1)
+                sse = ((lik.mean(raw.detach()).double() - y) ** 2).sum()
+        sums.add(ok, log_px, kl, terms, sse, x.shape[0])
+        return loss, kl, raw
