@@ -14,5 +14,6 @@ for dataset in ${DATASETS:-mnist5k fashion-mnist}; do
     --metric elbo --metric bpd --metric nll --metric kl --metric mse --metric active-units \
     --iw-samples 10 --fid-samples "${FID:-500}"
   vae compare "$out/$dataset" --format markdown > "$out/$dataset.md"
+  python3 "$(dirname "$0")/study_table.py" "$out/$dataset" > "$out/$dataset-table.md"
   vae plot "$out/$dataset" --kind rate-distortion -o "$out/$dataset-rd.png"
 done
