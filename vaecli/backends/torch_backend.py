@@ -98,8 +98,9 @@ def _check_x(name, x, raw, o: _Options, continuous_ok=False):
     if x.device != raw.device:
         raise VaeError(f"{name}: x is on {x.device} but raw is on {raw.device}")
     # A range check needs the values on the host; on CUDA it would stall the stream,
-    # so there the caller validates the data once (the trainer does).
-    if x.device.type == "cpu" and x.numel():
+    # and under torch.compile it would break the graph, so there the caller validates
+    # the data once (the trainer does, when it loads the data).
+    if x.device.type == "cpu" and x.numel() and not torch.compiler.is_compiling():
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= o.levels:
             raise VaeError(
