@@ -1,12 +1,16 @@
 """Forward+backward time of likelihoods per backend at a realistic size.
 
     python benchmarks/likelihood_speed.py --device cuda [--batch 128 --size 32 --channels 3]
+        [--compile] [--graph]
 
 For each likelihood: torch eager, torch.compile (with --compile) and the CuPy fused
 kernels through the torch bridge (on CUDA), each timed with CUDA events over
 ``--iters`` repetitions after warm-up; and the bytes-moved floor: raw read once, its
 gradient written once, x read once, at the copy bandwidth measured on the same device
-in the same run.  Prints a markdown table (and JSON with --json).
+in the same run.  With --graph (CUDA) each variant is also captured in a CUDA graph
+and its replay timed: the device time without Python's per-call cost, which is what
+the likelihood costs inside vae train's captured step.  Prints a markdown table (and
+JSON with --json).
 """
 
 from __future__ import annotations
@@ -56,7 +60,21 @@ def copy_bandwidth(device, nbytes=256 * 2**20, iters=20):
     return 2 * nbytes / run(lambda: b.copy_(a), iters)
 
 
-def bench(name, backend, device, batch, channels, size, iters, compile_it=False):
+def captured(step, device):
+    """``step`` captured in a CUDA graph after a warm-up on a side stream: its replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def bench(name, backend, device, batch, channels, size, iters, compile_it=False, graph=False):
     lik = vaecli.likelihood(name, backend=backend, sigma=None).to(device)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, 256, (batch, channels, size, size), generator=g, dtype=torch.uint8).to(device)
@@ -70,6 +88,8 @@ def bench(name, backend, device, batch, channels, size, iters, compile_it=False)
         fn(x, raw).sum().backward()
 
     run = _timer(device)
+    if graph:
+        step = captured(step, device)
     run(step, 3)  # warm-up (compilation, kernel caches)
     seconds = run(step, iters)
     moved = 2 * raw.numel() * raw.element_size() + x.numel()
@@ -85,6 +105,7 @@ def main():
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--likelihood", action="append", choices=registry.NAMES)
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--graph", action="store_true", help="also time each variant replayed from a CUDA graph")
     p.add_argument("--json", help="write the rows to this JSON file")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -95,28 +116,37 @@ def main():
         variants.append(("torch", True))
     if device.type == "cuda" and vaecli.get_backend("cupy").available()[0]:
         variants.append(("cupy", False))
+    graphs = (False, True) if args.graph and device.type == "cuda" else (False,)
+    variants = [(backend, compiled, graph) for backend, compiled in variants for graph in graphs]
     rows = []
     for name in names:
-        for backend, compiled in variants:
+        for backend, compiled, graph in variants:
             label = "torch.compile" if compiled else ("cupy fused" if backend == "cupy" else "torch eager")
+            label += " + CUDA graph" if graph else ""
             try:
-                seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size, args.iters, compiled)
+                seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size, args.iters,
+                                       compiled, graph)
             except Exception as exc:  # a benchmark row reports, it does not stop the table
                 rows.append({"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]})
                 continue
             floor = moved / bandwidth
             rows.append({"likelihood": name, "variant": label, "ms": seconds * 1e3, "floor_ms": floor * 1e3,
                          "fraction_of_floor": floor / seconds})
+    eager = {r["likelihood"]: r["ms"] for r in rows if r["variant"] == "torch eager" and "ms" in r}
+    for r in rows:
+        if "ms" in r and r["likelihood"] in eager:
+            r["speedup_vs_eager"] = eager[r["likelihood"]] / r["ms"]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nlikelihood forward+backward, B={args.batch}, {args.channels}x{args.size}x{args.size}, {gpu}, "
           f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, torch {torch.__version__}")
-    print("| likelihood | variant | ms | floor ms | floor/time |")
-    print("|---|---|---|---|---|")
+    print("| likelihood | variant | ms | floor ms | time/floor | speed-up vs eager |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['likelihood']} | {r['variant']} | error: {r['error']} | | |")
+            print(f"| {r['likelihood']} | {r['variant']} | error: {r['error']} | | | |")
         else:
-            print(f"| {r['likelihood']} | {r['variant']} | {r['ms']:.3f} | {r['floor_ms']:.4f} | {r['fraction_of_floor']:.2f} |")
+            print(f"| {r['likelihood']} | {r['variant']} | {r['ms']:.3f} | {r['floor_ms']:.4f} | "
+                  f"{r['ms'] / r['floor_ms']:.1f} | {r.get('speedup_vs_eager', float('nan')):.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": gpu, "bandwidth": bandwidth, "rows": rows, "args": vars(args)}, f, indent=2)

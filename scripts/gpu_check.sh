@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (for a lent GPU machine with torch, cupy, pytest):
-#   1. CuPy tests and the torch-CUDA equivalence tests (pytest),
-#   2. vae verify on the torch CUDA and CuPy backends (JSON kept),
-#   3. the likelihood benchmark (torch eager vs CuPy fused kernels),
-#   4. training throughput against the plain loop (float32, bf16, compiled), bf16 vs
-#      float32 test ELBO after 10 epochs, evaluation throughput,
+# Every GPU check in one call (for a lent GPU machine with torch, cupy, pytest), most
+# important first, each step capped so that the whole fits in BUDGET_S seconds (550:
+# one device call is at most 600 s); a step that would not fit is skipped and listed:
+#   1. the captured-step and torch-CUDA equivalence tests (pytest),
+#   2. training throughput against the plain loop (CUDA graph, eager, bf16),
+#   3. bf16 against float32: test ELBO after 10 epochs,
+#   4. the likelihood benchmark (torch eager, compiled, CuPy fused; each also replayed
+#      from a CUDA graph),
+#   5. the CuPy tests and `vae verify` on both GPU backends,
+#   6. the main job on the GPU with each backend, evaluation throughput, FID features,
+#   7. training throughput of the compiled variants,
 # then a short table last.  Logs go to $OUT (or /tmp/gpu_check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,46 +17,72 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
 seed="${SEED:-$RANDOM}"
+budget="${BUDGET_S:-550}"
+t0=$(date +%s)
+: > "$out/steps.txt"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
 
 status=0
-timeout 270 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py 2>&1 | tee "$out/pytest_cupy.txt" || status=1
-timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_torch_equivalence.py -k cuda 2>&1 | tail -5 | tee "$out/pytest_torch_cuda.txt" || status=1
-timeout 90 python3 -m vaecli verify --backend torch --device cuda --seed "$seed" --json > "$out/verify_torch_cuda.json" || status=1
-timeout 120 python3 -m vaecli verify --backend cupy --seed "$seed" --json > "$out/verify_cupy.json" || status=1
-timeout 240 python3 benchmarks/likelihood_speed.py --device cuda --compile --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" || status=1
-# FID on the GPU: the distance maths on CuPy/torch-CUDA, and (when the 87 MB Inception
-# file is there: $VAECLI_INCEPTION, else .weights/inception-2015-12-05.pt) feature extraction
-timeout 120 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_fid_math.py 2>&1 | tail -3 | tee "$out/pytest_fid_math.txt" || status=1
-weights="${VAECLI_INCEPTION:-.weights/inception-2015-12-05.pt}"
-if [ -f "$weights" ]; then
-  ( time timeout 240 python3 -m vaecli fid mnist5k:train mnist5k:test --device cuda --inception "$weights" --json \
-      > "$out/fid_cuda.json" ) 2> "$out/fid_cuda_time.txt" || status=1
-else
-  echo "no Inception weights at $weights: GPU feature extraction not measured" | tee "$out/fid_cuda_time.txt"
-fi
+# step NAME CAP_S 'shell command': runs it under a timeout of CAP_S or what is left of
+# the budget (20 s kept for the summary), logs rc and seconds to steps.txt
+step() {
+  local name="$1" cap="$2" cmd="$3" left t s0 rc
+  left=$(( t0 + budget - 20 - $(date +%s) ))
+  t=$(( cap < left ? cap : left ))
+  if [ "$t" -lt 15 ]; then
+    echo "$name: skipped (budget spent)" | tee -a "$out/steps.txt"; return
+  fi
+  s0=$(date +%s)
+  timeout "$t" bash -o pipefail -c "$cmd"
+  rc=$?
+  echo "$name: rc $rc in $(( $(date +%s) - s0 )) s (limit $t s)" | tee -a "$out/steps.txt"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+step "pytest captured step + torch cuda" 120 \
+  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_step.py tests/test_torch_equivalence.py -k 'cuda or captured' 2>&1 | tail -8 > '$out/pytest_torch_cuda.txt'"
 # training throughput against the plain DataLoader loop (issue 8's baseline), same card
-timeout 300 python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
-  --variant float32 --variant bf16 --variant compile --variant compile+bf16 \
-  2>&1 | tee "$out/train_throughput.txt" || status=1
+step "train throughput" 170 \
+  "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
+     --variant float32 --variant eager --variant bf16 2>&1 | tee '$out/train_throughput.txt'"
 # bf16 against float32: test ELBO after 10 epochs on the bundled data (target: within 0.5%)
 for precision in float32 bf16; do
-  rm -f "/tmp/gpu_prec_$precision.h5"
-  timeout 120 python3 -m vaecli train --device cuda --precision "$precision" --epochs 10 --quiet --json \
-    --out "/tmp/gpu_prec_$precision.h5" > "$out/precision_$precision.json" || status=1
+  step "precision $precision" 60 \
+    "rm -f /tmp/gpu_prec_$precision.h5; python3 -m vaecli train --device cuda --precision $precision --epochs 10 \
+       --quiet --json --out /tmp/gpu_prec_$precision.h5 > '$out/precision_$precision.json'"
 done
-timeout 120 python3 benchmarks/eval_throughput.py --device cuda --nll-images 200 --iw-samples 1000 --fid-images 1000 \
-  2>&1 | tee "$out/eval_throughput.txt" || status=1
+step "likelihood benchmark" 150 \
+  "python3 benchmarks/likelihood_speed.py --device cuda --compile --graph --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
+step "pytest cupy" 150 \
+  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py 2>&1 | tail -12 > '$out/pytest_cupy.txt'"
+step "verify torch cuda" 60 "python3 -m vaecli verify --backend torch --device cuda --seed $seed --json > '$out/verify_torch_cuda.json'"
+step "verify cupy" 60 "python3 -m vaecli verify --backend cupy --seed $seed --json > '$out/verify_cupy.json'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
-  rm -f "/tmp/gpu_train_$backend.h5"
-  timeout 150 python3 -m vaecli train --device cuda --backend "$backend" --epochs 3 --quiet --json \
-    --out "/tmp/gpu_train_$backend.h5" > "$out/train_$backend.json" || status=1
-  timeout 60 python3 -m vaecli eval "/tmp/gpu_train_$backend.h5" --metric elbo --metric bpd --json \
-    > "$out/eval_$backend.json" || status=1
+  step "main job $backend" 60 \
+    "rm -f /tmp/gpu_train_$backend.h5; python3 -m vaecli train --device cuda --backend $backend --epochs 3 --quiet \
+       --json --out /tmp/gpu_train_$backend.h5 > '$out/train_$backend.json' && python3 -m vaecli eval \
+       /tmp/gpu_train_$backend.h5 --metric elbo --metric bpd --json > '$out/eval_$backend.json'"
 done
+step "eval throughput" 90 \
+  "python3 benchmarks/eval_throughput.py --device cuda --nll-images 200 --iw-samples 1000 --fid-images 1000 \
+     2>&1 | tee '$out/eval_throughput.txt'"
+step "pytest fid maths" 60 \
+  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_fid_math.py 2>&1 | tail -3 > '$out/pytest_fid_math.txt'"
+# FID feature extraction on the GPU when the 87 MB Inception file is there
+# ($VAECLI_INCEPTION, else .weights/inception-2015-12-05.pt)
+weights="${VAECLI_INCEPTION:-.weights/inception-2015-12-05.pt}"
+if [ -f "$weights" ]; then
+  step "fid cuda" 90 "python3 -m vaecli fid mnist5k:train mnist5k:test --device cuda --inception '$weights' --json \
+    > '$out/fid_cuda.json'"
+else
+  echo "fid cuda: skipped (no Inception weights at $weights)" | tee -a "$out/steps.txt"
+fi
+step "train throughput, compiled" 150 \
+  "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
+     --variant compile --variant compile+bf16 2>&1 | tee '$out/train_throughput_compiled.txt'"
 
 python3 - "$out" "$seed" <<'PY'
 import json, sys, pathlib
@@ -77,8 +108,9 @@ for backend in ("torch", "cupy"):
     try:
         t = json.loads((out / f"train_{backend}.json").read_text())["last_epoch"]
         e = json.loads((out / f"eval_{backend}.json").read_text())["results"]
+        graph = json.loads((out / f"train_{backend}.json").read_text()).get("cuda_graph")
         print(f"train --backend {backend} (3 epochs, cuda): {t['seconds']:.2f} s last epoch, test ELBO "
-              f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}")
+              f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}, CUDA graph: {graph}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
 try:
@@ -87,11 +119,12 @@ try:
           f"difference {100 * (e['bf16'] - e['float32']) / abs(e['float32']):+.2f}%")
 except Exception as exc:
     print(f"precision check: failed ({exc})")
-for f in ("pytest_fid_math.txt", "fid_cuda_time.txt", "train_throughput.txt", "eval_throughput.txt"):
+for f in ("pytest_fid_math.txt", "fid_cuda.json", "eval_throughput.txt"):
     if (out / f).exists():
         print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])
-bench = out / "bench.txt"
-if bench.exists():
-    print("\n".join(l for l in bench.read_text().splitlines() if l.startswith(("|", "likelihood"))))
+for f in ("train_throughput.txt", "train_throughput_compiled.txt", "bench.txt"):
+    if (out / f).exists():
+        print("\n".join(l for l in (out / f).read_text().splitlines() if l.startswith(("|", "training", "likelihood"))))
+print("steps:\n" + (out / "steps.txt").read_text().strip())
 PY
 exit $status

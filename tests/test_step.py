@@ -125,3 +125,108 @@ def test_compiled_forward_follows_the_eager_trajectory(tmp_path):
         elbo[compiled] = run.history["test_elbo"][-1]
     # the same float32 arithmetic, fused differently: equal to rounding
     assert elbo[True] == pytest.approx(elbo[False], rel=1e-4), elbo
+
+
+def test_the_step_updates_its_state_in_place():
+    """A captured CUDA graph replays its writes into the tensors it saw at capture, so
+    the step must never rebind the guard's or the sums' tensors."""
+    _, _, step = _model()
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(1, "cpu")
+    tensors = [getattr(sums, k) for k in EpochSums.KEYS] + [guard.steps, guard.run, guard.tripped_at]
+    pointers = [t.data_ptr() for t in tensors]
+    x, eps = _batch()
+    step(x, x, eps, x.shape[0], sums, guard)
+    step(x, x, eps * float("nan"), x.shape[0], sums, guard)  # skipped: the guard trips at step 2
+    after = [getattr(sums, k) for k in EpochSums.KEYS] + [guard.steps, guard.run, guard.tripped_at]
+    assert all(a is b for a, b in zip(after, tensors))
+    assert [t.data_ptr() for t in after] == pointers
+    assert int(sums.images) == x.shape[0] and int(sums.skipped) == 1 and guard.tripped() == 2
+    sums.reset()
+    assert all(getattr(sums, k) is t for k, t in zip(EpochSums.KEYS, tensors))
+    assert all(float(getattr(sums, k)) == 0 for k in EpochSums.KEYS)
+
+
+def test_no_graph_off_cuda_and_the_run_file_says_so(tmp_path):
+    _, _, step = _model()
+    assert step.graph_state == "off"  # cuda_graph not asked for
+    model, opt, _ = _model()
+    step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cpu", levels=256,
+                     cuda_graph=True)
+    assert step.graph_state == "off" and step.graph is None  # CPU: asked for, not applicable
+    x = np.random.default_rng(2).integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
+    data = (FakeData(x), FakeData(x[:8], split="test", checksum="1" * 64))
+    config = TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2)
+    assert config.cuda_graph is True  # the default
+    run = train(config, tmp_path / "r.h5", data=data, progress=False)
+    assert run.attrs["cuda_graph"] == "off"
+
+
+def test_an_adam_state_saved_after_a_capture_loads_uncaptured():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = make_optimizer(params, 0.1)
+    params[0].grad = torch.ones(3)
+    opt.step()
+    state = opt.state_dict()
+    state["param_groups"][0]["capturable"] = True  # as written by a run with a captured step
+    fresh = make_optimizer(params, 0.1)
+    fresh.load_state_dict(fused_state(state))
+    assert fresh.param_groups[0]["capturable"] is False
+    fresh.step()
+    assert float(fresh.state[params[0]]["step"]) == 2
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+
+
+def _blobs(n, side=16, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    cx, cy = rng.uniform(4, side - 4, (2, n, 1, 1))
+    return (255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8.0))[:, None].round().astype(np.uint8)
+
+
+@cuda
+@pytest.mark.parametrize("options", [
+    {}, {"precision": "bf16"}, {"likelihood": "logistic-mixture", "mixtures": 3}, {"dequantize": True},
+])
+def test_the_captured_step_trains_exactly_like_the_eager_one(tmp_path, monkeypatch, options):
+    """Replay runs the eager step's kernels on the same tensors: with deterministic
+    cuDNN the two runs agree bit for bit, through the partial last batch of each
+    epoch (run eagerly), a resume and the running sums."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    data = (FakeData(_blobs(200)), FakeData(_blobs(40, seed=1), split="test", checksum="1" * 64))
+    runs = {}
+    for graph in (False, True):
+        config = TrainConfig(epochs=2, batch_size=32, latent_dim=4, width=8, seed=4, device="cuda",
+                             cuda_graph=graph, **options)  # 200 = 6 * 32 + 8: a partial batch each epoch
+        path = tmp_path / f"g{graph}.h5"
+        train(config, path, data=data, progress=False)
+        runs[graph] = train(config.replace(epochs=3), path, data=data, progress=False, resume=True)
+    assert runs[True].attrs["cuda_graph"] == "captured" and runs[False].attrs["cuda_graph"] == "off"
+    for k, v in runs[False].model.items():
+        np.testing.assert_array_equal(runs[True].model[k], v, err_msg=k)
+    for k in ("train_elbo", "train_mse", "test_elbo", "skipped_steps"):
+        np.testing.assert_array_equal(runs[True].history[k], runs[False].history[k], err_msg=k)
+
+
+@cuda
+def test_a_captured_step_skips_a_nonfinite_batch_on_the_device():
+    torch.manual_seed(0)
+    config = TrainConfig(latent_dim=4, width=4, device="cuda")
+    model = build_model(config, (1, 12, 12), torch.device("cuda"))
+    opt = make_optimizer(model.parameters(), 1e-3)
+    step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cuda", levels=256,
+                     cuda_graph=True)
+    sums, guard = EpochSums("cuda"), NonFiniteGuard(2, "cuda")
+    x, eps = (t.cuda() for t in _batch())
+    for _ in range(5):  # 3 warm-up steps, the capture (and its replay), one replay
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert step.graph_state == "captured"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step(x, x, eps * float("nan"), x.shape[0], sums, guard)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert int(sums.skipped) == 1 and int(sums.images) == 5 * x.shape[0] and guard.tripped() is None
+    step(x, x, eps * float("nan"), x.shape[0], sums, guard)
+    assert guard.tripped() == 7
+    assert all(float(s["step"]) == 5 for s in opt.state.values())

@@ -16,11 +16,21 @@ With ``compile_forward`` the forward pass, likelihood and KL are one
 ``torch.compile`` graph.  With ``precision="bf16"`` the model runs under ``torch.autocast`` in bfloat16; the
 decoder outputs and posterior parameters are cast to float32 before the likelihood
 and the KL, which stay in float32.
+
+With ``cuda_graph`` (CUDA, one process, the torch likelihoods) the whole step,
+forward to the Adam update and the running sums, is captured once in a CUDA graph
+after :data:`GRAPH_WARMUP_STEPS` eager steps and then replayed: one launch per step
+instead of a few hundred.  Replay runs the captured kernels on the same tensors, so
+it computes what the eager step computes; the inputs are copied into static buffers
+first, and every piece of state the step updates (weights, Adam moments and step,
+the sums, the guard) is updated in place, which is what makes replay see it.  A
+batch of another shape (the last, partial one of an epoch) runs eagerly.  If the
+capture fails, training goes on eagerly and says so once.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 
 import torch
 
@@ -28,6 +38,7 @@ from .api import gaussian_kl
 from .errors import VaeError
 
 PRECISIONS = ("float32", "bf16")
+GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN autotuning, Adam state
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:
@@ -36,9 +47,10 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
 
 
 def fused_state(state_dict: dict) -> dict:
-    """An Adam state dict (possibly written before the fused kernel was used) made to
-    load as a fused one: step counters then move to the parameters' device."""
-    groups = [dict(g, fused=True, foreach=None) for g in state_dict["param_groups"]]
+    """An Adam state dict (possibly written before the fused kernel was used, or by a
+    run whose step was captured in a CUDA graph) made to load as a fused, not yet
+    captured one: step counters then move to the parameters' device."""
+    groups = [dict(g, fused=True, foreach=None, capturable=False) for g in state_dict["param_groups"]]
     return {"param_groups": groups, "state": state_dict["state"]}
 
 
@@ -52,10 +64,11 @@ class NonFiniteGuard:
         self.tripped_at = torch.full((), -1, dtype=torch.int64, device=device)  # step that reached limit
 
     def update(self, ok: torch.Tensor):
+        # in place: a captured CUDA graph replays these writes into the same tensors
         self.steps += 1
-        self.run = torch.where(ok, torch.zeros_like(self.run), self.run + 1)
+        self.run.copy_(torch.where(ok, torch.zeros_like(self.run), self.run + 1))
         first = (self.run >= self.limit) & (self.tripped_at < 0)
-        self.tripped_at = torch.where(first, self.steps, self.tripped_at)
+        self.tripped_at.copy_(torch.where(first, self.steps, self.tripped_at))
 
     def tripped(self):
         """The 1-based step (counted from the start of this process's training) at which
@@ -74,6 +87,11 @@ class EpochSums:
         for k in self.KEYS:
             setattr(self, k, torch.tensor(float(values.get(k, 0.0)), dtype=torch.float64, device=device))
 
+    def reset(self):
+        """Zero the sums in place (a captured step keeps adding into these tensors)."""
+        for k in self.KEYS:
+            getattr(self, k).zero_()
+
     def add(self, ok, log_px, kl, loss_terms, sse, images: int):
         zero = torch.zeros((), dtype=torch.float64, device=ok.device)
         self.rec += torch.where(ok, log_px.detach().double().sum(), zero)
@@ -88,9 +106,11 @@ class EpochSums:
         """Sum the logged terms over the ranks (skipped steps agree on every rank)."""
         import torch.distributed as dist
 
-        totals = torch.stack((self.rec, self.kl, self.loss, self.sse, self.images))
+        terms = (self.rec, self.kl, self.loss, self.sse, self.images)
+        totals = torch.stack(terms)
         dist.all_reduce(totals)
-        self.rec, self.kl, self.loss, self.sse, self.images = totals.unbind()
+        for term, total in zip(terms, totals.unbind()):
+            term.copy_(total)
 
     def to_dict(self) -> dict:
         d = {k: float(getattr(self, k)) for k in self.KEYS}
@@ -103,10 +123,12 @@ class TrainStep:
 
     ``stepper`` is the model or its DistributedDataParallel wrapper; ``all_finite``
     turns a local finiteness flag into one that holds on every rank (a device
-    all-reduce; the identity in one process)."""
+    all-reduce; the identity in one process).  ``cuda_graph`` asks for the captured
+    step (see the module's docstring); it applies on CUDA in one process only."""
 
     def __init__(self, model, stepper, optimizer, *, beta: float, world: int, precision: str, device,
-                 levels: int, all_finite=None, compile_forward: bool = False):
+                 levels: int, all_finite=None, compile_forward: bool = False, cuda_graph: bool = False,
+                 log=None):
         if precision not in PRECISIONS:
             raise VaeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model, self.stepper, self.optimizer = model, stepper, optimizer
@@ -117,18 +139,25 @@ class TrainStep:
         self.all_finite = all_finite or (lambda flag: flag)
         # forward, likelihood and KL as one torch.compile graph (backward follows it)
         self.forward = torch.compile(self._forward) if compile_forward else self._forward
+        self.graph_wanted = bool(cuda_graph) and self.device.type == "cuda" and world == 1
+        self.graph = None  # the captured step, once there is one
+        self.graph_state = "off" if not self.graph_wanted else "warming up"
+        self._warmup_left = GRAPH_WARMUP_STEPS
+        self._log = log or (lambda message: print(message, file=sys.stderr))
 
     def _forward(self, x_in, eps):
         lik = self.model.likelihood
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # no autocast weight cache while a graph may be captured: cached casts made
+        # outside the capture would be stale inside it
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.graph_wanted):
             raw, mu, logvar = self.stepper(x_in, eps)
         raw, mu, logvar = raw.float(), mu.float(), logvar.float()  # likelihood and KL in float32
         log_px = lik.log_prob(x_in, raw)  # (B,) nats
         kl = gaussian_kl(mu, logvar)  # (B,) nats
         return raw, log_px, kl
 
-    def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
-        """Returns (loss, kl, raw) of this step as device tensors; reads nothing back."""
+    def _step(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         lik = self.model.likelihood
         raw, log_px, kl = self.forward(x_in, eps)
         terms = log_px - self.beta * kl
@@ -136,7 +165,8 @@ class TrainStep:
         loss = -terms.sum() * (self.world / n_global)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
+                                                  float("inf"))
         ok = self.all_finite(torch.isfinite(loss.detach())) & torch.isfinite(grad_norm)
         self.optimizer.found_inf = (~ok).float()
         self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
@@ -148,3 +178,63 @@ class TrainStep:
                 sse = ((lik.mean(raw.detach()).double() - y) ** 2).sum()
         sums.add(ok, log_px, kl, terms, sse, x.shape[0])
         return loss, kl, raw
+
+    def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
+        """Returns (loss, kl, raw) of this step as device tensors; reads nothing back.
+        With a captured graph these are its output buffers, overwritten by the next step."""
+        if not self.graph_wanted:
+            return self._step(x, x_in, eps, n_global, sums, guard)
+        if self.graph is not None:
+            if self._fits(x, x_in, eps, n_global, sums, guard):
+                return self._replay(x, x_in, eps)
+            return self._step(x, x_in, eps, n_global, sums, guard)
+        if self._warmup_left > 0:
+            self._warmup_left -= 1
+            return self._side_stream_step(x, x_in, eps, n_global, sums, guard)
+        try:
+            self._capture(x, x_in, eps, n_global, sums, guard)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
+            self.graph, self.graph_wanted = None, False
+            self.graph_state = f"capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize(self.device)
+            self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it")
+            return self._step(x, x_in, eps, n_global, sums, guard)
+        return self._replay(x, x_in, eps)
+
+    def _side_stream_step(self, *args):
+        """An eager step on a side stream, as torch asks of the steps before a capture."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            out = self._step(*args)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return out
+
+    def _capture(self, x, x_in, eps, n_global, sums, guard):
+        static_x = x.clone()
+        static_x_in = static_x if x_in is x else x_in.clone()
+        static_eps = eps.clone()
+        for group in self.optimizer.param_groups:
+            group["capturable"] = True  # the fused kernel reads its step counts on the device
+        self.optimizer.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._step(static_x, static_x_in, static_eps, n_global, sums, guard)
+        self.graph, self.graph_state = graph, "captured"
+        self._static = (static_x, static_x_in, static_eps, n_global, sums, guard)
+        self._static_out = out
+
+    def _fits(self, x, x_in, eps, n_global, sums, guard):
+        sx, sx_in, seps, sn, ssums, sguard = self._static
+        return (x.shape == sx.shape and x_in.dtype == sx_in.dtype and eps.shape == seps.shape
+                and n_global == sn and sums is ssums and guard is sguard and (x_in is x) == (sx_in is sx))
+
+    def _replay(self, x, x_in, eps):
+        static_x, static_x_in, static_eps = self._static[:3]
+        static_x.copy_(x)
+        if static_x_in is not static_x:
+            static_x_in.copy_(x_in)
+        static_eps.copy_(eps)
+        self.graph.replay()
+        return self._static_out

@@ -26,7 +26,7 @@ HISTORY_COLUMNS = (
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
 # Options that may differ when resuming: more epochs, another device.
-RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile")
+RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile", "cuda_graph")
 CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
 READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
@@ -205,7 +205,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         if device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(device).numpy()
         runfile.write(
-            out, config=config, attrs=dict(attrs, status=status, epochs_done=epochs_done),
+            out, config=config, attrs=dict(attrs, status=status, epochs_done=epochs_done, cuda_graph=train_step.graph_state),
             model={k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
             optimizer=_optimizer_to_numpy(optimizer.state_dict()), rng=rng, progress=progress_state,
             history=history, calibration=calibration, samples=samples,
@@ -222,7 +222,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
                            device=device, levels=levels,
                            all_finite=(lambda flag: _all_finite(flag, world)) if world > 1 else None,
-                           compile_forward=config.compile)
+                           compile_forward=config.compile,
+                           cuda_graph=config.cuda_graph and config.backend == "torch")
     last_read = time.perf_counter()
 
     def stop_if_tripped():
@@ -295,7 +296,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                 history["skipped_steps"].append(int(sums.skipped))
                 epochs_done += 1
                 step_in_epoch = 0
-                sums = EpochSums(device)
+                sums.reset()
                 if progress:
                     _log_epoch(log, history, config)
                 if epochs_done == config.epochs:

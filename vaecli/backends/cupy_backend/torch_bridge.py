@@ -9,7 +9,9 @@ to the autograd graph.  The options are those of :mod:`vaecli.backends`.
 
 How: a :class:`torch.autograd.Function` hands the tensors to CuPy without a copy
 through DLPack, runs :func:`vaecli.backends.cupy_backend.evaluate` (value and
-gradient in one pass) on torch's current CUDA stream, keeps the gradient, and in
+gradient in one pass) on torch's current CUDA stream, with CuPy's allocations taken
+from torch's caching allocator (one memory pool, and the work can be captured in a
+torch CUDA graph, whose private pool then holds it), keeps the gradient, and in
 backward scales it by the upstream ``(B,)`` gradient: every likelihood is separable by
 image, except ``sigma`` with a batch sigma, whose gradient backward recomputes with the
 upstream weights.  torch and cupy are imported inside the functions.
@@ -26,6 +28,7 @@ from ... import registry
 from ...errors import VaeError
 
 _FUNCTION = None  # the autograd.Function, made on first use (torch is imported then)
+_ALLOCATOR = None  # CuPy allocations from torch's caching allocator, made on first use
 
 
 def log_prob(name, x, raw, **opts):
@@ -84,14 +87,33 @@ def _apply(name, kind, x, raw, opts, engine=None):
     return _function().apply(x, raw, log_sigma, name, kind, tuple(sorted(opts.items())), engine)
 
 
+def _torch_allocator():
+    """A CuPy allocator drawing from torch's caching allocator on torch's current
+    stream: inside a CUDA graph capture that is the graph's private pool."""
+    global _ALLOCATOR
+    if _ALLOCATOR is None:
+        import cupy
+        import torch
+
+        def malloc(size, device_id):
+            return torch.cuda.caching_allocator_alloc(size, device_id, torch.cuda.current_stream(device_id))
+
+        def free(ptr, device_id):
+            torch.cuda.caching_allocator_delete(ptr)
+
+        _ALLOCATOR = cupy.cuda.memory.PythonFunctionAllocator(malloc, free).malloc
+    return _ALLOCATOR
+
+
 @contextlib.contextmanager
 def _torch_stream(device):
-    """Make CuPy work on torch's current CUDA stream of ``device`` (and that device)."""
+    """Make CuPy work on torch's current CUDA stream of ``device`` (and that device),
+    with its memory from torch's allocator."""
     import cupy
     import torch
 
     stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device.index):
+    with cupy.cuda.Device(device.index), cupy.cuda.using_allocator(_torch_allocator()):
         if hasattr(cupy.cuda, "ExternalStream"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # CuPy 14 deprecates it
