@@ -228,7 +228,7 @@ def _echo_json(data):
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the forward pass, likelihood and KL (compiling takes a while at the start).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
-              help="On CUDA (one process, --backend torch): capture the whole training step in a CUDA graph "
+              help="On CUDA (one process): capture the whole training step in a CUDA graph "
                    "after 3 eager steps and replay it; ignored elsewhere.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel processes on this machine (starts torchrun; --batch-size stays global).")

@@ -37,7 +37,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite steps (skipped) before training stops
     precision: str = "float32"  # float32, or bf16 autocast of the model (likelihood and KL stay float32)
     compile: bool = False  # torch.compile the forward pass, likelihood and KL
-    cuda_graph: bool = True  # capture the whole step in a CUDA graph (CUDA, one process, torch backend)
+    cuda_graph: bool = True  # capture the whole step in a CUDA graph (CUDA, one process)
 
     def __post_init__(self):
         registry.info(self.likelihood)

@@ -17,7 +17,7 @@ With ``compile_forward`` the forward pass, likelihood and KL are one
 decoder outputs and posterior parameters are cast to float32 before the likelihood
 and the KL, which stay in float32.
 
-With ``cuda_graph`` (CUDA, one process, the torch likelihoods) the whole step,
+With ``cuda_graph`` (CUDA, one process) the whole step,
 forward to the Adam update and the running sums, is captured once in a CUDA graph
 after :data:`GRAPH_WARMUP_STEPS` eager steps and then replayed: one launch per step
 instead of a few hundred.  Replay runs the captured kernels on the same tensors, so

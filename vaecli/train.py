@@ -205,7 +205,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         if device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(device).numpy()
         runfile.write(
-            out, config=config, attrs=dict(attrs, status=status, epochs_done=epochs_done, cuda_graph=train_step.graph_state),
+            out, config=config, attrs=dict(attrs, status=status, epochs_done=epochs_done,
+                                              cuda_graph=train_step.graph_state),
             model={k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
             optimizer=_optimizer_to_numpy(optimizer.state_dict()), rng=rng, progress=progress_state,
             history=history, calibration=calibration, samples=samples,
@@ -223,7 +224,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                            device=device, levels=levels,
                            all_finite=(lambda flag: _all_finite(flag, world)) if world > 1 else None,
                            compile_forward=config.compile,
-                           cuda_graph=config.cuda_graph and config.backend == "torch")
+                           cuda_graph=config.cuda_graph)
     last_read = time.perf_counter()
 
     def stop_if_tripped():
