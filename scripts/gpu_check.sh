@@ -42,7 +42,7 @@ step() {
 }
 
 step "pytest captured step + torch cuda" 120 \
-  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_step.py tests/test_torch_equivalence.py -k 'cuda or captured' 2>&1 | tail -8 > '$out/pytest_torch_cuda.txt'"
+  "CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_step.py tests/test_torch_equivalence.py -k 'cuda or captured' 2>&1 | tail -8 > '$out/pytest_torch_cuda.txt'"
 # training throughput against the plain DataLoader loop (issue 8's baseline), same card
 step "train throughput" 170 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \

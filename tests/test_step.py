@@ -191,8 +191,9 @@ def _blobs(n, side=16, seed=0):
 ])
 def test_the_captured_step_trains_exactly_like_the_eager_one(tmp_path, monkeypatch, options):
     """Replay runs the eager step's kernels on the same tensors: with deterministic
-    cuDNN the two runs agree bit for bit, through the partial last batch of each
-    epoch (run eagerly), a resume and the running sums."""
+    cuDNN (and cuBLAS: scripts/gpu_check.sh sets CUBLAS_WORKSPACE_CONFIG) the two runs
+    agree bit for bit, through the partial last batch of each epoch (run eagerly), a
+    resume and the running sums."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     data = (FakeData(_blobs(200)), FakeData(_blobs(40, seed=1), split="test", checksum="1" * 64))
     runs = {}
@@ -230,3 +231,54 @@ def test_a_captured_step_skips_a_nonfinite_batch_on_the_device():
     step(x, x, eps * float("nan"), x.shape[0], sums, guard)
     assert guard.tripped() == 7
     assert all(float(s["step"]) == 5 for s in opt.state.values())
+
+
+def _dispatching_step(monkeypatch, full_batch, capture_error=None):
+    """A CPU TrainStep whose CUDA parts are replaced by recorders: what it would do when."""
+    model, opt, step = _model()
+    step.graph_wanted, step.full_batch, step._log = True, full_batch, lambda m: calls.append(("log", m))
+    calls = []
+
+    def side(*args):
+        calls.append(("warm-up", args[0].shape[0]))
+        return step._step(*args)
+
+    def capture(x, x_in, eps, n_global, sums, guard):
+        if capture_error is not None:
+            raise capture_error
+        calls.append(("capture", n_global))
+        step.graph, step._static = object(), (x, x_in, eps, n_global, sums, guard)
+
+    def replay(x, x_in, eps):
+        calls.append(("replay", x.shape[0]))
+
+    monkeypatch.setattr(step, "_side_stream_step", side)
+    monkeypatch.setattr(step, "_capture", capture)
+    monkeypatch.setattr(step, "_replay", replay)
+    return step, calls
+
+
+def test_the_graph_is_captured_on_a_full_batch_and_partial_batches_run_eagerly(monkeypatch):
+    step, calls = _dispatching_step(monkeypatch, full_batch=8)
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(5, "cpu")
+    full, part = _batch(n=8), _batch(n=3)
+    # a resume that starts on the partial batch, then epochs of 2 full + 1 partial
+    for x, eps in [part, full, full, part, full, full, part, full, full, part]:
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert calls == [("warm-up", 8), ("warm-up", 8), ("warm-up", 8), ("capture", 8), ("replay", 8),
+                     ("replay", 8), ("replay", 8)]
+    # the partial batches and nothing else ran as plain eager steps
+    assert int(sums.images) == 4 * 3 + 3 * 8
+
+
+def test_a_failed_capture_says_so_once_and_training_goes_on(monkeypatch):
+    step, calls = _dispatching_step(monkeypatch, full_batch=8, capture_error=RuntimeError(""))
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(5, "cpu")
+    x, eps = _batch(n=8)
+    for _ in range(6):
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert step.graph_state == "capture failed (RuntimeError: )" and step.graph is None
+    assert [c for c in calls if c[0] == "log"] == [
+        ("log", "warning: CUDA graph capture failed (RuntimeError: ); training goes on without it "
+                "(--no-cuda-graph skips the attempt)")]
+    assert int(sums.images) == 6 * 8  # 3 warm-up steps, then 3 eager ones: none lost

@@ -124,11 +124,13 @@ class TrainStep:
     ``stepper`` is the model or its DistributedDataParallel wrapper; ``all_finite``
     turns a local finiteness flag into one that holds on every rank (a device
     all-reduce; the identity in one process).  ``cuda_graph`` asks for the captured
-    step (see the module's docstring); it applies on CUDA in one process only."""
+    step (see the module's docstring); it applies on CUDA in one process only, and
+    the warm-up and the capture use batches of ``full_batch`` images (any other size
+    runs eagerly), so that the graph holds the shape nearly every step has."""
 
     def __init__(self, model, stepper, optimizer, *, beta: float, world: int, precision: str, device,
                  levels: int, all_finite=None, compile_forward: bool = False, cuda_graph: bool = False,
-                 log=None):
+                 full_batch: int | None = None, log=None):
         if precision not in PRECISIONS:
             raise VaeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model, self.stepper, self.optimizer = model, stepper, optimizer
@@ -140,6 +142,7 @@ class TrainStep:
         # forward, likelihood and KL as one torch.compile graph (backward follows it)
         self.forward = torch.compile(self._forward) if compile_forward else self._forward
         self.graph_wanted = bool(cuda_graph) and self.device.type == "cuda" and world == 1
+        self.full_batch = full_batch
         self.graph = None  # the captured step, once there is one
         self.graph_state = "off" if not self.graph_wanted else "warming up"
         self._warmup_left = GRAPH_WARMUP_STEPS
@@ -188,6 +191,8 @@ class TrainStep:
             if self._fits(x, x_in, eps, n_global, sums, guard):
                 return self._replay(x, x_in, eps)
             return self._step(x, x_in, eps, n_global, sums, guard)
+        if self.full_batch is not None and n_global != self.full_batch:
+            return self._step(x, x_in, eps, n_global, sums, guard)  # a partial batch: not the shape to capture
         if self._warmup_left > 0:
             self._warmup_left -= 1
             return self._side_stream_step(x, x_in, eps, n_global, sums, guard)
@@ -195,10 +200,13 @@ class TrainStep:
             self._capture(x, x_in, eps, n_global, sums, guard)
         except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
             self.graph, self.graph_wanted = None, False
-            self.graph_state = f"capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            self.graph_state = f"capture failed ({type(exc).__name__}: {reason})"
             self.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(self.device)
-            self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it "
+                      "(--no-cuda-graph skips the attempt)")
             return self._step(x, x_in, eps, n_global, sums, guard)
         return self._replay(x, x_in, eps)
 
@@ -215,15 +223,26 @@ class TrainStep:
         static_x = x.clone()
         static_x_in = static_x if x_in is x else x_in.clone()
         static_eps = eps.clone()
-        for group in self.optimizer.param_groups:
-            group["capturable"] = True  # the fused kernel reads its step counts on the device
         self.optimizer.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._step(static_x, static_x_in, static_eps, n_global, sums, guard)
+        before = torch.cuda.current_stream(self.device)
+        capture_stream = torch.cuda.Stream(self.device)
+        # the fused kernel reads its step counts on the device; the flag only tells
+        # Adam's capture check so, and is off again for eager steps
+        self._capturable(True)
+        try:
+            with torch.cuda.graph(graph, stream=capture_stream):
+                out = self._step(static_x, static_x_in, static_eps, n_global, sums, guard)
+        finally:
+            self._capturable(False)
+            torch.cuda.set_stream(before)  # a failed capture_end leaves the capture stream current
         self.graph, self.graph_state = graph, "captured"
         self._static = (static_x, static_x_in, static_eps, n_global, sums, guard)
         self._static_out = out
+
+    def _capturable(self, on: bool):
+        for group in self.optimizer.param_groups:
+            group["capturable"] = on
 
     def _fits(self, x, x_in, eps, n_global, sums, guard):
         sx, sx_in, seps, sn, ssums, sguard = self._static

@@ -224,7 +224,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                            device=device, levels=levels,
                            all_finite=(lambda flag: _all_finite(flag, world)) if world > 1 else None,
                            compile_forward=config.compile,
-                           cuda_graph=config.cuda_graph)
+                           cuda_graph=config.cuda_graph, full_batch=config.batch_size)
     last_read = time.perf_counter()
 
     def stop_if_tripped():
