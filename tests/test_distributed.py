@@ -147,3 +147,48 @@ def test_distributed_resume_continues_the_trajectory(tmp_path, data_file):
     assert b.attrs["epochs_done"] == 3
     for k in a.model:
         np.testing.assert_allclose(b.model[k], a.model[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups to send a terminal's Ctrl-C")
+def test_ctrl_c_stops_the_ranks_together_and_the_run_resumes_on_its_trajectory(tmp_path, data_file):
+    """Ctrl-C in a terminal signals the launcher and every rank.  The ranks agree to
+    stop after the same step, rank 0 saves the global running sums mid-epoch, and the
+    resumed run ends where an uninterrupted one does."""
+    epochs = 12
+
+    def args(out):  # 86 training images, batch 4: 22 steps an epoch, so a stop can fall mid-epoch
+        return ["train", "--data", str(data_file), "--epochs", str(epochs), "--batch-size", "4",
+                "--latent-dim", "2", "--width", "2", "--seed", "1", "--quiet", "--likelihood", "logistic",
+                "--out", str(out), "--nproc", "2"]
+
+    reference = tmp_path / "reference.h5"
+    done = subprocess.run([sys.executable, "-m", "vaecli", *args(reference)], env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "run.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "vaecli", *args(out)], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not out.exists() and time.time() < deadline:  # the first epoch's checkpoint
+        time.sleep(0.05)
+    assert out.exists(), "no checkpoint within 300 s"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: data-parallel training interrupted after epoch ") and \
+        "; continue with --resume" in last, last
+    run = runfile.read(out)
+    assert run.attrs["status"] == "interrupted" and int(run.attrs["epochs_done"]) < epochs
+    step = int(run.progress["step_in_epoch"])
+    assert step in (16, 22), step  # the ranks agree every 16 steps and at the end of an epoch
+    assert int(run.progress["images"]) == 4 * step  # the global batch's images: both ranks' sums
+    done = subprocess.run([sys.executable, "-m", "vaecli", "train", "--out", str(out), "--resume", "--quiet",
+                           "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = runfile.read(reference), runfile.read(out)
+    assert b.attrs["status"] == "complete"
+    for k in a.model:
+        np.testing.assert_array_equal(b.model[k], a.model[k], err_msg=k)  # same ranks, same reductions
+    for k in ("train_elbo", "train_kl", "test_elbo"):
+        np.testing.assert_allclose(b.history[k], a.history[k], rtol=ELBO_RTOL, err_msg=k)

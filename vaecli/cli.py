@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
@@ -300,14 +301,38 @@ def _launch_data_parallel(nproc, out, what="training"):
             args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "vaecli", *args]
-    done = subprocess.run(cmd)
-    if done.returncode != 0:
+    proc = subprocess.Popen(cmd)
+    # Ctrl-C reaches torchrun and the ranks too: they stop together and checkpoint, so
+    # this process only waits for them (a handler, not SIG_IGN, which children inherit)
+    old = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if returncode != 0:
         if what != "training":
-            raise VaeError(f"data-parallel {what} failed: a worker exited with code {done.returncode} "
+            raise VaeError(f"data-parallel {what} failed: a worker exited with code {returncode} "
                            f"(its error is above); {out} is unchanged")
+        status = _run_status(out)
+        if status["status"] == "interrupted":
+            raise VaeError(f"data-parallel training interrupted after epoch {status['epochs_done']} + "
+                           f"{status['step_in_epoch']} steps; saved {out}; continue with --resume")
         where = f"the last checkpoint in {out} is intact" if os.path.exists(out) else "no checkpoint was written"
-        raise VaeError(f"data-parallel training failed: a worker exited with code {done.returncode} "
+        raise VaeError(f"data-parallel training failed: a worker exited with code {returncode} "
                        f"(its error is above); {where}; continue with --resume")
+
+
+def _run_status(path):
+    """The status, epochs done and step in epoch of a run file ({"status": None} when unreadable)."""
+    from . import runfile
+
+    try:
+        run = runfile.read(path)
+    except (OSError, VaeError):
+        return {"status": None}
+    return {"status": run.attrs.get("status"), "epochs_done": int(run.attrs.get("epochs_done", 0)),
+            "step_in_epoch": int(run.progress.get("step_in_epoch", 0))}
 
 
 def _parse_floor(text):

@@ -172,7 +172,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
         epochs_done = int(previous.attrs["epochs_done"])
         step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
-        sums = EpochSums(device, previous.progress) if step_in_epoch else sums
+        if step_in_epoch and rank == 0:  # the sums so far (global ones); the other ranks add theirs to 0
+            sums = EpochSums(device, previous.progress)
         torch.set_rng_state(torch.from_numpy(previous.rng["torch_cpu"]))
         epoch_order_state = torch.from_numpy(previous.rng["data_order_epoch_start"])
         dequant.set_state(torch.from_numpy(previous.rng["dequantize"]))
@@ -217,7 +218,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                         initial=epochs_done * steps_per_epoch + step_in_epoch)
     lik = model.likelihood
     levels = 2**config.n_bits
-    interrupted = _InterruptFlag()
+    interrupted = _InterruptFlag(patient=world > 1)
     guard = NonFiniteGuard(config.max_nonfinite, device)
     first_step = epochs_done * steps_per_epoch + step_in_epoch  # where this process starts
     train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
@@ -258,8 +259,12 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                         if progress:
                             bar.set_postfix_str(_postfix(epochs_done + 1, loss, kl, lik, x, raw), refresh=False)
                         stop_if_tripped()
-                    if interrupted.flag:
-                        raise KeyboardInterrupt
+                    if world == 1:
+                        if interrupted.flag:
+                            raise KeyboardInterrupt
+                    elif (step + 1) % INTERRUPT_SYNC_STEPS == 0 or step + 1 == steps_per_epoch:
+                        if _any_rank(interrupted.flag, device):  # every rank stops after the same step
+                            raise KeyboardInterrupt
                 # ------------------------------------------------------ epoch done
                 stop_if_tripped()
                 epoch_order_state = data_order.get_state()
@@ -315,6 +320,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         ) from None
     except KeyboardInterrupt:
         bar.close()
+        if world > 1:  # the ranks stopped at the same step: the checkpoint holds the global sums
+            sums.all_reduce()
         checkpoint("interrupted")
         raise VaeError(f"interrupted at epoch {epochs_done + 1}, step {step_in_epoch}/{steps_per_epoch}; "
                        f"saved {out}; continue with --resume") from None
@@ -336,29 +343,50 @@ class _NonFinite(Exception):
 
 
 class _InterruptFlag:
-    """Turns the first SIGINT into a flag checked after each step (so the step in
-    flight finishes and the checkpoint is consistent); a second one interrupts."""
+    """Turns the first SIGINT or SIGTERM into a flag checked after each step (so the
+    step in flight finishes and the checkpoint is consistent).  In one process a
+    second signal interrupts at once.  Under torchrun (``patient``) the launcher
+    passes the terminal's Ctrl-C on to the ranks again, so repeats are ignored: the
+    ranks stop together at the next agreed step, and the launcher's SIGKILL after its
+    grace period stays the hard stop."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, patient=False):
         self.flag = False
-        self._old = None
+        self.patient = patient
+        self._old = {}
 
     def _handler(self, signum, frame):
-        if self.flag:
+        if self.flag and not self.patient:
             raise KeyboardInterrupt
         self.flag = True
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
+
+
+INTERRUPT_SYNC_STEPS = 16  # under torchrun, the ranks agree on an interrupt every this many steps
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is set on any (a MAX all-reduce; a host read)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 DIST_TIMEOUT_S = 300  # a collective waiting longer than this means a rank is gone
