@@ -145,9 +145,11 @@ def test_newer_schema_is_refused(tmp_path):
         runfile.read(out)
 
 
-def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
-    """Ctrl-C in the middle of an epoch: the step in flight completes, the run file
-    says 'interrupted', and --resume ends bitwise equal to an uninterrupted run."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, signame):
+    """Ctrl-C (or a SIGTERM, as schedulers send) in the middle of an epoch: the step in
+    flight completes, the run file says 'interrupted', and --resume ends bitwise equal
+    to an uninterrupted run."""
     import signal
 
     import vaecli.step as step_module
@@ -161,7 +163,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     def kl_then_interrupt(mu, logvar):
         calls["n"] += 1
         if calls["n"] == 4:  # 3 training steps in epoch 1, then epoch 2's first step
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(getattr(signal, signame))
         return real_kl(mu, logvar)
 
     monkeypatch.setattr(step_module, "gaussian_kl", kl_then_interrupt)

@@ -241,7 +241,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     """Train a VAE with a calibrated decoder and write one HDF5 run file.
 
     The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
-    bundled 5,000 MNIST digits.  Ctrl-C saves a resumable checkpoint.
+    bundled 5,000 MNIST digits.  Ctrl-C (or SIGTERM) saves a resumable checkpoint.
     """
     from .config import DEFAULT_DATASET, TrainConfig
     from .train import train
