@@ -81,6 +81,7 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     n, dims = images.shape[0], int(np.prod(images.shape[1:]))
     levels = 2**lik.n_bits
     want = set(metrics)
+    same_pmf = not registry.info(lik.name).continuous  # log_prob is the PMF itself
     rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf", "post_means")}
     for index, x in _batches(images, batch_size, device, rank, world):
         gen.manual_seed(batch_seed(seed, index))
@@ -97,10 +98,12 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             for _ in range(elbo_samples):
                 z = mu + std * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
                 raw = model.decode(z)
+                log_px = None
                 if "elbo" in want and applicability(lik.name, "elbo", binarized)[0]:
-                    rec += lik.log_prob(x, raw).double()
+                    log_px = lik.log_prob(x, raw).double()
+                    rec += log_px
                 if "bpd" in want and applicability(lik.name, "bpd", binarized)[0]:
-                    rec_pmf += lik.log_pmf(x, raw).double()
+                    rec_pmf += log_px if same_pmf and log_px is not None else lik.log_pmf(x, raw).double()
                 if "mse" in want:
                     y = x.double() / (levels - 1)
                     sq += ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
@@ -120,7 +123,9 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
                 xs = x.expand(c, *x.shape).reshape(c * b, *x.shape[1:])
                 prior_minus_q = (_log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)).double()
                 log_w.append(lik.log_prob(xs, raw).double().view(c, b) + prior_minus_q)
-                log_w_pmf.append(lik.log_pmf(xs, raw).double().view(c, b) + prior_minus_q)
+                # a discrete decoder's log_prob is its PMF: one evaluation serves both bounds
+                log_w_pmf.append(log_w[-1] if same_pmf else
+                                 lik.log_pmf(xs, raw).double().view(c, b) + prior_minus_q)
             k = float(iw_samples)
             rows["iw"].append((index, torch.logsumexp(torch.cat(log_w), 0) - math.log(k)))
             rows["iw_pmf"].append((index, torch.logsumexp(torch.cat(log_w_pmf), 0) - math.log(k)))
