@@ -192,3 +192,28 @@ def test_ctrl_c_stops_the_ranks_together_and_the_run_resumes_on_its_trajectory(t
         np.testing.assert_array_equal(b.model[k], a.model[k], err_msg=k)  # same ranks, same reductions
     for k in ("train_elbo", "train_kl", "test_elbo"):
         np.testing.assert_allclose(b.history[k], a.history[k], rtol=ELBO_RTOL, err_msg=k)
+
+
+def test_distributed_fid_of_two_image_sets_equals_one_process(tmp_path, data_file):
+    import json
+
+    from vaecli import VaeError, fid
+
+    try:
+        weights = fid.fetch_inception()
+    except VaeError as exc:
+        pytest.skip(f"the FID Inception weights cannot be had here: {exc}")
+    other = tmp_path / "other.npz"
+    np.savez(other, images=np.random.default_rng(1).integers(0, 256, (10, 1, 8, 8)).astype(np.uint8))
+    common = ["fid", str(data_file), str(other), "--batch-size", "3", "--kid-subset-size", "5", "--kid-subsets", "4",
+              "--json", "--inception", str(weights)]
+    results = []
+    for extra in ([], ["--nproc", "2"]):
+        done = subprocess.run([sys.executable, "-m", "vaecli", *common, *extra], env=_env(), capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(json.loads(done.stdout))
+    one, two = results
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["fid"] == one["fid"] and two["kid"] == one["kid"]  # the same features, gathered in batch order
+    assert (one["n_a"], one["n_b"]) == (96, 10)

@@ -288,7 +288,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
 
 
 def _launch_data_parallel(nproc, out, what="training"):
-    """`vae train|eval --nproc N ...`: the same command under torchrun on this machine."""
+    """`vae train|eval|fid --nproc N ...`: the same command under torchrun on this machine."""
     import subprocess
 
     args, skip = [], False
@@ -312,8 +312,9 @@ def _launch_data_parallel(nproc, out, what="training"):
             signal.signal(sig, handler)
     if returncode != 0:
         if what != "training":
+            unchanged = f"; {out} is unchanged" if out else ""
             raise VaeError(f"data-parallel {what} failed: a worker exited with code {returncode} "
-                           f"(its error is above); {out} is unchanged")
+                           f"(its error is above){unchanged}")
         status = _run_status(out)
         if status["status"] == "interrupted":
             raise VaeError(f"data-parallel training interrupted after epoch {status['epochs_done']} + "
@@ -816,32 +817,45 @@ def weights_path(inception, allow_unknown_weights):
 @click.option("--kid-subset-size", type=click.IntRange(2), default=1000, show_default=True)
 @click.option("--kid-subsets", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the KID subsets.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes on this machine (starts torchrun): each extracts the features of every N-th batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fid_command(set_a, set_b, inception, allow_unknown_weights, max_images, batch_size, device, kid_subset_size,
-                kid_subsets, seed, as_json):
+                kid_subsets, seed, nproc, as_json):
     """FID and KID between two image sets.
 
     A and B are dataset names (NAME or NAME:SPLIT, split defaults to test), data files
     (.npz, .npy, .h5) including `vae sample` outputs, or folders of images.
     """
     from . import fid
-    from .train import resolve_device
+    from .train import distributed_setup
 
-    dev = resolve_device(device)
+    if nproc > 1:
+        return _launch_data_parallel(nproc, None, "FID")
+    rank, world, dev = distributed_setup(device)
     extractor = fid.FeatureExtractor(inception, dev, allow_unknown_weights)
     sets = [_image_set(s) for s in (set_a, set_b)]
     feats = []
     for spec, data in zip((set_a, set_b), sets):
         images = data.images[:max_images] if max_images else data.images
-        with click.progressbar(length=len(images), label=f"features {spec}", file=sys.stderr) as bar:
-            feats.append(extractor.features(images, batch_size, bar.update))
+        with click.progressbar(length=len(images), label=f"features {spec}", file=sys.stderr,
+                               hidden=rank != 0) as bar:
+            feats.append(fid.sharded_features(lambda index, start, stop: images[start:stop], len(images),
+                                              extractor, batch_size, bar.update, rank, world))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return  # every rank holds all the features; rank 0 reports
     score = fid.frechet(fid.statistics(feats[0], dev), fid.statistics(feats[1], dev), dev)
     kid_mean, kid_std = fid.kid(feats[0], feats[1], kid_subset_size, kid_subsets, seed, dev)
     m = min(kid_subset_size, len(feats[0]), len(feats[1]))
     result = {"fid": score, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": m, "kid_subsets": kid_subsets,
               "n_a": len(feats[0]), "n_b": len(feats[1]), "a": set_a, "b": set_b,
               "checksum_a": sets[0].checksum, "checksum_b": sets[1].checksum,
-              "preprocessing": fid.PREPROCESSING, **extractor.record}
+              "preprocessing": fid.PREPROCESSING, "processes": world, **extractor.record}
     if as_json:
         _echo_json(result)
         return

@@ -211,6 +211,8 @@ def sharded_features(make_batch, n, extractor, batch_size=DEFAULT_BATCH, progres
     """Features of ``n`` images made batch by batch (``make_batch(index, start, stop)``
     gives uint8 images): with ``world`` > 1 each rank does every world-th batch and
     the features are gathered in batch order on every rank."""
+    if n == 0:
+        raise VaeError("FID needs at least one image, got none")
     parts = []
     for index, start in enumerate(range(0, n, batch_size)):
         if index % world != rank:
