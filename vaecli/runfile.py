@@ -5,7 +5,7 @@ Layout (schema 1)::
     /                 attrs: format="vaecli-run", schema_version, vaecli_version,
                       created, updated, likelihood, n_bits, units="nats", seed,
                       device, dataset, dataset_checksum, image_shape, config (JSON),
-                      status, epochs_done, step_in_epoch, library versions
+                      status, epochs_done, step_in_epoch, library versions, cuda_graph
     /model/<name>     model (and likelihood) parameters and buffers, one dataset each
     /optimizer        attrs: param_groups (JSON); /optimizer/state/<i>/<key> datasets
     /rng/<name>       RNG states as uint8 datasets (torch CPU, data order, CUDA)
