@@ -2,6 +2,7 @@
 trajectory as one process with the same global batch, and a dying rank fails the
 job cleanly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,17 @@ def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("dist") / "d.npz"
     np.savez(path, images=np.random.default_rng(0).integers(0, 256, (96, 1, 8, 8)).astype(np.uint8))
     return path
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """The verified FID Inception weights, or a skip saying why they cannot be had."""
+    from vaecli import VaeError, fid
+
+    try:
+        return fid.fetch_inception()
+    except VaeError as exc:
+        pytest.skip(f"the FID Inception weights cannot be had here: {exc}")
 
 
 def _env():
@@ -110,15 +122,7 @@ def test_distributed_evaluation_equals_one_process(tmp_path, data_file):
     assert b["elbo"]["processes"] == 2
 
 
-def test_distributed_fid_equals_one_process(tmp_path, data_file):
-    import json
-
-    from vaecli import VaeError, fid
-
-    try:
-        weights = fid.fetch_inception()
-    except VaeError as exc:
-        pytest.skip(f"the FID Inception weights cannot be had here: {exc}")
+def test_distributed_fid_equals_one_process(tmp_path, data_file, weights):
     run = tmp_path / "run.h5"
     subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, run, "sigma", epochs=1)],
                    env=_env(), check=True, capture_output=True, timeout=300)
@@ -194,15 +198,7 @@ def test_ctrl_c_stops_the_ranks_together_and_the_run_resumes_on_its_trajectory(t
         np.testing.assert_allclose(b.history[k], a.history[k], rtol=ELBO_RTOL, err_msg=k)
 
 
-def test_distributed_fid_of_two_image_sets_equals_one_process(tmp_path, data_file):
-    import json
-
-    from vaecli import VaeError, fid
-
-    try:
-        weights = fid.fetch_inception()
-    except VaeError as exc:
-        pytest.skip(f"the FID Inception weights cannot be had here: {exc}")
+def test_distributed_fid_of_two_image_sets_equals_one_process(tmp_path, data_file, weights):
     other = tmp_path / "other.npz"
     np.savez(other, images=np.random.default_rng(1).integers(0, 256, (10, 1, 8, 8)).astype(np.uint8))
     common = ["fid", str(data_file), str(other), "--batch-size", "3", "--kid-subset-size", "5", "--kid-subsets", "4",
