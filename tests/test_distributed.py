@@ -101,8 +101,6 @@ def test_a_dying_rank_fails_the_job_and_keeps_the_checkpoint(tmp_path, data_file
 
 
 def test_distributed_evaluation_equals_one_process(tmp_path, data_file):
-    import json
-
     run = tmp_path / "run.h5"
     subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, run, "logistic-mixture", epochs=1)],
                    env=_env(), check=True, capture_output=True, timeout=300)
