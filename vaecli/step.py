@@ -150,8 +150,8 @@ class TrainStep:
 
     def _forward(self, x_in, eps):
         lik = self.model.likelihood
-        # no autocast weight cache while a graph may be captured: cached casts made
-        # outside the capture would be stale inside it
+        # no autocast weight cache while a graph may be captured, as torch's CUDA graph
+        # notes ask (the cache is cleared when the context exits either way)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.graph_wanted):
             raw, mu, logvar = self.stepper(x_in, eps)
@@ -185,30 +185,27 @@ class TrainStep:
     def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         """Returns (loss, kl, raw) of this step as device tensors; reads nothing back.
         With a captured graph these are its output buffers, overwritten by the next step."""
-        if not self.graph_wanted:
-            return self._step(x, x_in, eps, n_global, sums, guard)
-        if self.graph is not None:
-            if self._fits(x, x_in, eps, n_global, sums, guard):
+        if self.graph is not None and self._fits(x, x_in, eps, n_global, sums, guard):
+            return self._replay(x, x_in, eps)
+        if self.graph is None and self.graph_wanted and (self.full_batch is None or n_global == self.full_batch):
+            if self._warmup_left > 0:
+                self._warmup_left -= 1
+                return self._side_stream_step(x, x_in, eps, n_global, sums, guard)
+            try:
+                self._capture(x, x_in, eps, n_global, sums, guard)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
+                self.graph, self.graph_wanted = None, False
+                reason = (str(exc).splitlines() or [""])[0][:200]
+                self.graph_state = f"capture failed ({type(exc).__name__}: {reason})"
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it "
+                          "(--no-cuda-graph skips the attempt)")
+            else:
                 return self._replay(x, x_in, eps)
-            return self._step(x, x_in, eps, n_global, sums, guard)
-        if self.full_batch is not None and n_global != self.full_batch:
-            return self._step(x, x_in, eps, n_global, sums, guard)  # a partial batch: not the shape to capture
-        if self._warmup_left > 0:
-            self._warmup_left -= 1
-            return self._side_stream_step(x, x_in, eps, n_global, sums, guard)
-        try:
-            self._capture(x, x_in, eps, n_global, sums, guard)
-        except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
-            self.graph, self.graph_wanted = None, False
-            reason = (str(exc).splitlines() or [""])[0][:200]
-            self.graph_state = f"capture failed ({type(exc).__name__}: {reason})"
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it "
-                      "(--no-cuda-graph skips the attempt)")
-            return self._step(x, x_in, eps, n_global, sums, guard)
-        return self._replay(x, x_in, eps)
+        # no graph wanted, a failed capture, or a batch of another shape (the partial last one)
+        return self._step(x, x_in, eps, n_global, sums, guard)
 
     def _side_stream_step(self, *args):
         """An eager step on a side stream, as torch asks of the steps before a capture."""
