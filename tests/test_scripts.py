@@ -1,0 +1,36 @@
+"""The analysis scripts of docs/study.md compute what vaecli computes."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaecli.backends import torch_backend
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["student-t", "gaussian-pixel"])
+def test_floor_share_pixel_densities_sum_to_the_decoders_log_prob(name):
+    floor_share = _script("floor_share")
+    gen = torch.Generator().manual_seed(0)
+    channels = 3 if name == "student-t" else 2
+    raw = 3 * torch.randn(4, channels, 5, 6, generator=gen, dtype=torch.float64) - 2  # some scales at the floor
+    x = torch.randint(0, 256, (4, 1, 5, 6), generator=gen, dtype=torch.uint8)
+    log_p, log_scale = floor_share.pixel_log_density(name, x.double() / 255, raw)
+    assert log_p.shape == log_scale.shape == x.shape
+    assert (log_scale < floor_share.LOG_SIGMA_MIN + floor_share.NEAR_FLOOR).any()
+    torch.testing.assert_close(log_p.sum((1, 2, 3)), torch_backend.log_prob(name, x, raw), rtol=1e-12, atol=1e-9)
+
+
+def test_floor_share_refuses_a_decoder_without_a_per_pixel_scale():
+    with pytest.raises(SystemExit, match="no per-pixel scale"):
+        _script("floor_share").pixel_log_density("sigma", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
