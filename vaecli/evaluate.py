@@ -18,10 +18,12 @@ from .units import bits_per_dim, equivalent_beta
 METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
 DEFAULT_IW_SAMPLES = 100
 DEFAULT_ELBO_SAMPLES = 1
-# Data values (rows x dims) per decoder call when drawing importance samples: ~2.6k
-# MNIST images, enough to keep a GPU busy; the widest decoder activation (32
-# channels at full size) then takes ~270 MB.
-IW_DECODE_VALUES = 2**21
+# Data values (rows x dims) per decoder call when drawing importance samples.  On a
+# GPU: ~2.6k MNIST images, enough to keep it busy; the widest decoder activation (32
+# channels at full size) then takes ~270 MB.  On a CPU: ~170 MNIST images, since the
+# decoder runs 1.3-1.9x more rows/s at 64-256 rows a call than at >= 1024 (its
+# activations stay in cache; measured on a 2-core x86 machine, docs/performance.md).
+IW_DECODE_VALUES = {"cuda": 2**21, "cpu": 2**17}
 
 
 def applicability(likelihood: str, metric: str, binarized: bool = False):
@@ -114,7 +116,8 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             # the K samples are decoded `chunk` at a time for the whole batch: one
             # decoder call of chunk*B rows instead of chunk calls of B rows
             b = x.shape[0]
-            chunk = max(1, min(iw_samples, IW_DECODE_VALUES // (b * x[0].numel())))
+            budget = IW_DECODE_VALUES["cuda" if device.type == "cuda" else "cpu"]
+            chunk = max(1, min(iw_samples, budget // (b * x[0].numel())))
             log_w, log_w_pmf = [], []
             for start in range(0, iw_samples, chunk):
                 c = min(chunk, iw_samples - start)
