@@ -39,3 +39,14 @@ def test_sweep_then_compare_and_plot(tmp_path):
     png = tmp_path / "rd.png"
     result = CliRunner().invoke(main, ["plot", str(out), "--kind", "rate-distortion", "-o", str(png)])
     assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_rate_distortion_plot_labels_each_setting_once_at_its_mean():
+    from vaecli.plots import rd_labels
+
+    points = [(10.0, 0.01, 100.0, "sigma"), (20.0, 0.04, 120.0, "sigma"), (5.0, 0.1, None, "gaussian b=1")]
+    labels = rd_labels(points)
+    assert set(labels) == {"sigma", "gaussian b=1"}
+    kl, mse, n = labels["sigma"]
+    assert (kl, n) == (15.0, 2) and abs(mse - 0.02) < 1e-12  # geometric mean on the log axis
+    assert labels["gaussian b=1"] == pytest.approx((5.0, 0.1, 1), rel=1e-12)

@@ -35,7 +35,8 @@ def training_curves(runs, out):
 
 def rate_distortion(runs, out):
     """KL (rate, nats) against MSE (distortion), one point per run; FID as colour
-    where the runs have it.  Uses the stored test evaluations (vae eval / vae sweep)."""
+    where the runs have it.  Uses the stored test evaluations (vae eval / vae sweep).
+    Runs with one label (seeds of a sweep) share one annotation, at the mean of their points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,11 +57,22 @@ def rate_distortion(runs, out):
         fig.colorbar(sc, ax=ax, label="FID")
     else:
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=60)
-    for kl, mse, _, label in points:
-        ax.annotate(label, (kl, mse), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for label, (kl, mse, n) in rd_labels(points).items():
+        ax.annotate(label if n == 1 else f"{label} ({n} runs)", (kl, mse), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
     ax.set(xlabel="rate: KL (nats / image)", ylabel="distortion: MSE on [0, 1]", yscale="log",
            title="rate-distortion of the runs (test split)")
     _save(fig, out)
+
+
+def rd_labels(points):
+    """label -> (mean KL, geometric mean MSE, number of runs) of (kl, mse, fid, label)
+    points; the MSE mean is geometric since the axis is logarithmic."""
+    groups = {}
+    for kl, mse, _, label in points:
+        groups.setdefault(label, []).append((kl, mse))
+    return {label: (sum(k for k, _ in g) / len(g), math.exp(sum(math.log(m) for _, m in g) / len(g)), len(g))
+            for label, g in groups.items()}
 
 
 def _save(fig, out):
