@@ -16,7 +16,6 @@ than the model.  Bits/dim (the discretized PMF) has no such problem.
 from __future__ import annotations
 
 import argparse
-import math
 
 import numpy as np
 import torch
@@ -34,13 +33,13 @@ def pixel_log_density(name: str, y: torch.Tensor, raw: torch.Tensor):
     o = torch_backend._options(name, {})
     if name == "student-t":
         mu, log_scale, df = torch_backend._student_t_params(raw, o)
-        t = (y - mu) * torch.exp(-log_scale)
-        return torch_backend._student_t_log_pdf(t, df) - log_scale, log_scale
-    if name == "gaussian-pixel":
-        mu, log_sigma = torch_backend._gaussian_params(name, None, raw, o)
-        z = (y - mu) * torch.exp(-log_sigma)
-        return -0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi), log_sigma
-    raise SystemExit(f"floor_share.py: {name} has no per-pixel scale (student-t or gaussian-pixel only)")
+        standard_log_pdf = lambda t: torch_backend._student_t_log_pdf(t, df)  # noqa: E731
+    elif name == "gaussian-pixel":
+        mu, log_scale = torch_backend._gaussian_params(name, None, raw, o)
+        standard_log_pdf = torch_backend._log_normal_pdf
+    else:
+        raise SystemExit(f"floor_share.py: {name} has no per-pixel scale (student-t or gaussian-pixel only)")
+    return standard_log_pdf((y - mu) * torch.exp(-log_scale)) - log_scale, log_scale
 
 
 def main(argv=None) -> int:
