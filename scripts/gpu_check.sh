@@ -10,7 +10,8 @@
 #   5. the CuPy tests and `vae verify` on both GPU backends,
 #   6. the main job on the GPU with each backend, evaluation throughput, FID features,
 #   7. training throughput of the compiled variants,
-# then a short table last.  Logs go to $OUT (or /tmp/gpu_check).
+# then a short table last.  Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
+# the steps whose names match it (grep -E), for a second call that completes a first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -18,6 +19,7 @@ out="${OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
 seed="${SEED:-$RANDOM}"
 budget="${BUDGET_S:-550}"
+BENCH_COMPILE="${BENCH_COMPILE-1}"  # set it empty to leave torch.compile out of the likelihood benchmark
 t0=$(date +%s)
 : > "$out/steps.txt"
 
@@ -29,6 +31,9 @@ status=0
 # the budget (20 s kept for the summary), logs rc and seconds to steps.txt
 step() {
   local name="$1" cap="$2" cmd="$3" left t s0 rc
+  if [ -n "${ONLY:-}" ] && ! grep -qE "$ONLY" <<< "$name"; then
+    echo "$name: not selected (ONLY=$ONLY)" | tee -a "$out/steps.txt"; return
+  fi
   left=$(( t0 + budget - 20 - $(date +%s) ))
   t=$(( cap < left ? cap : left ))
   if [ "$t" -lt 15 ]; then
@@ -42,7 +47,7 @@ step() {
 }
 
 step "pytest captured step + torch cuda" 120 \
-  "CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_step.py tests/test_torch_equivalence.py -k 'cuda or captured' 2>&1 | tail -8 > '$out/pytest_torch_cuda.txt'"
+  "CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -p no:cacheprovider -rfE tests/test_step.py tests/test_torch_equivalence.py -k 'cuda or captured' > '$out/pytest_torch_cuda_full.txt' 2>&1; rc=\$?; tail -8 '$out/pytest_torch_cuda_full.txt' > '$out/pytest_torch_cuda.txt'; exit \$rc"
 # training throughput against the plain DataLoader loop (issue 8's baseline), same card
 step "train throughput" 170 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
@@ -54,9 +59,9 @@ for precision in float32 bf16; do
        --quiet --json --out /tmp/gpu_prec_$precision.h5 > '$out/precision_$precision.json'"
 done
 step "likelihood benchmark" 150 \
-  "python3 benchmarks/likelihood_speed.py --device cuda --compile --graph --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
+  "python3 benchmarks/likelihood_speed.py --device cuda ${BENCH_COMPILE:+--compile} --graph --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
 step "pytest cupy" 150 \
-  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py 2>&1 | tail -12 > '$out/pytest_cupy.txt'"
+  "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py > '$out/pytest_cupy_full.txt' 2>&1; rc=\$?; tail -12 '$out/pytest_cupy_full.txt' > '$out/pytest_cupy.txt'; exit \$rc"
 step "verify torch cuda" 60 "python3 -m vaecli verify --backend torch --device cuda --seed $seed --json > '$out/verify_torch_cuda.json'"
 step "verify cupy" 60 "python3 -m vaecli verify --backend cupy --seed $seed --json > '$out/verify_cupy.json'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
