@@ -155,7 +155,7 @@ def test_no_graph_off_cuda_and_the_run_file_says_so(tmp_path):
     assert step.graph_state == "off" and step.graph is None  # CPU: asked for, not applicable
     x = np.random.default_rng(2).integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
     data = (FakeData(x), FakeData(x[:8], split="test", checksum="1" * 64))
-    config = TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2)
+    config = TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2, device="cpu")
     assert config.cuda_graph is True  # the default
     run = train(config, tmp_path / "r.h5", data=data, progress=False)
     assert run.attrs["cuda_graph"] == "off"

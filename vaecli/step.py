@@ -139,12 +139,18 @@ class TrainStep:
         self.device = torch.device(device)
         self.autocast = precision == "bf16"
         self.all_finite = all_finite or (lambda flag: flag)
-        # forward, likelihood and KL as one torch.compile graph (backward follows it)
-        self.forward = torch.compile(self._forward) if compile_forward else self._forward
+        # forward, likelihood and KL as one torch.compile graph (backward follows it).
+        # Inductor's layout optimization is off: it makes the saved activations
+        # channels_last, and its fake convolution_backward then expects a channels_last
+        # gradient where cuDNN returns a contiguous one (the decoder's last layer has
+        # one channel), which failed the first backward on an H200 (torch 2.11)
+        self.forward = (torch.compile(self._forward, options={"layout_optimization": False})
+                        if compile_forward else self._forward)
         self.graph_wanted = bool(cuda_graph) and self.device.type == "cuda" and world == 1
         self.full_batch = full_batch
         self.graph = None  # the captured step, once there is one
-        self.graph_state = "off" if not self.graph_wanted else "warming up"
+        # until the capture: a run of fewer full batches than the warm-up ends here
+        self.graph_state = "off" if not self.graph_wanted else "not captured (too few full-batch steps)"
         self._warmup_left = GRAPH_WARMUP_STEPS
         self._log = log or (lambda message: print(message, file=sys.stderr))
 
