@@ -747,6 +747,29 @@ def test_host_compiled_mixture_default_k_and_channels(host_launch, channels):
     np.testing.assert_allclose(got.grad_raw, want.grad_raw, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_host_compiled_mixture_state_skips_the_value_passes(host_launch, channels):
+    """A value-only call's state, passed to a gradient call, gives the gradient of one
+    full call bit for bit and runs only the gradient kernel; a wrong state is refused."""
+    x, raw = make_inputs("logistic-mixture", channels, 3)
+    raw = raw.astype(np.float32)
+    u = np.random.default_rng(11).normal(size=B).astype(np.float32)
+    full = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", upstream=u, mixtures=MIXTURES)
+    first = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", need_grad=False,
+                         mixtures=MIXTURES)
+    assert first.state.shape == (B * H * W,) and first.grad_raw is None
+    host_launch.calls.clear()
+    again = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", upstream=u, state=first.state,
+                         mixtures=MIXTURES)
+    assert host_launch.calls == ["logistic_mixture_grad"]
+    np.testing.assert_array_equal(again.grad_raw, full.grad_raw)
+    np.testing.assert_array_equal(again.value, full.value)
+    np.testing.assert_array_equal(first.value, full.value)
+    with pytest.raises(ValueError, match="state of shape"):
+        _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", state=first.state[1:],
+                     mixtures=MIXTURES)
+
+
 def test_host_compiled_categorical_out_of_range_is_nan(host_launch):
     x, raw = make_inputs("categorical", 1, 0)
     x = x.astype(np.int32)
@@ -835,6 +858,32 @@ def test_torch_bridge_autograd_on_cpu(name, kind, channels, seed, engine_kind, h
     np.testing.assert_allclose(raw_t.grad.numpy(), want.grad_raw, rtol=1e-9, atol=1e-10)
     if ls_t is not None:
         assert float(ls_t.grad) == pytest.approx(float(want.grad_log_sigma.sum()), rel=1e-10)
+
+
+@pytest.mark.parametrize("name, forward_calls, backward_calls", [
+    ("logistic-mixture", ["logistic_mixture_components", "logistic_mixture_lse"], ["logistic_mixture_grad"]),
+    ("logistic", ["logistic"], ["logistic"]),
+    ("categorical", ["categorical"], ["categorical"]),
+])
+def test_torch_bridge_kernels_recompute_in_backward(host_launch, name, forward_calls, backward_calls):
+    """The fused likelihoods compute the value only in forward and the weighted gradient
+    in backward (the mixture from its forward state), and match the formulas."""
+    torch = _torch()
+    from vaecli.backends.cupy_backend import torch_bridge
+
+    x, raw = make_inputs(name, 3, 0)
+    u = np.random.default_rng(12).normal(size=B)
+    raw_t = torch.tensor(raw, requires_grad=True)
+    host_launch.calls.clear()
+    value = torch_bridge._apply(name, "log_prob", torch.from_numpy(x), raw_t, _opts(name),
+                                _host_kernel_engine(host_launch))
+    assert host_launch.calls == forward_calls
+    host_launch.calls.clear()
+    (value * torch.from_numpy(u)).sum().backward()
+    assert host_launch.calls == backward_calls
+    want = formulas.evaluate(name, x, raw, "log_prob", ns=_numpy(), upstream=u, **_opts(name))
+    np.testing.assert_allclose(value.detach().numpy(), want.value, rtol=1e-12)
+    np.testing.assert_allclose(raw_t.grad.numpy(), want.grad_raw, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["sigma", "sigma-learned", "logistic-mixture", "bitwise"])

@@ -379,11 +379,13 @@ class _quiet:
 @dataclass
 class Evaluation:
     """value (B,); grad_raw like raw (d sum_b u_b value_b / d raw) or None;
-    grad_log_sigma (B,) = u_b d value_b / d log_sigma for sigma-learned, else None."""
+    grad_log_sigma (B,) = u_b d value_b / d log_sigma for sigma-learned, else None;
+    state: what a fused kernel keeps for a later gradient call (kernels.evaluate)."""
 
     value: object
     grad_raw: object
     grad_log_sigma: object
+    state: object = None
 
 
 def check_inputs(ns: Namespace, name, x, raw, o: Options, check_range=None):

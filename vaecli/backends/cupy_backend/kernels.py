@@ -26,11 +26,13 @@ by NVRTC through :class:`cupy.RawModule`):
 * ``categorical``: one thread per element, online logsumexp over the L logits,
   then the softmax gradient.
 * ``logistic``: discretized logistic, one thread per element.
-* ``logistic_mixture``: one thread per pixel, looping over the K components and C
-  channels (RGB coupling for C == 3).  The gradient buffer doubles as scratch: the
-  first loop stores each component's log-probability in its logit slot and the
-  unscaled parameter gradients in theirs; the second rescales them by the
-  component's responsibility.
+* ``logistic_mixture_components``, ``logistic_mixture_lse``, ``logistic_mixture_grad``:
+  the mixture in three passes with one thread per pixel and component (RGB coupling
+  for C == 3): each component's log-probability, then the logsumexp over components
+  per pixel (the value, kept as ``state``), then, for the gradient, each component
+  recomputed with its derivatives and scaled by its responsibility and the image's
+  upstream weight.  The torch bridge runs the first two in forward and the third in
+  backward.
 
 Indexing: ``x`` is int32 ``(B, C, H*W)``; ``raw`` and ``grad`` are C-contiguous
 ``(B, out_channels, H*W)``; parameter ``p`` of image channel ``c`` is channel
@@ -336,107 +338,153 @@ extern "C" __global__ void logistic(
     }
 }
 
-// Mixture of K discretized logistics, one thread per pixel i = (b, p), p in [0, H*W).
-// Channels of raw (per pixel): logits k; means K + k*C + c; raw log-scales
-// K + K*C + k*C + c; for C == 3 coupling coefficients K + 2*K*C + 3*k + j.
-extern "C" __global__ void logistic_mixture(
-    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ weight,
-    real* __restrict__ value, real* __restrict__ grad,
-    const long long n, const long long hw, const int channels, const int mixtures,
-    const int last, const real half_bin, const real floor, const int use_floor,
-    const int need_grad)
-{
-    const int K = mixtures;
-    const int C = channels;
+// Mixture of K discretized logistics in three passes, so that every thread has a small,
+// independent piece of work (one thread per pixel and component, K times the threads of
+// one per pixel) and the gradient is written once, already scaled:
+//   logistic_mixture_components: comp[k*n + i] = log softmax(pi)_k + sum_c log mass_kc
+//   logistic_mixture_lse:        lse[i] = logsumexp_k comp[k*n + i], the pixel's log-prob
+//   logistic_mixture_grad:       recomputes component k with its derivatives and writes
+//                                w_b r_k d/dtheta (r_k = exp(comp_k - lse) the responsibility)
+// Pixel i = (b, p), p in [0, H*W); n = B*H*W; work item t = k*n + i (component-major:
+// a warp reads 32 neighbouring pixels of one channel).  Channels of raw (per pixel):
+// logits k; means K + k*C + c; raw log-scales K + K*C + k*C + c; for C == 3 coupling
+// coefficients K + 2*K*C + 3*k + j.
+
+// the log-softmax normaliser of the K mixture logits at one pixel (channel j at r[j*hw])
+K_INLINE real mixture_logit_lse(const real* r, const long long hw, const int K) {
+    real m = r[0];
+    for (int k = 1; k < K; ++k) {
+        const real v = r[(long long)k * hw];
+        m = v > m ? v : m;
+    }
+    real s = (real)0;
+    for (int k = 0; k < K; ++k) s += k_exp(r[(long long)k * hw] - m);
+    return m + k_log(s);
+}
+
+// Component k's log-probability at one pixel, log softmax(pi)_k + sum_c log mass_kc.
+// With g (the pixel's gradient, channel j at g[j * hw]) it also writes the component's
+// unscaled parameter gradients there, d comp / d theta, for the caller to scale.
+K_INLINE real mixture_component(const real* r, const int* xs, real* g, const long long hw,
+                                const int K, const int C, const long long k, const int last,
+                                const real half_bin, const real floor, const int use_floor,
+                                const real lse_pi) {
     const int coupled = C == 3;
-    const long long per_pixel = (long long)K * (1 + 2 * C + (coupled ? 3 : 0));
     const long long mean0 = K;
     const long long scale0 = (long long)K + (long long)K * C;
     const long long coef0 = (long long)K + 2LL * K * C;
+    real y_r = (real)0, y_g = (real)0;
+    if (coupled) {
+        y_r = (real)xs[0] / (real)last;
+        y_g = (real)xs[hw] / (real)last;
+    }
+    real comp = r[k * hw] - lse_pi;
+    for (int c = 0; c < C; ++c) {
+        const int xv = xs[(long long)c * hw];
+        const real y = (real)xv / (real)last;
+        const long long j_mu = mean0 + k * C + c;
+        const long long j_ls = scale0 + k * C + c;
+        const long long j_cf = coef0 + 3LL * k;
+        real loc = r[j_mu * hw];
+        real t_a = (real)0, t_b = (real)0, t_c = (real)0;
+        if (coupled && c == 1) {
+            t_a = k_tanh(r[j_cf * hw]);
+            loc += t_a * y_r;
+        } else if (coupled && c == 2) {
+            t_b = k_tanh(r[(j_cf + 1) * hw]);
+            t_c = k_tanh(r[(j_cf + 2) * hw]);
+            loc += t_b * y_r + t_c * y_g;
+        }
+        real dls;
+        const real ls = softclip(r[j_ls * hw], floor, use_floor, &dls);
+        real g_loc, g_ls;
+        comp += logistic_bin(xv, last, y, loc, ls, half_bin, &g_loc, &g_ls);
+        if (g) {
+            g[j_mu * hw] = g_loc;
+            g[j_ls * hw] = g_ls * dls;
+            if (coupled && c == 1) {
+                g[j_cf * hw] = g_loc * y_r * ((real)1 - t_a * t_a);
+            } else if (coupled && c == 2) {
+                g[(j_cf + 1) * hw] = g_loc * y_r * ((real)1 - t_b * t_b);
+                g[(j_cf + 2) * hw] = g_loc * y_g * ((real)1 - t_c * t_c);
+            }
+        }
+    }
+    return comp;
+}
+
+#define MIXTURE_ITEM(t, n, hw, per_pixel, C)                                   \
+    const long long k_ = (t) / (n);                                           \
+    const long long i_ = (t) - k_ * (n);                                      \
+    const long long b_ = i_ / (hw);                                           \
+    const long long p_ = i_ - b_ * (hw);                                      \
+    const real* r = raw + b_ * (per_pixel) * (hw) + p_;  /* channel j at r[j * hw] */ \
+    const int* xs = x + b_ * (C) * (hw) + p_;            /* image channel c at xs[c * hw] */
+
+extern "C" __global__ void logistic_mixture_components(
+    const int* __restrict__ x, const real* __restrict__ raw, real* __restrict__ comp,
+    const long long n, const long long hw, const int channels, const int mixtures,
+    const int last, const real half_bin, const real floor, const int use_floor)
+{
+    const int K = mixtures;
+    const int C = channels;
+    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
+    GRID_STRIDE_LOOP(t, n * K) {
+        MIXTURE_ITEM(t, n, hw, per_pixel, C)
+        comp[t] = mixture_component(r, xs, (real*)0, hw, K, C, k_, last, half_bin, floor, use_floor,
+                                    mixture_logit_lse(r, hw, K));
+    }
+}
+
+// online logsumexp over the K components of each pixel, in component order
+extern "C" __global__ void logistic_mixture_lse(
+    const real* __restrict__ comp, real* __restrict__ lse, const long long n, const int mixtures)
+{
     GRID_STRIDE_LOOP(i, n) {
-        const long long b = i / hw;
-        const long long p = i - b * hw;
-        const real* r = raw + b * per_pixel * hw + p;  // channel j at r[j * hw]
-        real* g = grad + b * per_pixel * hw + p;       // used only if need_grad
-        const int* xs = x + b * C * hw + p;             // image channel c at xs[c * hw]
-
-        // log-softmax normaliser of the mixture logits
-        real m_pi = r[0];
-        for (int k = 1; k < K; ++k) {
-            const real v = r[(long long)k * hw];
-            m_pi = v > m_pi ? v : m_pi;
-        }
-        real s_pi = (real)0;
-        for (int k = 0; k < K; ++k) s_pi += k_exp(r[(long long)k * hw] - m_pi);
-        const real lse_pi = m_pi + k_log(s_pi);
-
-        real y_r = (real)0, y_g = (real)0;
-        if (coupled) {
-            y_r = (real)xs[0] / (real)last;
-            y_g = (real)xs[hw] / (real)last;
-        }
-
-        real m = (real)0, s = (real)0;  // online logsumexp over the components
-        for (int k = 0; k < K; ++k) {
-            real comp = r[(long long)k * hw] - lse_pi;  // log softmax(pi)_k
-            for (int c = 0; c < C; ++c) {
-                const int xv = xs[(long long)c * hw];
-                const real y = (real)xv / (real)last;
-                const long long j_mu = mean0 + (long long)k * C + c;
-                const long long j_ls = scale0 + (long long)k * C + c;
-                const long long j_cf = coef0 + 3LL * k;
-                real loc = r[j_mu * hw];
-                real t_a = (real)0, t_b = (real)0, t_c = (real)0;
-                if (coupled && c == 1) {
-                    t_a = k_tanh(r[j_cf * hw]);
-                    loc += t_a * y_r;
-                } else if (coupled && c == 2) {
-                    t_b = k_tanh(r[(j_cf + 1) * hw]);
-                    t_c = k_tanh(r[(j_cf + 2) * hw]);
-                    loc += t_b * y_r + t_c * y_g;
-                }
-                real dls;
-                const real ls = softclip(r[j_ls * hw], floor, use_floor, &dls);
-                real g_loc, g_ls;
-                comp += logistic_bin(xv, last, y, loc, ls, half_bin, &g_loc, &g_ls);
-                if (need_grad) {  // unscaled; multiplied by w_b * resp_k below
-                    g[j_mu * hw] = g_loc;
-                    g[j_ls * hw] = g_ls * dls;
-                    if (coupled && c == 1) {
-                        g[j_cf * hw] = g_loc * y_r * ((real)1 - t_a * t_a);
-                    } else if (coupled && c == 2) {
-                        g[(j_cf + 1) * hw] = g_loc * y_r * ((real)1 - t_b * t_b);
-                        g[(j_cf + 2) * hw] = g_loc * y_g * ((real)1 - t_c * t_c);
-                    }
-                }
-            }
-            if (need_grad) g[(long long)k * hw] = comp;  // scratch: component log-prob
-            if (k == 0) {
-                m = comp;
-                s = (real)1;
-            } else if (comp > m) {
-                s = s * k_exp(m - comp) + (real)1;
-                m = comp;
+        real m = comp[i];
+        real s = (real)1;
+        for (int k = 1; k < mixtures; ++k) {
+            const real v = comp[(long long)k * n + i];
+            if (v > m) {
+                s = s * k_exp(m - v) + (real)1;
+                m = v;
             } else {
-                s += k_exp(comp - m);
+                s += k_exp(v - m);
             }
         }
-        const real lse = m + k_log(s);
-        value[i] = lse;
-        if (need_grad) {
-            const real w = weight[b];
-            for (int k = 0; k < K; ++k) {
-                const real resp = k_exp(g[(long long)k * hw] - lse);
-                const real scale = w * resp;
-                g[(long long)k * hw] = w * (resp - k_exp(r[(long long)k * hw] - lse_pi));
-                for (int c = 0; c < C; ++c) {
-                    g[(mean0 + (long long)k * C + c) * hw] *= scale;
-                    g[(scale0 + (long long)k * C + c) * hw] *= scale;
-                }
-                if (coupled) {
-                    for (int j = 0; j < 3; ++j) g[(coef0 + 3LL * k + j) * hw] *= scale;
-                }
-            }
+        lse[i] = m + k_log(s);
+    }
+}
+
+// the gradient of component k at pixel i: recomputed, then scaled by w_b r_k in place
+extern "C" __global__ void logistic_mixture_grad(
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ lse,
+    const real* __restrict__ weight, real* __restrict__ grad,
+    const long long n, const long long hw, const int channels, const int mixtures,
+    const int last, const real half_bin, const real floor, const int use_floor)
+{
+    const int K = mixtures;
+    const int C = channels;
+    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
+    const long long mean0 = K;
+    const long long scale0 = (long long)K + (long long)K * C;
+    const long long coef0 = (long long)K + 2LL * K * C;
+    GRID_STRIDE_LOOP(t, n * K) {
+        MIXTURE_ITEM(t, n, hw, per_pixel, C)
+        real* g = grad + b_ * per_pixel * hw + p_;
+        const real lse_pi = mixture_logit_lse(r, hw, K);
+        const real comp = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, use_floor,
+                                            lse_pi);
+        const real w = weight[b_];
+        const real resp = k_exp(comp - lse[i_]);
+        const real scale = w * resp;
+        g[k_ * hw] = w * (resp - k_exp(r[k_ * hw] - lse_pi));
+        for (int c = 0; c < C; ++c) {
+            g[(mean0 + k_ * C + c) * hw] *= scale;
+            g[(scale0 + k_ * C + c) * hw] *= scale;
+        }
+        if (C == 3) {
+            for (int j = 0; j < 3; ++j) g[(coef0 + 3 * k_ + j) * hw] *= scale;
         }
     }
 }
@@ -448,7 +496,9 @@ KERNEL_NAMES = (
     "add_sigma_coupling",
     "categorical",
     "logistic",
-    "logistic_mixture",
+    "logistic_mixture_components",
+    "logistic_mixture_lse",
+    "logistic_mixture_grad",
 )
 
 _REAL = {"float32": "float", "float64": "double"}
@@ -488,9 +538,14 @@ def supports(name: str) -> bool:
 
 
 def evaluate(
-    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, ns=None, launch=None, **opts
+    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, state=None, ns=None, launch=None,
+    **opts
 ):
     """:func:`formulas.evaluate` for CuPy arrays, by the fused kernels.
+
+    The result's ``state`` is what a later gradient call on the same ``x`` and ``raw``
+    can pass back as ``state`` to skip the value passes: for the mixture, the
+    per-pixel log-probabilities (None for the single-pass kernels, which ignore it).
 
     ``ns`` and ``launch`` default to CuPy and :func:`launch_cuda`; the tests pass NumPy
     and a launcher of the same kernel source compiled for the host, so that this
@@ -592,22 +647,27 @@ def evaluate(
         )  # fmt: skip
         value = value.reshape(b, chw).sum(axis=1)
     else:  # logistic-mixture
-        n = b * hw
-        value = xp.empty(n, dtype)
-        launch(
-            "logistic_mixture",
-            dtype,
-            n,
-            (
-                xi, raw, weight, value, grad, np.int64(n), np.int64(hw), np.int32(c),
-                np.int32(o.mixtures), np.int32(last), half_bin, floor, use_floor, flag,
-            ),
+        n, k = b * hw, o.mixtures
+        shape = (
+            np.int64(n), np.int64(hw), np.int32(c), np.int32(k), np.int32(last), half_bin, floor,
+            use_floor,
         )  # fmt: skip
-        value = value.reshape(b, hw).sum(axis=1)
+        if state is None:
+            comp = xp.empty(n * k, dtype)
+            launch("logistic_mixture_components", dtype, n * k, (xi, raw, comp) + shape)
+            state = xp.empty(n, dtype)
+            launch("logistic_mixture_lse", dtype, n, (comp, state, np.int64(n), np.int32(k)))
+        elif state.shape != (n,) or state.dtype != dtype:
+            raise ValueError(f"logistic-mixture state of shape {state.shape} and dtype {state.dtype}, "
+                             f"expected ({n},) {np.dtype(dtype).name}")
+        if need_grad:
+            launch("logistic_mixture_grad", dtype, n * k, (xi, raw, state, weight, grad) + shape)
+        value = state.reshape(b, hw).sum(axis=1)
     return formulas.Evaluation(
         value.astype(dtype, copy=False),
         grad if need_grad else None,
         None if grad_log_sigma is None else grad_log_sigma.astype(dtype, copy=False),
+        state,
     )
 
 

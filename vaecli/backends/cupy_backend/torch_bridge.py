@@ -8,13 +8,15 @@ the model's parameter) and return a ``(B,)`` tensor of nats in raw's dtype, atta
 to the autograd graph.  The options are those of :mod:`vaecli.backends`.
 
 How: a :class:`torch.autograd.Function` hands the tensors to CuPy without a copy
-through DLPack, runs :func:`vaecli.backends.cupy_backend.evaluate` (value and
-gradient in one pass) on torch's current CUDA stream, with CuPy's allocations taken
-from torch's caching allocator (one memory pool, and the work can be captured in a
-torch CUDA graph, whose private pool then holds it), keeps the gradient, and in
-backward scales it by the upstream ``(B,)`` gradient: every likelihood is separable by
-image, except ``sigma`` with a batch sigma, whose gradient backward recomputes with the
-upstream weights.  torch and cupy are imported inside the functions.
+through DLPack and runs :func:`vaecli.backends.cupy_backend.evaluate` on torch's
+current CUDA stream, with CuPy's allocations taken from torch's caching allocator (one
+memory pool, and the work can be captured in a torch CUDA graph, whose private pool
+then holds it).  For the likelihoods with fused kernels, forward computes the value
+only and backward runs the gradient kernel with the upstream ``(B,)`` weights inside
+it (the mixture reuses its per-pixel values from forward): raw is read twice and the
+gradient written once.  The others compute value and gradient in forward, keep the
+gradient and scale it in backward (every likelihood is separable by image).  torch
+and cupy are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ... import registry
+from .kernels import FUSED as _RECOMPUTED  # these recompute in backward (see forward)
 from ...errors import VaeError
 
 _FUNCTION = None  # the autograd.Function, made on first use (torch is imported then)
@@ -136,6 +139,14 @@ def _to_torch(array):
     return torch.from_dlpack(array)
 
 
+def _with_log_sigma(engine, opts, log_sigma):
+    """The evaluate options, with the model's log sigma as a 0-d array if there is one."""
+    extra = dict(opts)
+    if log_sigma is not None:
+        extra["log_sigma"] = engine.to_array(log_sigma).reshape(())
+    return extra
+
+
 def _function():
     global _FUNCTION
     if _FUNCTION is not None:
@@ -151,29 +162,30 @@ def _function():
             opts = dict(opts_items)
             want_raw = ctx.needs_input_grad[1]
             want_ls = log_sigma is not None and ctx.needs_input_grad[2]
-            # sigma with a batch sigma couples the images: backward recomputes with
-            # the upstream weights instead of scaling a saved gradient.
-            coupled = name == "sigma" and opts.get("sigma") is None
-            need_grad = (want_raw or want_ls) and not coupled
-            ctx.name, ctx.kind, ctx.opts, ctx.coupled = name, kind, opts, coupled
+            # The fused kernels recompute in backward, with the upstream weights inside
+            # the kernel: raw is read twice and the gradient written once, instead of a
+            # saved gradient read and written again to scale it (and sigma with a batch
+            # sigma couples the images, so its gradient needs the weights anyway).
+            # The array formulas keep the gradient of the forward pass and scale it.
+            recompute = name in _RECOMPUTED or (name == "sigma" and opts.get("sigma") is None)
+            need_grad = (want_raw or want_ls) and not recompute
+            ctx.name, ctx.kind, ctx.opts, ctx.recompute = name, kind, opts, recompute
             ctx.engine = engine
-            ctx.grad_raw = ctx.grad_log_sigma = None
+            ctx.grad_raw = ctx.grad_log_sigma = ctx.state = None
             ctx.log_sigma_meta = None if log_sigma is None else (log_sigma.shape, log_sigma.dtype)
             e = engine
             with e.stream(raw.device):
-                extra = dict(opts)
-                if log_sigma is not None:
-                    extra["log_sigma"] = e.to_array(log_sigma).reshape(())
-                ev = e.evaluate(
-                    name, e.to_array(x), e.to_array(raw), kind, need_grad=need_grad, **extra
-                )
+                ev = e.evaluate(name, e.to_array(x), e.to_array(raw), kind, need_grad=need_grad,
+                                **_with_log_sigma(e, opts, log_sigma))
                 value = e.to_torch(ev.value)
                 if need_grad:
                     ctx.grad_raw = e.to_torch(ev.grad_raw)
                     if ev.grad_log_sigma is not None:
                         ctx.grad_log_sigma = e.to_torch(ev.grad_log_sigma)  # (B,)
-            if coupled and (want_raw or want_ls):
-                ctx.save_for_backward(x, raw)
+                if recompute and (want_raw or want_ls) and ev.state is not None:
+                    ctx.state = e.to_torch(ev.state)
+            if recompute and (want_raw or want_ls):
+                ctx.save_for_backward(x, raw, log_sigma)
             return value
 
         @staticmethod
@@ -181,21 +193,20 @@ def _function():
         def backward(ctx, grad_value):
             g = grad_value.reshape(-1)
             grad_raw = grad_ls = None
-            if ctx.coupled:
-                x, raw = ctx.saved_tensors
+            if ctx.recompute:
+                x, raw, log_sigma = ctx.saved_tensors
                 g = g.to(raw.dtype).contiguous()
                 e = ctx.engine
+                extra = _with_log_sigma(e, ctx.opts, log_sigma)
+                if ctx.state is not None:
+                    extra["state"] = e.to_array(ctx.state)
                 with e.stream(raw.device):
-                    ev = e.evaluate(
-                        ctx.name,
-                        e.to_array(x),
-                        e.to_array(raw),
-                        ctx.kind,
-                        upstream=e.to_array(g),
-                        need_grad=True,
-                        **ctx.opts,
-                    )
+                    ev = e.evaluate(ctx.name, e.to_array(x), e.to_array(raw), ctx.kind,
+                                    upstream=e.to_array(g), need_grad=True, **extra)
                     grad_raw = e.to_torch(ev.grad_raw)
+                    if ev.grad_log_sigma is not None and ctx.needs_input_grad[2]:
+                        shape, dtype = ctx.log_sigma_meta
+                        grad_ls = e.to_torch(ev.grad_log_sigma).sum().to(dtype).reshape(shape)
             elif ctx.grad_raw is not None:
                 g = g.to(ctx.grad_raw.dtype)
                 grad_raw = ctx.grad_raw * g.view(-1, 1, 1, 1)
