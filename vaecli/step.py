@@ -30,7 +30,9 @@ capture fails, training goes on eagerly and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 
 import torch
 
@@ -116,6 +118,17 @@ class EpochSums:
         d = {k: float(getattr(self, k)) for k in self.KEYS}
         d["images"], d["skipped"] = int(d["images"]), int(d["skipped"])
         return d
+
+
+@contextlib.contextmanager
+def _quiet_stream_change():
+    """Silence autograd's warning that a parameter's gradient accumulator was made on
+    another stream: the warm-up and capture streams differ from the default one on
+    purpose, with the waits that torch's CUDA graph notes ask for (the captured step is
+    checked against the eager one bit for bit in tests/test_step.py)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+        yield
 
 
 class TrainStep:
@@ -217,7 +230,7 @@ class TrainStep:
         """An eager step on a side stream, as torch asks of the steps before a capture."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), _quiet_stream_change():
             out = self._step(*args)
         torch.cuda.current_stream(self.device).wait_stream(side)
         return out
@@ -234,7 +247,7 @@ class TrainStep:
         # Adam's capture check so, and is off again for eager steps
         self._capturable(True)
         try:
-            with torch.cuda.graph(graph, stream=capture_stream):
+            with torch.cuda.graph(graph, stream=capture_stream), _quiet_stream_change():
                 out = self._step(static_x, static_x_in, static_eps, n_global, sums, guard)
         finally:
             self._capturable(False)

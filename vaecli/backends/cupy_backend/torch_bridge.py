@@ -197,10 +197,13 @@ def _function():
                 x, raw, log_sigma = ctx.saved_tensors
                 g = g.to(raw.dtype).contiguous()
                 e = ctx.engine
-                extra = _with_log_sigma(e, ctx.opts, log_sigma)
-                if ctx.state is not None:
-                    extra["state"] = e.to_array(ctx.state)
+                # every conversion inside the stream context: CuPy hands its current
+                # stream to DLPack, and outside it that is the legacy default stream,
+                # which a CUDA graph capture refuses
                 with e.stream(raw.device):
+                    extra = _with_log_sigma(e, ctx.opts, log_sigma)
+                    if ctx.state is not None:
+                        extra["state"] = e.to_array(ctx.state)
                     ev = e.evaluate(ctx.name, e.to_array(x), e.to_array(raw), ctx.kind,
                                     upstream=e.to_array(g), need_grad=True, **extra)
                     grad_raw = e.to_torch(ev.grad_raw)
