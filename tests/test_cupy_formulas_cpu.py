@@ -862,12 +862,13 @@ def test_torch_bridge_autograd_on_cpu(name, kind, channels, seed, engine_kind, h
 
 @pytest.mark.parametrize("name, forward_calls, backward_calls", [
     ("logistic-mixture", ["logistic_mixture_components", "logistic_mixture_lse"], ["logistic_mixture_grad"]),
-    ("logistic", ["logistic"], ["logistic"]),
     ("categorical", ["categorical"], ["categorical"]),
+    ("logistic", ["logistic"], []),  # value and gradient in forward, scaled in backward
 ])
 def test_torch_bridge_kernels_recompute_in_backward(host_launch, name, forward_calls, backward_calls):
-    """The fused likelihoods compute the value only in forward and the weighted gradient
-    in backward (the mixture from its forward state), and match the formulas."""
+    """The mixture and categorical compute the value only in forward and the weighted
+    gradient in backward (the mixture from its forward state); logistic computes both
+    in forward.  All match the formulas."""
     torch = _torch()
     from vaecli.backends.cupy_backend import torch_bridge
 

@@ -11,12 +11,14 @@ How: a :class:`torch.autograd.Function` hands the tensors to CuPy without a copy
 through DLPack and runs :func:`vaecli.backends.cupy_backend.evaluate` on torch's
 current CUDA stream, with CuPy's allocations taken from torch's caching allocator (one
 memory pool, and the work can be captured in a torch CUDA graph, whose private pool
-then holds it).  For the likelihoods with fused kernels, forward computes the value
-only and backward runs the gradient kernel with the upstream ``(B,)`` weights inside
-it (the mixture reuses its per-pixel values from forward): raw is read twice and the
-gradient written once.  The others compute value and gradient in forward, keep the
-gradient and scale it in backward (every likelihood is separable by image).  torch
-and cupy are imported inside the functions.
+then holds it).  For categorical and the logistic mixture (fused kernels, large raw
+outputs), forward computes the value only and backward runs the gradient kernel with
+the upstream ``(B,)`` weights inside it (the mixture reuses its per-pixel values from
+forward): raw is read twice and the gradient written once, and no gradient is kept
+between the passes.  So does ``sigma`` with a batch sigma, which couples the images.
+The others compute value and gradient in forward, keep the gradient and scale it in
+backward (they are separable by image).  torch and cupy are imported inside the
+functions.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ... import registry
-from .kernels import FUSED as _RECOMPUTED  # these recompute in backward (see forward)
 from ...errors import VaeError
 
 _FUNCTION = None  # the autograd.Function, made on first use (torch is imported then)
 _ALLOCATOR = None  # CuPy allocations from torch's caching allocator, made on first use
+# Fused kernels whose gradient backward recomputes: where the raw output is large
+# (256 logits, or K mixture components, per pixel), and the mixture's kernels compute
+# the value before the gradient anyway.  On an H200 (B=128, 3x32x32, in a CUDA graph)
+# recomputing made categorical 0.855 -> 0.831 ms, but logistic 0.021 -> 0.031 and
+# gaussian-pixel 0.022 -> 0.033 ms: their raw is small and their maths is the cost.
+_RECOMPUTED = frozenset({"categorical", "logistic-mixture"})
 
 
 def log_prob(name, x, raw, **opts):
@@ -162,11 +169,9 @@ def _function():
             opts = dict(opts_items)
             want_raw = ctx.needs_input_grad[1]
             want_ls = log_sigma is not None and ctx.needs_input_grad[2]
-            # The fused kernels recompute in backward, with the upstream weights inside
-            # the kernel: raw is read twice and the gradient written once, instead of a
-            # saved gradient read and written again to scale it (and sigma with a batch
-            # sigma couples the images, so its gradient needs the weights anyway).
-            # The array formulas keep the gradient of the forward pass and scale it.
+            # See the module docstring: some recompute in backward with the upstream
+            # weights inside the kernel (sigma with a batch sigma needs them anyway);
+            # the others keep the gradient of the forward pass and scale it.
             recompute = name in _RECOMPUTED or (name == "sigma" and opts.get("sigma") is None)
             need_grad = (want_raw or want_ls) and not recompute
             ctx.name, ctx.kind, ctx.opts, ctx.recompute = name, kind, opts, recompute
