@@ -233,6 +233,39 @@ def test_a_captured_step_skips_a_nonfinite_batch_on_the_device():
     assert all(float(s["step"]) == 5 for s in opt.state.values())
 
 
+@cuda
+def test_a_failed_capture_trains_on_and_leaves_the_cuda_generator_usable():
+    """A model that synchronizes while being captured breaks the capture: the step
+    says why, goes on eagerly, and the default CUDA generator still draws (and still
+    reproduces from a seed) afterwards."""
+    torch.manual_seed(0)
+    config = TrainConfig(latent_dim=4, width=4, device="cuda")
+    model = build_model(config, (1, 12, 12), torch.device("cuda"))
+    forward = model.forward
+
+    def syncing_forward(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not allowed in a capture
+        return forward(*args, **kwargs)
+
+    model.forward = syncing_forward
+    opt = make_optimizer(model.parameters(), 1e-3)
+    logged = []
+    step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cuda", levels=256,
+                     cuda_graph=True, log=logged.append)
+    sums, guard = EpochSums("cuda"), NonFiniteGuard(2, "cuda")
+    x, eps = (t.cuda() for t in _batch())
+    for _ in range(6):  # 3 warm-up steps, the failed capture (then eager), two eager steps
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert step.graph_state.startswith("capture failed") and step.graph is None
+    assert len(logged) == 1 and "training goes on without it" in logged[0]
+    assert int(sums.images) == 6 * x.shape[0] and all(float(s["step"]) == 6 for s in opt.state.values())
+    torch.cuda.manual_seed(5)
+    a = torch.randn(8, device="cuda")
+    torch.cuda.manual_seed(5)
+    np.testing.assert_array_equal(torch.randn(8, device="cuda").cpu().numpy(), a.cpu().numpy())
+
+
 def _dispatching_step(monkeypatch, full_batch, capture_error=None):
     """A CPU TrainStep whose CUDA parts are replaced by recorders: what it would do when."""
     model, opt, step = _model()

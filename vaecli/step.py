@@ -120,6 +120,26 @@ class EpochSums:
         return d
 
 
+def _renew_cuda_generator(device, log):
+    """Give the device's default CUDA generator a fresh state with the same seed and
+    offset.  A failed capture leaves the generator's state mid-capture, and every later
+    draw from it then fails ("Offset increment outside graph capture encountered
+    unexpectedly"; seen on an H200 with torch 2.11 after a failed capture of a compiled
+    bf16 step).  The step draws its own noise outside the graph, but the process's
+    other users of the default generator (a model's dropout, the caller's code) must
+    keep working."""
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generator = torch.cuda.default_generators[index]
+        fresh = torch.Generator(device=torch.device("cuda", index))
+        fresh.manual_seed(generator.initial_seed())
+        fresh.set_offset(generator.get_offset())
+        generator.graphsafe_set_state(fresh)
+    except Exception as exc:  # noqa: BLE001 - an older torch without the API: say so, go on
+        log(f"warning: the default CUDA generator could not be renewed after the failed capture "
+            f"({type(exc).__name__}: {exc}); random draws on it may fail")
+
+
 @contextlib.contextmanager
 def _quiet_stream_change():
     """Silence autograd's warning that a parameter's gradient accumulator was made on
@@ -219,6 +239,7 @@ class TrainStep:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
+                    _renew_cuda_generator(self.device, self._log)
                 self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it "
                           "(--no-cuda-graph skips the attempt)")
             else:
