@@ -55,7 +55,7 @@ step "train throughput" 170 \
      --repeat $repeat --variant float32 --variant eager --variant bf16 2>&1 | tee '$out/train_throughput.txt'"
 # bf16 against float32: test ELBO after 10 epochs on the bundled data (target: within 0.5%),
 # for each seed in PREC_SEEDS
-for s in ${PREC_SEEDS:-0}; do
+for s in ${PREC_SEEDS:-0 1}; do
   for precision in float32 bf16; do
     step "precision $precision seed $s" 60 \
       "rm -f /tmp/gpu_prec_$precision.h5; python3 -m vaecli train --device cuda --precision $precision --epochs 10 \
