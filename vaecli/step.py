@@ -127,7 +127,8 @@ def _renew_cuda_generator(device, log):
     unexpectedly"; seen on an H200 with torch 2.11 after a failed capture of a compiled
     bf16 step).  The step draws its own noise outside the graph, but the process's
     other users of the default generator (a model's dropout, the caller's code) must
-    keep working."""
+    keep working.  A graph captured earlier in the process with random ops of its own
+    would go on advancing the old state; vaecli's graphs draw nothing."""
     try:
         index = device.index if device.index is not None else torch.cuda.current_device()
         generator = torch.cuda.default_generators[index]

@@ -660,9 +660,13 @@ def evaluate(
         elif state.shape != (n,) or state.dtype != dtype:
             raise ValueError(f"logistic-mixture state of shape {state.shape} and dtype {state.dtype}, "
                              f"expected ({n},) {np.dtype(dtype).name}")
+        else:
+            state = xp.ascontiguousarray(state)  # the kernels index it densely
         if need_grad:
             launch("logistic_mixture_grad", dtype, n * k, (xi, raw, state, weight, grad) + shape)
         value = state.reshape(b, hw).sum(axis=1)
+    if name != "logistic-mixture":
+        state = None  # the single-pass kernels keep nothing
     return formulas.Evaluation(
         value.astype(dtype, copy=False),
         grad if need_grad else None,
