@@ -1,7 +1,7 @@
 """Forward+backward time of likelihoods per backend at a realistic size.
 
     python benchmarks/likelihood_speed.py --device cuda [--batch 128 --size 32 --channels 3]
-        [--compile] [--graph]
+        [--compile] [--graph] [--policies]
 
 For each likelihood: torch eager, torch.compile (with --compile) and the CuPy fused
 kernels through the torch bridge (on CUDA), each timed with CUDA events over
@@ -9,8 +9,10 @@ kernels through the torch bridge (on CUDA), each timed with CUDA events over
 gradient written once, x read once, at the copy bandwidth measured on the same device
 in the same run.  With --graph (CUDA) each variant is also captured in a CUDA graph
 and its replay timed: the device time without Python's per-call cost, which is what
-the likelihood costs inside vae train's captured step.  Prints a markdown table (and
-JSON with --json).
+the likelihood costs inside vae train's captured step.  With --policies the CuPy rows
+are timed under each way of getting the gradient in backward (keep / recompute /
+defer: vaecli.backends.cupy_backend.torch_bridge.GRADIENT), the default one marked.
+Prints a markdown table (and JSON with --json).
 """
 
 from __future__ import annotations
@@ -74,7 +76,17 @@ def captured(step, device):
     return graph.replay
 
 
-def bench(name, backend, device, batch, channels, size, iters, compile_it=False, graph=False):
+def bench(name, backend, device, batch, channels, size, iters, compile_it=False, graph=False, policy=None):
+    if policy is not None:  # the bridge's gradient policy for this likelihood, for this row
+        from vaecli.backends.cupy_backend import torch_bridge
+
+        saved = dict(torch_bridge.GRADIENT)
+        torch_bridge.GRADIENT[name] = policy
+        try:
+            return bench(name, backend, device, batch, channels, size, iters, compile_it, graph)
+        finally:
+            torch_bridge.GRADIENT.clear()
+            torch_bridge.GRADIENT.update(saved)
     lik = vaecli.likelihood(name, backend=backend, sigma=None).to(device)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, 256, (batch, channels, size, size), generator=g, dtype=torch.uint8).to(device)
@@ -96,6 +108,24 @@ def bench(name, backend, device, batch, channels, size, iters, compile_it=False,
     return seconds, moved
 
 
+def _with_policies(variants, name, policies):
+    """(backend, compiled, graph, policy) rows, each CuPy variant once per gradient policy
+    with ``policies`` (else as it is), and the likelihood's default policy."""
+    if not policies:
+        return [v + (None,) for v in variants], None
+    from vaecli.backends.cupy_backend import kernels, torch_bridge
+
+    default = torch_bridge.GRADIENT.get(name, "keep")
+    rows = []
+    for v in variants:
+        if v[0] == "cupy" and kernels.supports(name) and name != "sigma":  # sigma: always recompute
+            kinds = torch_bridge.POLICIES if name == "logistic-mixture" else ("keep", "recompute")
+            rows += [v + (p,) for p in kinds]
+        else:
+            rows.append(v + (None,))
+    return rows, default
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,6 +136,8 @@ def main():
     p.add_argument("--likelihood", action="append", choices=registry.NAMES)
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--graph", action="store_true", help="also time each variant replayed from a CUDA graph")
+    p.add_argument("--policies", action="store_true",
+                   help="time the CuPy rows under each gradient policy (keep, recompute, defer)")
     p.add_argument("--json", help="write the rows to this JSON file")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -120,12 +152,14 @@ def main():
     variants = [(backend, compiled, graph) for backend, compiled in variants for graph in graphs]
     rows = []
     for name in names:
-        for backend, compiled, graph in variants:
+        timed, default = _with_policies(variants, name, args.policies)
+        for backend, compiled, graph, policy in timed:
             label = "torch.compile" if compiled else ("cupy fused" if backend == "cupy" else "torch eager")
             label += " + CUDA graph" if graph else ""
+            label += f" ({policy}{', default' if policy == default else ''})" if policy else ""
             try:
                 seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size, args.iters,
-                                       compiled, graph)
+                                       compiled, graph, policy)
             except Exception as exc:  # a benchmark row reports, it does not stop the table
                 rows.append({"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]})
                 continue

@@ -63,7 +63,7 @@ for s in ${PREC_SEEDS:-0 1}; do
   done
 done
 step "likelihood benchmark" 150 \
-  "python3 benchmarks/likelihood_speed.py --device cuda ${BENCH_COMPILE:+--compile} --graph --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
+  "python3 benchmarks/likelihood_speed.py --device cuda ${BENCH_COMPILE:+--compile} --graph --policies --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
 step "pytest cupy" 150 \
   "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py > '$out/pytest_cupy_full.txt' 2>&1; rc=\$?; tail -12 '$out/pytest_cupy_full.txt' > '$out/pytest_cupy.txt'; exit \$rc"
 step "verify torch cuda" 60 "python3 -m vaecli verify --backend torch --device cuda --seed $seed --json > '$out/verify_torch_cuda.json'"

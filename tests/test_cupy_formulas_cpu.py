@@ -750,24 +750,36 @@ def test_host_compiled_mixture_default_k_and_channels(host_launch, channels):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_host_compiled_mixture_state_skips_the_value_passes(host_launch, channels):
     """A value-only call's state, passed to a gradient call, gives the gradient of one
-    full call bit for bit and runs only the gradient kernel; a wrong state is refused."""
+    full call bit for bit and runs only the gradient kernel (recomputing); with
+    keep_gradient, only the scaling kernel.  A state that does not fit is refused."""
+    from vaecli.backends.cupy_backend.kernels import MixtureState
+
     x, raw = make_inputs("logistic-mixture", channels, 3)
     raw = raw.astype(np.float32)
     u = np.random.default_rng(11).normal(size=B).astype(np.float32)
-    full = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", upstream=u, mixtures=MIXTURES)
-    first = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", need_grad=False,
-                         mixtures=MIXTURES)
-    assert first.state.shape == (B * H * W,) and first.grad_raw is None
+
+    def run(**kw):
+        return _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", mixtures=MIXTURES, **kw)
+
     host_launch.calls.clear()
-    again = _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", upstream=u, state=first.state,
-                         mixtures=MIXTURES)
-    assert host_launch.calls == ["logistic_mixture_grad"]
-    np.testing.assert_array_equal(again.grad_raw, full.grad_raw)
-    np.testing.assert_array_equal(again.value, full.value)
-    np.testing.assert_array_equal(first.value, full.value)
-    with pytest.raises(ValueError, match="state of shape"):
-        _kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", state=first.state[1:],
-                     mixtures=MIXTURES)
+    full = run(upstream=u)
+    assert host_launch.calls == ["logistic_mixture_components", "logistic_mixture_lse", "logistic_mixture_scale"]
+    for keep, kernel in ((False, "logistic_mixture_grad"), (True, "logistic_mixture_scale")):
+        first = run(need_grad=False, keep_gradient=keep)
+        assert first.state.lse.shape == (B * H * W,) and first.grad_raw is None
+        assert (first.state.grad is not None) == keep
+        host_launch.calls.clear()
+        again = run(upstream=u, state=first.state)
+        assert host_launch.calls == [kernel]
+        np.testing.assert_array_equal(again.grad_raw, full.grad_raw)
+        np.testing.assert_array_equal(again.value, full.value)
+        np.testing.assert_array_equal(first.value, full.value)
+        np.testing.assert_allclose(run(upstream=2 * u, state=first.state).grad_raw, 2 * full.grad_raw,
+                                   rtol=1e-6, atol=1e-30)  # float32 subnormals round differently
+    with pytest.raises(ValueError, match="lse is not a contiguous"):
+        run(state=MixtureState(first.state.lse[1:]))
+    with pytest.raises(ValueError, match="come together"):
+        run(state=MixtureState(first.state.lse, first.state.comp))
 
 
 def test_host_compiled_categorical_out_of_range_is_nan(host_launch):
@@ -861,14 +873,15 @@ def test_torch_bridge_autograd_on_cpu(name, kind, channels, seed, engine_kind, h
 
 
 @pytest.mark.parametrize("name, forward_calls, backward_calls", [
-    ("logistic-mixture", ["logistic_mixture_components", "logistic_mixture_lse"], ["logistic_mixture_grad"]),
+    ("logistic-mixture", ["logistic_mixture_components", "logistic_mixture_lse"], ["logistic_mixture_scale"]),
     ("categorical", ["categorical"], ["categorical"]),
     ("logistic", ["logistic"], []),  # value and gradient in forward, scaled in backward
 ])
 def test_torch_bridge_kernels_recompute_in_backward(host_launch, name, forward_calls, backward_calls):
-    """The mixture and categorical compute the value only in forward and the weighted
-    gradient in backward (the mixture from its forward state); logistic computes both
-    in forward.  All match the formulas."""
+    """Each likelihood's gradient policy (torch_bridge.GRADIENT): the mixture keeps its
+    unscaled gradient in forward and scales it in backward, categorical computes the
+    value only in forward and the weighted gradient in backward, logistic computes both
+    in forward.  All match the formulas, also over a second backward of the same graph."""
     torch = _torch()
     from vaecli.backends.cupy_backend import torch_bridge
 
@@ -880,11 +893,14 @@ def test_torch_bridge_kernels_recompute_in_backward(host_launch, name, forward_c
                                 _host_kernel_engine(host_launch))
     assert host_launch.calls == forward_calls
     host_launch.calls.clear()
-    (value * torch.from_numpy(u)).sum().backward()
+    total = (value * torch.from_numpy(u)).sum()
+    total.backward(retain_graph=True)
     assert host_launch.calls == backward_calls
     want = formulas.evaluate(name, x, raw, "log_prob", ns=_numpy(), upstream=u, **_opts(name))
     np.testing.assert_allclose(value.detach().numpy(), want.value, rtol=1e-12)
     np.testing.assert_allclose(raw_t.grad.numpy(), want.grad_raw, rtol=1e-9, atol=1e-10)
+    total.backward()  # the kept state serves a second backward unchanged
+    np.testing.assert_allclose(raw_t.grad.numpy(), 2 * want.grad_raw, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["sigma", "sigma-learned", "logistic-mixture", "bitwise"])

@@ -73,13 +73,14 @@ def _on_device(cupy, a):
 
 
 def evaluate(
-    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, use_kernels=True, state=None, **opts
+    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, use_kernels=True, state=None,
+    keep_gradient=False, **opts
 ):
     """:func:`formulas.evaluate` on CuPy arrays: a :class:`formulas.Evaluation` with
     the value (B,), ``d(sum_b u_b value_b)/d raw`` and, for sigma-learned, the
     per-image ``u_b d value_b / d log_sigma`` (B,).  Fused kernels where there is
-    one (``use_kernels=False`` forces the array formulas, for tests); ``state``: see
-    :func:`kernels.evaluate`."""
+    one (``use_kernels=False`` forces the array formulas, for tests); ``state`` and
+    ``keep_gradient``: see :func:`kernels.evaluate` (the array formulas ignore them)."""
     cupy = _cupy()
     from . import kernels
 
@@ -88,7 +89,7 @@ def evaluate(
         upstream = _on_device(cupy, upstream)
     if use_kernels and kernels.supports(name):
         return kernels.evaluate(name, x, raw, kind, upstream=upstream, need_grad=need_grad, state=state,
-                                **opts)
+                                keep_gradient=keep_gradient, **opts)
     return formulas.evaluate(
         name,
         x,

@@ -445,11 +445,16 @@ def evaluate(
     upstream=None,
     need_grad=True,
     check_range=None,
+    state=None,
+    keep_gradient=False,
     **opts,
 ) -> Evaluation:
     """Value (B,) of ``kind`` of likelihood ``name`` and, if need_grad, its gradient
     (see the module docstring).  Computes in raw's dtype, except the Student-t CDF,
-    which is float64 throughout (its incomplete beta underflows in float32)."""
+    which is float64 throughout (its incomplete beta underflows in float32).
+    ``state`` and ``keep_gradient`` are the fused kernels' (kernels.evaluate): here
+    every call computes from x and raw, and the result keeps no state."""
+    del state, keep_gradient
     ns = ns or namespace_of(raw)
     xp = ns.xp
     o = parse_options(name, opts)

@@ -42,6 +42,8 @@ values in the categorical kernel instead of reading out of bounds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import formulas
@@ -338,13 +340,17 @@ extern "C" __global__ void logistic(
     }
 }
 
-// Mixture of K discretized logistics in three passes, so that every thread has a small,
+// Mixture of K discretized logistics in passes, so that every thread has a small,
 // independent piece of work (one thread per pixel and component, K times the threads of
-// one per pixel) and the gradient is written once, already scaled:
-//   logistic_mixture_components: comp[k*n + i] = log softmax(pi)_k + sum_c log mass_kc
+// one per pixel):
+//   logistic_mixture_components: comp[k*n + i] = log softmax(pi)_k + sum_c log mass_kc;
+//                                with keep, also log_w[k*n + i] = log softmax(pi)_k and
+//                                the component's unscaled parameter gradients in grad
 //   logistic_mixture_lse:        lse[i] = logsumexp_k comp[k*n + i], the pixel's log-prob
-//   logistic_mixture_grad:       recomputes component k with its derivatives and writes
-//                                w_b r_k d/dtheta (r_k = exp(comp_k - lse) the responsibility)
+//   logistic_mixture_scale:      out = the kept gradients times w_b r_k (responsibility
+//                                r_k = exp(comp_k - lse)), logits w_b (r_k - w_k)
+//   logistic_mixture_grad:       the same gradient without anything kept: component k
+//                                recomputed with its derivatives, then scaled
 // Pixel i = (b, p), p in [0, H*W); n = B*H*W; work item t = k*n + i (component-major:
 // a warp reads 32 neighbouring pixels of one channel).  Channels of raw (per pixel):
 // logits k; means K + k*C + c; raw log-scales K + K*C + k*C + c; for C == 3 coupling
@@ -423,16 +429,53 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
 
 extern "C" __global__ void logistic_mixture_components(
     const int* __restrict__ x, const real* __restrict__ raw, real* __restrict__ comp,
+    real* __restrict__ grad, real* __restrict__ log_w,
     const long long n, const long long hw, const int channels, const int mixtures,
-    const int last, const real half_bin, const real floor, const int use_floor)
+    const int last, const real half_bin, const real floor, const int use_floor, const int keep)
 {
     const int K = mixtures;
     const int C = channels;
     const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
     GRID_STRIDE_LOOP(t, n * K) {
         MIXTURE_ITEM(t, n, hw, per_pixel, C)
-        comp[t] = mixture_component(r, xs, (real*)0, hw, K, C, k_, last, half_bin, floor, use_floor,
-                                    mixture_logit_lse(r, hw, K));
+        const real lse_pi = mixture_logit_lse(r, hw, K);
+        real* g = keep ? grad + b_ * per_pixel * hw + p_ : (real*)0;
+        comp[t] = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, use_floor, lse_pi);
+        if (keep) log_w[t] = r[k_ * hw] - lse_pi;
+    }
+}
+
+// out = the kept unscaled gradient of component k at pixel i, scaled (see above);
+// out-of-place, so that the kept one serves a second backward too
+extern "C" __global__ void logistic_mixture_scale(
+    const real* __restrict__ comp, const real* __restrict__ log_w, const real* __restrict__ lse,
+    const real* __restrict__ weight, const real* __restrict__ grad, real* __restrict__ out,
+    const long long n, const long long hw, const int channels, const int mixtures)
+{
+    const int K = mixtures;
+    const int C = channels;
+    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
+    const long long mean0 = K;
+    const long long scale0 = (long long)K + (long long)K * C;
+    const long long coef0 = (long long)K + 2LL * K * C;
+    GRID_STRIDE_LOOP(t, n * K) {
+        const long long k = t / n;
+        const long long i = t - k * n;
+        const long long b = i / hw;
+        const long long offset = b * per_pixel * hw + (i - b * hw);
+        const real* g = grad + offset;
+        real* o = out + offset;
+        const real w = weight[b];
+        const real resp = k_exp(comp[t] - lse[i]);
+        const real scale = w * resp;
+        o[k * hw] = w * (resp - k_exp(log_w[t]));
+        for (int c = 0; c < C; ++c) {
+            o[(mean0 + k * C + c) * hw] = g[(mean0 + k * C + c) * hw] * scale;
+            o[(scale0 + k * C + c) * hw] = g[(scale0 + k * C + c) * hw] * scale;
+        }
+        if (C == 3) {
+            for (int j = 0; j < 3; ++j) o[(coef0 + 3 * k + j) * hw] = g[(coef0 + 3 * k + j) * hw] * scale;
+        }
     }
 }
 
@@ -498,6 +541,7 @@ KERNEL_NAMES = (
     "logistic",
     "logistic_mixture_components",
     "logistic_mixture_lse",
+    "logistic_mixture_scale",
     "logistic_mixture_grad",
 )
 
@@ -537,15 +581,48 @@ def supports(name: str) -> bool:
     return name in FUSED
 
 
+@dataclass(frozen=True)
+class MixtureState:
+    """What the mixture's value passes leave for a gradient call on the same x and raw:
+    the per-pixel log-probabilities ``lse`` (n,) and, when the gradient was kept, the
+    component log-probabilities and log-weights (K*n,) and the unscaled parameter
+    gradients (raw's shape)."""
+
+    lse: object
+    comp: object = None
+    log_w: object = None
+    grad: object = None
+
+
+def _check_state(state, n, k, raw):
+    """A MixtureState that fits n pixels, k components and raw (shape and dtype): the
+    kernels index its arrays densely."""
+    if not isinstance(state, MixtureState):
+        raise ValueError(f"logistic-mixture state must be a MixtureState, got {type(state).__name__}")
+    shapes = {"lse": (n,), "comp": (n * k,), "log_w": (n * k,), "grad": raw.shape}
+    for field_name, shape in shapes.items():
+        a = getattr(state, field_name)
+        if a is None and field_name != "lse":
+            continue
+        if a is None or a.shape != shape or a.dtype != raw.dtype or not a.flags.c_contiguous:
+            raise ValueError(f"logistic-mixture state: {field_name} is not a contiguous {shape} array "
+                             f"of {raw.dtype}")
+    if (state.grad is None) != (state.comp is None) or (state.comp is None) != (state.log_w is None):
+        raise ValueError("logistic-mixture state: comp, log_w and grad come together")
+
+
 def evaluate(
-    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, state=None, ns=None, launch=None,
-    **opts
+    name, x, raw, kind="log_prob", *, upstream=None, need_grad=True, state=None, keep_gradient=False,
+    ns=None, launch=None, **opts
 ):
     """:func:`formulas.evaluate` for CuPy arrays, by the fused kernels.
 
     The result's ``state`` is what a later gradient call on the same ``x`` and ``raw``
-    can pass back as ``state`` to skip the value passes: for the mixture, the
-    per-pixel log-probabilities (None for the single-pass kernels, which ignore it).
+    can pass back as ``state`` to skip the value passes: for the mixture a
+    :class:`MixtureState` (None for the single-pass kernels, which ignore it).  With
+    ``keep_gradient`` (and ``need_grad`` False) the mixture's value pass also keeps the
+    unscaled gradient in the state, and the gradient call only scales it by the upstream
+    weights (one pass over raw in all); without it the gradient call recomputes.
 
     ``ns`` and ``launch`` default to CuPy and :func:`launch_cuda`; the tests pass NumPy
     and a launcher of the same kernel source compiled for the host, so that this
@@ -648,23 +725,26 @@ def evaluate(
         value = value.reshape(b, chw).sum(axis=1)
     else:  # logistic-mixture
         n, k = b * hw, o.mixtures
-        shape = (
-            np.int64(n), np.int64(hw), np.int32(c), np.int32(k), np.int32(last), half_bin, floor,
-            use_floor,
-        )  # fmt: skip
+        shape = (np.int64(n), np.int64(hw), np.int32(c), np.int32(k))
+        maths = (np.int32(last), half_bin, floor, use_floor)
         if state is None:
+            keep = need_grad or keep_gradient
             comp = xp.empty(n * k, dtype)
-            launch("logistic_mixture_components", dtype, n * k, (xi, raw, comp) + shape)
-            state = xp.empty(n, dtype)
-            launch("logistic_mixture_lse", dtype, n, (comp, state, np.int64(n), np.int32(k)))
-        elif state.shape != (n,) or state.dtype != dtype:
-            raise ValueError(f"logistic-mixture state of shape {state.shape} and dtype {state.dtype}, "
-                             f"expected ({n},) {np.dtype(dtype).name}")
+            kept = xp.empty_like(raw) if keep else xp.empty(1, dtype)
+            log_w = xp.empty(n * k, dtype) if keep else xp.empty(1, dtype)
+            launch("logistic_mixture_components", dtype, n * k,
+                   (xi, raw, comp, kept, log_w) + shape + maths + (np.int32(keep),))
+            lse = xp.empty(n, dtype)
+            launch("logistic_mixture_lse", dtype, n, (comp, lse, np.int64(n), np.int32(k)))
+            state = MixtureState(lse, comp, log_w, kept) if keep else MixtureState(lse)
         else:
-            state = xp.ascontiguousarray(state)  # the kernels index it densely
-        if need_grad:
-            launch("logistic_mixture_grad", dtype, n * k, (xi, raw, state, weight, grad) + shape)
-        value = state.reshape(b, hw).sum(axis=1)
+            _check_state(state, n, k, raw)
+        if need_grad and state.grad is not None:  # scale the kept gradient
+            launch("logistic_mixture_scale", dtype, n * k,
+                   (state.comp, state.log_w, state.lse, weight, state.grad, grad) + shape)
+        elif need_grad:  # recompute it
+            launch("logistic_mixture_grad", dtype, n * k, (xi, raw, state.lse, weight, grad) + shape + maths)
+        value = state.lse.reshape(b, hw).sum(axis=1)
     if name != "logistic-mixture":
         state = None  # the single-pass kernels keep nothing
     return formulas.Evaluation(

@@ -11,14 +11,12 @@ How: a :class:`torch.autograd.Function` hands the tensors to CuPy without a copy
 through DLPack and runs :func:`vaecli.backends.cupy_backend.evaluate` on torch's
 current CUDA stream, with CuPy's allocations taken from torch's caching allocator (one
 memory pool, and the work can be captured in a torch CUDA graph, whose private pool
-then holds it).  For categorical and the logistic mixture (fused kernels, large raw
-outputs), forward computes the value only and backward runs the gradient kernel with
-the upstream ``(B,)`` weights inside it (the mixture reuses its per-pixel values from
-forward): raw is read twice and the gradient written once, and no gradient is kept
-between the passes.  So does ``sigma`` with a batch sigma, which couples the images.
-The others compute value and gradient in forward, keep the gradient and scale it in
-backward (they are separable by image).  torch and cupy are imported inside the
-functions.
+then holds it).  How backward gets the gradient is chosen per likelihood
+(:data:`GRADIENT`): kept from forward and scaled by the upstream ``(B,)`` weights
+(every likelihood is separable by image); recomputed in backward with the weights
+inside the kernel (categorical, and ``sigma`` with a batch sigma, which couples the
+images); or, for the logistic mixture, kept unscaled by forward's one pass over raw and
+scaled in a kernel.  torch and cupy are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -33,12 +31,20 @@ from ...errors import VaeError
 
 _FUNCTION = None  # the autograd.Function, made on first use (torch is imported then)
 _ALLOCATOR = None  # CuPy allocations from torch's caching allocator, made on first use
-# Fused kernels whose gradient backward recomputes: where the raw output is large
-# (256 logits, or K mixture components, per pixel), and the mixture's kernels compute
-# the value before the gradient anyway.  On an H200 (B=128, 3x32x32, in a CUDA graph)
-# recomputing made categorical 0.855 -> 0.831 ms, but logistic 0.021 -> 0.031 and
-# gaussian-pixel 0.022 -> 0.033 ms: their raw is small and their maths is the cost.
-_RECOMPUTED = frozenset({"categorical", "logistic-mixture"})
+# How backward gets the gradient, by likelihood (default "keep"):
+#   keep:      forward computes value and gradient; backward scales the kept gradient
+#              by the upstream weights (a torch multiply)
+#   recompute: forward computes the value only; backward runs the gradient kernel with
+#              the weights inside it (raw read twice, the gradient written once)
+#   defer:     forward's one pass over raw also keeps the unscaled gradient; backward
+#              scales it in a kernel (the mixture's kernels; for the others, recompute)
+# On an H200 (B=128, 3x32x32, in a CUDA graph) recompute made categorical 0.855 ->
+# 0.831 ms, but logistic 0.021 -> 0.031 and gaussian-pixel 0.022 -> 0.033 ms: their raw
+# is small and their maths is the cost.  The mixture's recompute measured 0.219 ms; it
+# is bound by arithmetic, which defer does once instead of twice (not yet measured:
+# benchmarks/likelihood_speed.py times both).
+GRADIENT = {"categorical": "recompute", "logistic-mixture": "defer"}
+POLICIES = ("keep", "recompute", "defer")
 
 
 def log_prob(name, x, raw, **opts):
@@ -169,27 +175,28 @@ def _function():
             opts = dict(opts_items)
             want_raw = ctx.needs_input_grad[1]
             want_ls = log_sigma is not None and ctx.needs_input_grad[2]
-            # See the module docstring: some recompute in backward with the upstream
-            # weights inside the kernel (sigma with a batch sigma needs them anyway);
-            # the others keep the gradient of the forward pass and scale it.
-            recompute = name in _RECOMPUTED or (name == "sigma" and opts.get("sigma") is None)
-            need_grad = (want_raw or want_ls) and not recompute
-            ctx.name, ctx.kind, ctx.opts, ctx.recompute = name, kind, opts, recompute
+            # how backward gets the gradient: see GRADIENT (sigma with a batch sigma
+            # couples the images, so it needs the upstream weights in the kernel)
+            coupled = name == "sigma" and opts.get("sigma") is None
+            policy = "recompute" if coupled else GRADIENT.get(name, "keep")
+            wants = want_raw or want_ls
+            need_grad = wants and policy == "keep"
+            ctx.name, ctx.kind, ctx.opts, ctx.from_state = name, kind, opts, policy != "keep"
             ctx.engine = engine
             ctx.grad_raw = ctx.grad_log_sigma = ctx.state = None
             ctx.log_sigma_meta = None if log_sigma is None else (log_sigma.shape, log_sigma.dtype)
+            extra = {"keep_gradient": True} if wants and policy == "defer" else {}
             e = engine
             with e.stream(raw.device):
                 ev = e.evaluate(name, e.to_array(x), e.to_array(raw), kind, need_grad=need_grad,
-                                **_with_log_sigma(e, opts, log_sigma))
+                                **extra, **_with_log_sigma(e, opts, log_sigma))
                 value = e.to_torch(ev.value)
                 if need_grad:
                     ctx.grad_raw = e.to_torch(ev.grad_raw)
                     if ev.grad_log_sigma is not None:
                         ctx.grad_log_sigma = e.to_torch(ev.grad_log_sigma)  # (B,)
-                if recompute and (want_raw or want_ls) and ev.state is not None:
-                    ctx.state = e.to_torch(ev.state)
-            if recompute and (want_raw or want_ls):
+            if wants and policy != "keep":
+                ctx.state = ev.state  # the engine's arrays, opaque here (None for most)
                 ctx.save_for_backward(x, raw, log_sigma)
             return value
 
@@ -198,7 +205,7 @@ def _function():
         def backward(ctx, grad_value):
             g = grad_value.reshape(-1)
             grad_raw = grad_ls = None
-            if ctx.recompute:
+            if ctx.from_state:
                 x, raw, log_sigma = ctx.saved_tensors
                 g = g.to(raw.dtype).contiguous()
                 e = ctx.engine
@@ -208,7 +215,7 @@ def _function():
                 with e.stream(raw.device):
                     extra = _with_log_sigma(e, ctx.opts, log_sigma)
                     if ctx.state is not None:
-                        extra["state"] = e.to_array(ctx.state)
+                        extra["state"] = ctx.state
                     ev = e.evaluate(ctx.name, e.to_array(x), e.to_array(raw), ctx.kind,
                                     upstream=e.to_array(g), need_grad=True, **extra)
                     grad_raw = e.to_torch(ev.grad_raw)
