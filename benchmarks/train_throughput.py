@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py --device cpu --batch 128 --batch 1024 --epochs 2 \
         [--variant float32 --variant eager --variant bf16 --variant compile --variant compile+bf16]
-        [--repeat 15]
+        [--repeat 15] [--seeds 2]
 
 vaecli: `vaecli.train.train` (data resident on the device, batches indexed there, the
 sigma-VAE likelihood), timed per epoch from its own history (training steps plus the
@@ -15,6 +15,8 @@ The first epoch is a warm-up; the table reports the best of the remaining ones.
 ``--repeat R`` makes an epoch R passes over the 4,000 training images (both loops;
 15 gives MNIST's 60,000), so that per-epoch costs (the baseline's DataLoader workers
 start each epoch, the test pass) weigh what they weigh on a real dataset.
+``--seeds N`` runs both loops with seeds 0..N-1 and reports the mean images/s and the
+test ELBO as mean ± sd over seeds, the seed noise that the ELBOs are compared within.
 Both report the test ELBO after the last epoch (nats/image, one posterior sample,
 sigma = sqrt of the last epoch's training MSE), so the speed-up can be checked for
 the same result.
@@ -97,13 +99,26 @@ VARIANTS = {  # name -> TrainConfig options
 }
 
 
-def vaecli_epoch_seconds(batch, device, epochs, variant, data):
+def vaecli_epoch_seconds(batch, device, epochs, variant, data, seed=0):
     """Best epoch time (epochs 2..N) and the last test ELBO of `vaecli.train.train`."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), **VARIANTS[variant])
+        config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), seed=seed, **VARIANTS[variant])
         run = train(config, os.path.join(tmp, "r.h5"), progress=False, log=lambda s: None, data=data)
     seconds = list(run.history["seconds"])
     return (min(seconds[1:]) if len(seconds) > 1 else seconds[0]), float(run.history["test_elbo"][-1])
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _spread(values):
+    """'m' for one value, 'm ± sd' (sample sd) for several."""
+    m = _mean(values)
+    if len(values) == 1:
+        return f"{m:.2f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{m:.2f} ± {sd:.2f}"
 
 
 def main():
@@ -115,7 +130,10 @@ def main():
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                    help="vaecli configurations to time [default: float32]")
     p.add_argument("--repeat", type=int, default=1, help="passes over the training images per epoch")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for both loops (mean, and ELBO sd)")
     args = p.parse_args()
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     device = resolve_device(args.device)
     train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
     if args.repeat < 1:
@@ -125,17 +143,24 @@ def main():
     n = len(train_set.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"\ntraining throughput, mnist5k x{args.repeat} ({n} images an epoch, 28x28), sigma-VAE, {name}, torch {torch.__version__}")
-    print(f"epochs {args.epochs} (best of epochs 2..N), baseline DataLoader workers {args.workers}")
+    print(f"epochs {args.epochs} (best of epochs 2..N), baseline DataLoader workers {args.workers}, "
+          f"seeds {args.seeds} (means; test ELBO mean ± sd over seeds)")
     print("| batch | vaecli variant | baseline images/s | vaecli images/s | ratio | baseline test ELBO | "
           "vaecli test ELBO |")
     print("|---|---|---|---|---|---|---|")
+    seeds = range(args.seeds)
     for batch in args.batch or (128, 1024):
-        torch.manual_seed(0)
-        base, base_elbo = baseline_epoch_seconds(train_set.images, test_set.images, batch, device, args.epochs, args.workers)
+        base = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            base.append(baseline_epoch_seconds(train_set.images, test_set.images, batch, device, args.epochs,
+                                               args.workers))
         for variant in args.variant or ["float32"]:
-            ours, elbo = vaecli_epoch_seconds(batch, device, args.epochs, variant, (train_set, test_set))
-            print(f"| {batch} | {variant} | {n / base:,.0f} | {n / ours:,.0f} | {base / ours:.2f} | {base_elbo:.2f} | "
-                  f"{elbo:.2f} |",
+            ours = [vaecli_epoch_seconds(batch, device, args.epochs, variant, (train_set, test_set), seed)
+                    for seed in seeds]
+            base_rate, our_rate = _mean([n / t for t, _ in base]), _mean([n / t for t, _ in ours])
+            print(f"| {batch} | {variant} | {base_rate:,.0f} | {our_rate:,.0f} | {our_rate / base_rate:.2f} | "
+                  f"{_spread([e for _, e in base])} | {_spread([e for _, e in ours])} |",
                   flush=True)
 
 
