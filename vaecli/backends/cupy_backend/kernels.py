@@ -419,6 +419,27 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
     return comp;
 }
 
+// channels of raw per pixel: K logits, K*C means, K*C log-scales, 3*K couplings if C == 3
+K_INLINE long long mixture_per_pixel(const int K, const int C) {
+    return (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
+}
+
+// o = g * scale over component k's parameter channels (means, log-scales, couplings);
+// o may be g
+K_INLINE void mixture_scale_params(const real* g, real* o, const long long hw, const int K,
+                                   const int C, const long long k, const real scale) {
+    const long long mean0 = K;
+    const long long scale0 = (long long)K + (long long)K * C;
+    const long long coef0 = (long long)K + 2LL * K * C;
+    for (int c = 0; c < C; ++c) {
+        o[(mean0 + k * C + c) * hw] = g[(mean0 + k * C + c) * hw] * scale;
+        o[(scale0 + k * C + c) * hw] = g[(scale0 + k * C + c) * hw] * scale;
+    }
+    if (C == 3) {
+        for (int j = 0; j < 3; ++j) o[(coef0 + 3 * k + j) * hw] = g[(coef0 + 3 * k + j) * hw] * scale;
+    }
+}
+
 #define MIXTURE_ITEM(t, n, hw, per_pixel, C)                                   \
     const long long k_ = (t) / (n);                                           \
     const long long i_ = (t) - k_ * (n);                                      \
@@ -435,7 +456,7 @@ extern "C" __global__ void logistic_mixture_components(
 {
     const int K = mixtures;
     const int C = channels;
-    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
+    const long long per_pixel = mixture_per_pixel(K, C);
     GRID_STRIDE_LOOP(t, n * K) {
         MIXTURE_ITEM(t, n, hw, per_pixel, C)
         const real lse_pi = mixture_logit_lse(r, hw, K);
@@ -454,28 +475,17 @@ extern "C" __global__ void logistic_mixture_scale(
 {
     const int K = mixtures;
     const int C = channels;
-    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
-    const long long mean0 = K;
-    const long long scale0 = (long long)K + (long long)K * C;
-    const long long coef0 = (long long)K + 2LL * K * C;
+    const long long per_pixel = mixture_per_pixel(K, C);
     GRID_STRIDE_LOOP(t, n * K) {
         const long long k = t / n;
         const long long i = t - k * n;
         const long long b = i / hw;
         const long long offset = b * per_pixel * hw + (i - b * hw);
-        const real* g = grad + offset;
         real* o = out + offset;
         const real w = weight[b];
         const real resp = k_exp(comp[t] - lse[i]);
-        const real scale = w * resp;
         o[k * hw] = w * (resp - k_exp(log_w[t]));
-        for (int c = 0; c < C; ++c) {
-            o[(mean0 + k * C + c) * hw] = g[(mean0 + k * C + c) * hw] * scale;
-            o[(scale0 + k * C + c) * hw] = g[(scale0 + k * C + c) * hw] * scale;
-        }
-        if (C == 3) {
-            for (int j = 0; j < 3; ++j) o[(coef0 + 3 * k + j) * hw] = g[(coef0 + 3 * k + j) * hw] * scale;
-        }
+        mixture_scale_params(grad + offset, o, hw, K, C, k, w * resp);
     }
 }
 
@@ -508,10 +518,7 @@ extern "C" __global__ void logistic_mixture_grad(
 {
     const int K = mixtures;
     const int C = channels;
-    const long long per_pixel = (long long)K * (1 + 2 * C + (C == 3 ? 3 : 0));
-    const long long mean0 = K;
-    const long long scale0 = (long long)K + (long long)K * C;
-    const long long coef0 = (long long)K + 2LL * K * C;
+    const long long per_pixel = mixture_per_pixel(K, C);
     GRID_STRIDE_LOOP(t, n * K) {
         MIXTURE_ITEM(t, n, hw, per_pixel, C)
         real* g = grad + b_ * per_pixel * hw + p_;
@@ -520,15 +527,8 @@ extern "C" __global__ void logistic_mixture_grad(
                                             lse_pi);
         const real w = weight[b_];
         const real resp = k_exp(comp - lse[i_]);
-        const real scale = w * resp;
         g[k_ * hw] = w * (resp - k_exp(r[k_ * hw] - lse_pi));
-        for (int c = 0; c < C; ++c) {
-            g[(mean0 + k_ * C + c) * hw] *= scale;
-            g[(scale0 + k_ * C + c) * hw] *= scale;
-        }
-        if (C == 3) {
-            for (int j = 0; j < 3; ++j) g[(coef0 + 3 * k_ + j) * hw] *= scale;
-        }
+        mixture_scale_params(g, g, hw, K, C, k_, w * resp);
     }
 }
 """
