@@ -7,7 +7,9 @@ torch = pytest.importorskip("torch")
 
 from vaecli import VaeError  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
-from vaecli.step import EpochSums, NonFiniteGuard, TrainStep, fused_state, make_optimizer  # noqa: E402
+from vaecli.step import (  # noqa: E402
+    EpochSums, NonFiniteGuard, TrainStep, capture_failure, fused_state, make_optimizer,
+)
 from vaecli.train import build_model, train  # noqa: E402
 from fakes import FakeData  # noqa: E402
 
@@ -264,6 +266,34 @@ def test_a_failed_capture_trains_on_and_leaves_the_cuda_generator_usable():
     a = torch.randn(8, device="cuda")
     torch.cuda.manual_seed(5)
     np.testing.assert_array_equal(torch.randn(8, device="cuda").cpu().numpy(), a.cpu().numpy())
+
+
+def test_a_capture_failure_names_the_first_error_of_its_chain():
+    try:
+        try:
+            raise RuntimeError("Detected recompile\nguard details")
+        except RuntimeError:
+            raise ValueError("operation failed due to a previous error during capture")  # noqa: B904
+    except ValueError as exc:
+        chained = exc
+    assert capture_failure(chained) == ("ValueError: operation failed due to a previous error during capture; "
+                                        "first: RuntimeError: Detected recompile")
+    assert capture_failure(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_no_recompile_while_a_compiled_step_is_captured():
+    """Inside the capture a compiled function may run what it compiled, not compile
+    anew (that raises, naming the guard); uncompiled steps are left alone."""
+    from vaecli.step import _no_recompile
+
+    double = torch.compile(lambda t: t * 2, backend="eager")
+    double(torch.ones(3))
+    with _no_recompile(True):
+        assert double(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+        with pytest.raises(RuntimeError, match="recompile"):
+            double(torch.ones(3, dtype=torch.float64))
+    with _no_recompile(False):
+        assert double(torch.ones(3, dtype=torch.int64)).tolist() == [2, 2, 2]
 
 
 def _dispatching_step(monkeypatch, full_batch, capture_error=None):

@@ -141,6 +141,35 @@ def _renew_cuda_generator(device, log):
             f"({type(exc).__name__}: {exc}); random draws on it may fail")
 
 
+def capture_failure(exc: BaseException) -> str:
+    """One line for a failed capture: the exception, and the first one in its chain when
+    that is another (torch.cuda.graph's exit raises "operation failed due to a previous
+    error during capture" on top of the error that broke the capture)."""
+    def line(e):
+        return f"{type(e).__name__}: " + (str(e).splitlines() or [""])[0][:160]
+
+    first, seen = exc, {id(exc)}
+    while True:
+        nxt = first.__cause__ or first.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        first, seen = nxt, seen | {id(nxt)}
+    return line(exc) if first is exc else f"{line(exc)}; first: {line(first)}"
+
+
+@contextlib.contextmanager
+def _no_recompile(compiled: bool):
+    """While a compiled step is captured, a recompile (a guard that failed since the
+    warm-up) raises at once and names the guard, instead of compiling inside the capture,
+    which breaks it with an unnamed CUDA error."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if not compiled or set_stance is None:
+        yield
+        return
+    with set_stance("fail_on_recompile"):
+        yield
+
+
 @contextlib.contextmanager
 def _quiet_stream_change():
     """Silence autograd's warning that a parameter's gradient accumulator was made on
@@ -186,6 +215,8 @@ class TrainStep:
         # until the capture: a run of fewer full batches than the warm-up ends here
         self.graph_state = "off" if not self.graph_wanted else "not captured (too few full-batch steps)"
         self._warmup_left = GRAPH_WARMUP_STEPS
+        self._stream = None  # the side stream of warm-up and capture, made on first use
+        self.compiled = bool(compile_forward)
         self._log = log or (lambda message: print(message, file=sys.stderr))
 
     def _forward(self, x_in, eps):
@@ -235,8 +266,7 @@ class TrainStep:
                 self._capture(x, x_in, eps, n_global, sums, guard)
             except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
                 self.graph, self.graph_wanted = None, False
-                reason = (str(exc).splitlines() or [""])[0][:200]
-                self.graph_state = f"capture failed ({type(exc).__name__}: {reason})"
+                self.graph_state = f"capture failed ({capture_failure(exc)})"
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -248,9 +278,17 @@ class TrainStep:
         # no graph wanted, a failed capture, or a batch of another shape (the partial last one)
         return self._step(x, x_in, eps, n_global, sums, guard)
 
+    def _side_stream(self):
+        """The stream of the warm-up steps and of the capture: one stream, so that what
+        libraries set up per stream on first use (cuBLAS workspaces) is there before
+        the capture."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     def _side_stream_step(self, *args):
         """An eager step on a side stream, as torch asks of the steps before a capture."""
-        side = torch.cuda.Stream(self.device)
+        side = self._side_stream()
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), _quiet_stream_change():
             out = self._step(*args)
@@ -264,12 +302,14 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # gradients then live in the graph's pool
         graph = torch.cuda.CUDAGraph()
         before = torch.cuda.current_stream(self.device)
-        capture_stream = torch.cuda.Stream(self.device)
+        capture_stream = self._side_stream()
+        capture_stream.wait_stream(before)
         # the fused kernel reads its step counts on the device; the flag only tells
         # Adam's capture check so, and is off again for eager steps
         self._capturable(True)
         try:
-            with torch.cuda.graph(graph, stream=capture_stream), _quiet_stream_change():
+            with _no_recompile(self.compiled), torch.cuda.graph(graph, stream=capture_stream), \
+                    _quiet_stream_change():
                 out = self._step(static_x, static_x_in, static_eps, n_global, sums, guard)
         finally:
             self._capturable(False)
