@@ -18,6 +18,7 @@ Prints a markdown table (and JSON with --json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -76,17 +77,26 @@ def captured(step, device):
     return graph.replay
 
 
-def bench(name, backend, device, batch, channels, size, iters, compile_it=False, graph=False, policy=None):
-    if policy is not None:  # the bridge's gradient policy for this likelihood, for this row
-        from vaecli.backends.cupy_backend import torch_bridge
+@contextlib.contextmanager
+def gradient_policy(name, policy):
+    """The torch bridge's gradient policy for ``name`` set to ``policy`` (None: as it is)."""
+    if policy is None:
+        yield
+        return
+    from vaecli.backends.cupy_backend import torch_bridge
 
-        saved = dict(torch_bridge.GRADIENT)
-        torch_bridge.GRADIENT[name] = policy
-        try:
-            return bench(name, backend, device, batch, channels, size, iters, compile_it, graph)
-        finally:
-            torch_bridge.GRADIENT.clear()
-            torch_bridge.GRADIENT.update(saved)
+    saved = torch_bridge.GRADIENT.get(name)
+    torch_bridge.GRADIENT[name] = policy
+    try:
+        yield
+    finally:
+        if saved is None:
+            del torch_bridge.GRADIENT[name]
+        else:
+            torch_bridge.GRADIENT[name] = saved
+
+
+def bench(name, backend, device, batch, channels, size, iters, compile_it=False, graph=False):
     lik = vaecli.likelihood(name, backend=backend, sigma=None).to(device)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, 256, (batch, channels, size, size), generator=g, dtype=torch.uint8).to(device)
@@ -158,8 +168,9 @@ def main():
             label += " + CUDA graph" if graph else ""
             label += f" ({policy}{', default' if policy == default else ''})" if policy else ""
             try:
-                seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size, args.iters,
-                                       compiled, graph, policy)
+                with gradient_policy(name, policy):
+                    seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size,
+                                           args.iters, compiled, graph)
             except Exception as exc:  # a benchmark row reports, it does not stop the table
                 rows.append({"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]})
                 continue

@@ -26,13 +26,14 @@ by NVRTC through :class:`cupy.RawModule`):
 * ``categorical``: one thread per element, online logsumexp over the L logits,
   then the softmax gradient.
 * ``logistic``: discretized logistic, one thread per element.
-* ``logistic_mixture_components``, ``logistic_mixture_lse``, ``logistic_mixture_grad``:
-  the mixture in three passes with one thread per pixel and component (RGB coupling
-  for C == 3): each component's log-probability, then the logsumexp over components
-  per pixel (the value, kept as ``state``), then, for the gradient, each component
-  recomputed with its derivatives and scaled by its responsibility and the image's
-  upstream weight.  The torch bridge runs the first two in forward and the third in
-  backward.
+* ``logistic_mixture_components``, ``logistic_mixture_lse``, ``logistic_mixture_scale``,
+  ``logistic_mixture_grad``: the mixture in passes with one thread per pixel and
+  component (RGB coupling for C == 3): each component's log-probability (and, to keep
+  the gradient, its unscaled parameter gradients), then the logsumexp over components
+  per pixel (the value), then the gradient: the kept one scaled by responsibility and
+  upstream weight, or each component recomputed with its derivatives and scaled.  What
+  the value passes leave is the result's ``state`` (:class:`MixtureState`), which the
+  torch bridge hands from forward to backward.
 
 Indexing: ``x`` is int32 ``(B, C, H*W)``; ``raw`` and ``grad`` are C-contiguous
 ``(B, out_channels, H*W)``; parameter ``p`` of image channel ``c`` is channel

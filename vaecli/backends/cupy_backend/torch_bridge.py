@@ -213,11 +213,9 @@ def _function():
                 # stream to DLPack, and outside it that is the legacy default stream,
                 # which a CUDA graph capture refuses
                 with e.stream(raw.device):
-                    extra = _with_log_sigma(e, ctx.opts, log_sigma)
-                    if ctx.state is not None:
-                        extra["state"] = ctx.state
                     ev = e.evaluate(ctx.name, e.to_array(x), e.to_array(raw), ctx.kind,
-                                    upstream=e.to_array(g), need_grad=True, **extra)
+                                    upstream=e.to_array(g), need_grad=True, state=ctx.state,
+                                    **_with_log_sigma(e, ctx.opts, log_sigma))
                     grad_raw = e.to_torch(ev.grad_raw)
                     if ev.grad_log_sigma is not None and ctx.needs_input_grad[2]:
                         shape, dtype = ctx.log_sigma_meta
