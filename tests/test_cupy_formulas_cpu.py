@@ -547,137 +547,17 @@ def test_kernel_sources_compile_with_nvcc(dtype, tmp_path):
 
 
 # --------------------------------------- the CUDA kernels, compiled for the host
-# The kernel source is plain CUDA C++ with no CUDA-only construct besides the launch
-# built-ins, __device__/__global__ and two bit-cast intrinsics, so a short prelude
-# turns it into host C++: each "launch" runs the grid-stride loop of every thread of
-# a small block one after the other.  kernels.evaluate then runs on NumPy arrays with
-# this launcher, which also checks every argument's type against the kernel's C
-# signature (CuPy passes NumPy scalars as they are: a wrong width would be garbage).
-
-HOST_PRELUDE = r"""
-#include <math.h>
-#include <string.h>
-struct k_dim3 { unsigned int x, y, z; };
-static k_dim3 threadIdx = {0, 0, 0};
-static k_dim3 blockIdx = {0, 0, 0};
-static k_dim3 blockDim = {1, 1, 1};
-static k_dim3 gridDim = {1, 1, 1};
-extern "C" void host_set_thread(unsigned int thread, unsigned int threads) {
-    threadIdx.x = thread;
-    blockDim.x = threads;
-}
-#define __device__
-#define __global__
-#define __forceinline__ inline
-static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
-static inline double __longlong_as_double(long long i) {
-    double d;
-    memcpy(&d, &i, sizeof d);
-    return d;
-}
-// erfcx(x) = e^(x^2) erfc(x), which libm lacks: long double where that is in range,
-// the asymptotic series beyond.
-static double host_erfcx(double x) {
-    if (x >= 50.0) {
-        const double r = 1.0 / (x * x);
-        return (1.0 - 0.5 * r + 0.75 * r * r - 1.875 * r * r * r) / (x * 1.7724538509055160273);
-    }
-    const long double t = x;
-    if (x >= 0.0) return (double)(expl(t * t) * erfcl(t));
-    return (double)(2.0L * expl(t * t) - (long double)host_erfcx(-x));
-}
-double erfcx(double x) { return host_erfcx(x); }
-float erfcxf(float x) { return (float)host_erfcx((double)x); }
-"""
-
-_HOST_THREADS = 7  # an odd block size exercises the grid-stride loops
-_host_libs: dict = {}
-
-
-def _host_kernels(dtype, tmp_dir):
-    import ctypes
-
-    from vaecli.backends.cupy_backend import kernels
-
-    key = np.dtype(dtype).name
-    if key not in _host_libs:
-        src = tmp_dir / f"host_{key}.cpp"
-        lib = tmp_dir / f"host_{key}.so"
-        src.write_text(HOST_PRELUDE + kernels.source_for(dtype))
-        result = subprocess.run(
-            ["g++", "-std=c++14", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
-             "-Wall", "-Werror", "-Wno-unused-function", "-o", str(lib), str(src)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        _host_libs[key] = ctypes.CDLL(str(lib))
-    return _host_libs[key]
-
-
-def _kernel_signatures(real):
-    """{kernel name: [(C type, is_pointer)]} parsed from the source (real -> float/double)."""
-    from vaecli.backends.cupy_backend import kernels
-
-    sigs = {}
-    for name, params in re.findall(
-        r'extern "C" __global__ void (\w+)\((.*?)\)\s*\{', kernels.SOURCE, flags=re.S
-    ):
-        out = []
-        for p in params.split(","):
-            p = p.replace("__restrict__", "").replace("const", "").strip()
-            pointer = "*" in p
-            ctype = p.replace("*", " ").split()[:-1]  # drop the parameter name
-            ctype = " ".join(ctype).replace("real", real)
-            out.append((ctype, pointer))
-        sigs[name] = out
-    return sigs
-
-
-def host_launcher(tmp_dir):
-    import ctypes
-
-    scalar = {
-        "int": (np.int32, ctypes.c_int),
-        "long long": (np.int64, ctypes.c_longlong),
-        "float": (np.float32, ctypes.c_float),
-        "double": (np.float64, ctypes.c_double),
-    }
-    element = {"int": np.int32, "float": np.float32, "double": np.float64}
-    calls = []
-
-    def launch(name, dtype, n, args):
-        real = "float" if np.dtype(dtype) == np.float32 else "double"
-        sig = _kernel_signatures(real)[name]
-        assert len(sig) == len(args), (name, len(sig), len(args))
-        lib = _host_kernels(dtype, tmp_dir)
-        cargs = []
-        for (ctype, pointer), a in zip(sig, args):
-            if pointer:
-                assert isinstance(a, np.ndarray) and a.flags.c_contiguous, (name, ctype)
-                assert a.dtype == element[ctype], (name, ctype, a.dtype)
-                cargs.append(ctypes.c_void_p(a.ctypes.data))
-            else:
-                np_type, c_type = scalar[ctype]
-                assert type(a) is np_type, (name, ctype, type(a))
-                cargs.append(c_type(a.item()))
-        fn = getattr(lib, name)
-        fn.restype = None
-        calls.append(name)
-        if n == 0:
-            return
-        for t in range(_HOST_THREADS):
-            lib.host_set_thread(t, _HOST_THREADS)
-            fn(*cargs)
-
-    launch.calls = calls
-    return launch
+# vaecli.backends.cupy_backend.host turns the kernel source into host C++ (g++) and
+# gives kernels.evaluate a launcher of it that checks every argument's C type.
 
 
 @pytest.fixture(scope="module")
 def host_launch(tmp_path_factory):
-    if shutil.which("g++") is None:
+    from vaecli.backends.cupy_backend import host
+
+    if not host.available():
         pytest.skip("g++ is not on PATH: the kernels cannot be compiled for the host")
-    return host_launcher(tmp_path_factory.mktemp("host_kernels"))
+    return host.launcher(tmp_path_factory.mktemp("host_kernels"))
 
 
 def _kernel_eval(launch, name, x, raw, kind, **kw):
