@@ -646,7 +646,7 @@ def test_host_compiled_mixture_state_skips_the_value_passes(host_launch, channel
     assert host_launch.calls == ["logistic_mixture_components", "logistic_mixture_lse", "logistic_mixture_scale"]
     for keep, kernel in ((False, "logistic_mixture_grad"), (True, "logistic_mixture_scale")):
         first = run(need_grad=False, keep_gradient=keep)
-        assert first.state.lse.shape == (B * H * W,) and first.grad_raw is None
+        assert first.state.log_prob.shape == (B * H * W,) and first.grad_raw is None
         assert (first.state.grad is not None) == keep
         host_launch.calls.clear()
         again = run(upstream=u, state=first.state)
@@ -656,10 +656,28 @@ def test_host_compiled_mixture_state_skips_the_value_passes(host_launch, channel
         np.testing.assert_array_equal(first.value, full.value)
         np.testing.assert_allclose(run(upstream=2 * u, state=first.state).grad_raw, 2 * full.grad_raw,
                                    rtol=1e-6, atol=1e-30)  # float32 subnormals round differently
-    with pytest.raises(ValueError, match="lse is not a contiguous"):
-        run(state=MixtureState(first.state.lse[1:]))
+    with pytest.raises(ValueError, match="stats is not a contiguous"):
+        run(state=MixtureState(first.state.stats[:, 1:]))
     with pytest.raises(ValueError, match="come together"):
-        run(state=MixtureState(first.state.lse, first.state.comp))
+        run(state=MixtureState(first.state.stats, first.state.mass))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_host_compiled_mixture_far_pixel_keeps_float32_precision(host_launch, channels):
+    """At the pixel whose every component sits ~4e4 scales away (means 100, scales at the
+    floor), each component's log mass is ~-4e4, where one float32 ulp is 0.004: the
+    kernels keep the mass sums apart from the logits, so the responsibilities (and with
+    them every gradient there) keep float32's relative precision instead of an error of
+    about ulp(4e4) in each component's log-probability.  Folding the logits into the
+    sums put 0.2% errors into the mean gradients here."""
+    x, raw = make_inputs("logistic-mixture", channels, 0)
+    u = np.random.default_rng(5000).normal(size=B)
+    got = _kernel_eval(host_launch, "logistic-mixture", x, raw.astype(np.float32), "log_prob",
+                       upstream=u.astype(np.float32), mixtures=MIXTURES)
+    want = formulas.evaluate("logistic-mixture", x, raw, "log_prob", ns=_numpy(), upstream=u, mixtures=MIXTURES)
+    far = np.s_[:, :, 2, 1]
+    scale = np.abs(want.grad_raw[far]).max(axis=1, keepdims=True)  # per image
+    np.testing.assert_allclose(got.grad_raw[far], want.grad_raw[far], rtol=2e-5, atol=2e-6 * scale.max())
 
 
 def test_host_compiled_categorical_out_of_range_is_nan(host_launch):

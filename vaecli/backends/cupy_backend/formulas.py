@@ -179,6 +179,20 @@ def softclip(xp, t, floor):
     return floor + softplus(xp, t - floor), sigmoid(xp, t - floor)
 
 
+def softclip_inv_scale(xp, t, floor):
+    """(e^-softclip(t), the derivative of softclip): 1/s for log s = softclip(t) without
+    computing log s.  With u = t - floor, e^-softplus(u) = sigma(-u), so 1/s =
+    e^-floor sigma(-u), and both sigmoids come from one e^-|u|; e^-t, 1 if no floor."""
+    if floor is None:
+        return xp.exp(-t), xp.ones_like(t)
+    u = t - floor
+    e = xp.exp(-xp.abs(u))
+    big = 1 / (1 + e)  # the larger of sigma(u), sigma(-u)
+    small = e * big
+    nonneg = u >= 0
+    return math.exp(-floor) * xp.where(nonneg, small, big), xp.where(nonneg, big, small)
+
+
 def log1mexp(xp, d):
     """log(1 - e^-d) for d >= 0 (Maechler 2012): log(-expm1(-d)) below ln 2, where
     e^-d is close to 1, else log1p(-e^-d).  -inf at d = 0, 0 at d = inf."""
@@ -271,19 +285,24 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
     return log_mass, g_mu, g_log_sigma
 
 
-def logistic_bin(ns: Namespace, x, y, mu, log_scale, levels, need_grad):
-    """log mass of x's bin under the logistic (mu, s), and its derivatives with respect
-    to mu and log s (None, None if not need_grad).
+def logistic_bin(ns: Namespace, x, y, mu, inv_scale, levels, need_grad):
+    """log mass of x's bin under the logistic (mu, s), given 1/s, and its derivatives
+    with respect to mu and log s (None, None if not need_grad).
 
     With a, b = (y -+ h - mu)/s = c -+ w: sigma(b) - sigma(a) = sigma(b) sigma(-a) (1 - e^(a-b)),
-    so log mass = log sigma(b) + log sigma(-a) + log1mexp(2w): no cancellation anywhere.
-    First bin (x == 0): log sigma(b); last (x == L-1): log sigma(-a).  Derivatives:
+    no cancellation anywhere.  With e_a = e^-|a|, e_b = e^-|b|, sigma(b) sigma(-a) =
+    e^-(max(a, 0) + max(-b, 0)) / P, P = (1 + e_a)(1 + e_b), so with d = 2w
+        log mass = log((1 - e^-d)/P) - max(a, 0) - max(-b, 0):
+    one log per bin, taken as log(m/P) with m = -expm1(-d) below d = ln 2 (m < 1/2) and
+    as log1p(-(e^-d + P - 1)/P) above (the argument is at least -7/8: no cancellation);
+    1/P gives both sigmoids, 1/(1 + e_a) = (1 + e_b)/P and 1/(1 + e_b) = (1 + e_a)/P.
+    First bin (x == 0): -max(-b, 0) - log1p(e_b); last (x == L-1): the same in a.
+    Derivatives:
         d/dmu = (sigma(a) - sigma(-b))/s,
-        d/dlog s = a sigma(a) - b sigma(-b) - 2w/expm1(2w),
+        d/dlog s = a sigma(a) - b sigma(-b) - d/expm1(d),  d/expm1(d) = d (1 - m)/m = d e^-d/(1 - e^-d),
     dropping the a-terms in the first bin, the b-terms in the last, the width term in both."""
     xp = ns.xp
     half_bin = 0.5 / (levels - 1)
-    inv_scale = xp.exp(-log_scale)
     c = (y - mu) * inv_scale
     w = half_bin * inv_scale
     a = c - w
@@ -291,14 +310,23 @@ def logistic_bin(ns: Namespace, x, y, mu, log_scale, levels, need_grad):
     first = x == 0
     last = x == levels - 1
     edge = first | last
-    log_lo = xp.where(first, 0.0, log_sigmoid(xp, -a))  # log(1 - sigma(a))
-    log_hi = xp.where(last, 0.0, log_sigmoid(xp, b))  # log sigma(b)
-    log_mass = log_hi + log_lo + xp.where(edge, 0.0, log1mexp(xp, 2.0 * w))
+    e_a = xp.where(first, 0.0, xp.exp(-xp.abs(a)))
+    e_b = xp.where(last, 0.0, xp.exp(-xp.abs(b)))
+    linear = xp.where(first, 0.0, xp.maximum(a, 0)) - xp.where(last, 0.0, xp.minimum(b, 0))
+    inv_p = 1 / ((1 + e_a) * (1 + e_b))
+    total = e_a + e_b + e_a * e_b  # P - 1
+    d = 2.0 * w
+    small = d < LN2
+    m = -xp.expm1(-d)  # the small-d branch's
+    e = xp.exp(-d)  # the large-d branch's
+    interior = xp.where(small, xp.log(m * inv_p), xp.log1p(-(e + total) * inv_p)) - linear
+    log_mass = xp.where(edge, -(linear + xp.log1p(total)), interior)
     if not need_grad:
         return log_mass, None, None
-    s_a = xp.where(first, 0.0, sigmoid(xp, a))
-    s_nb = xp.where(last, 0.0, sigmoid(xp, -b))
-    width = xp.where(edge, 0.0, 2.0 * w / xp.expm1(2.0 * w))
+    big_a, big_b = (1 + e_b) * inv_p, (1 + e_a) * inv_p
+    s_a = xp.where(first, 0.0, xp.where(a >= 0, big_a, e_a * big_a))
+    s_nb = xp.where(last, 0.0, xp.where(b <= 0, big_b, e_b * big_b))
+    width = xp.where(edge, 0.0, xp.where(small, d * (1 - m) / m, d * e / (1 - e)))
     g_mu = (s_a - s_nb) * inv_scale
     g_log_scale = a * s_a - b * s_nb - width
     return log_mass, g_mu, g_log_scale
@@ -696,9 +724,9 @@ def _logistic(ns, x, raw, o, u, need_grad):
     xp = ns.xp
     parts = _split(raw, 2)
     mu, r_ls = parts[:, 0], parts[:, 1]
-    log_scale, d_ls = softclip(xp, r_ls, o.log_sigma_min)
+    inv_scale, d_ls = softclip_inv_scale(xp, r_ls, o.log_sigma_min)
     y = _levels_to_unit(x, o.levels, raw.dtype)
-    elem, g_mu, g_ls = logistic_bin(ns, x, y, mu, log_scale, o.levels, need_grad)
+    elem, g_mu, g_ls = logistic_bin(ns, x, y, mu, inv_scale, o.levels, need_grad)
     value = _per_image(xp, elem)
     if not need_grad:
         return Evaluation(value, None, None)
@@ -731,7 +759,7 @@ def _mixture(ns, x, raw, o, u, need_grad):
     logits, means, r_ls, coef = mixture_parts(raw, o)
     c = means.shape[2]
     log_w = logits - logsumexp(xp, logits, axis=1)  # (B, K, H, W)
-    log_scale, d_ls = softclip(xp, r_ls, o.log_sigma_min)
+    inv_scale, d_ls = softclip_inv_scale(xp, r_ls, o.log_sigma_min)
     y = _levels_to_unit(x, levels, dtype)[:, None]  # (B, 1, C, H, W)
     xk = x[:, None]
     if coef is not None:
@@ -747,7 +775,7 @@ def _mixture(ns, x, raw, o, u, need_grad):
         )
     else:
         loc = means
-    log_mass, g_loc, g_ls = logistic_bin(ns, xk, y, loc, log_scale, levels, need_grad)
+    log_mass, g_loc, g_ls = logistic_bin(ns, xk, y, loc, inv_scale, levels, need_grad)
     comp = log_w + log_mass.sum(axis=2)  # (B, K, H, W)
     lse = logsumexp(xp, comp, axis=1)  # (B, 1, H, W)
     value = _per_image(xp, lse)

@@ -1,11 +1,12 @@
 """Fused CUDA kernels for the heavy likelihoods: value and gradient in one pass.
 
-Each kernel takes one thread per element (per pixel for the mixture), reads that
-element's raw decoder outputs (the categorical logits and the mixture logits a second
-time, from cache) and writes the log-likelihood term and the gradient of the
-upstream-weighted sum with respect to every raw channel of the element in the same
-pass; a per-image sum follows.  The maths mirrors :mod:`.formulas` branch for branch
-(same helpers, same branch points, same order of operations where it matters).
+Each kernel takes one thread per element (per pixel and component for the mixture),
+reads that element's raw decoder outputs (the categorical logits a second time, from
+cache) and writes the log-likelihood term and the gradient of the upstream-weighted sum
+with respect to every raw channel of the element in the same pass; a per-image sum
+follows.  The maths mirrors :mod:`.formulas` branch for branch (same helpers, same
+branch points, same order of operations where it matters); the mixture's passes
+arrange its sums differently (see the source) and are checked against it all the same.
 
 Tests: tests/test_cupy_formulas_cpu.py compiles this very source for the host (a
 short prelude maps the CUDA built-ins) and runs :func:`evaluate` on NumPy arrays
@@ -28,12 +29,17 @@ by NVRTC through :class:`cupy.RawModule`):
 * ``logistic``: discretized logistic, one thread per element.
 * ``logistic_mixture_components``, ``logistic_mixture_lse``, ``logistic_mixture_scale``,
   ``logistic_mixture_grad``: the mixture in passes with one thread per pixel and
-  component (RGB coupling for C == 3): each component's log-probability (and, to keep
-  the gradient, its unscaled parameter gradients), then the logsumexp over components
-  per pixel (the value), then the gradient: the kept one scaled by responsibility and
-  upstream weight, or each component recomputed with its derivatives and scaled.  What
-  the value passes leave is the result's ``state`` (:class:`MixtureState`), which the
-  torch bridge hands from forward to backward.
+  component (RGB coupling for C == 3): each component's log mass (and, to keep the
+  gradient, its unscaled parameter gradients), then per pixel the logsumexp over
+  components with the logits' softmax (the value), then the gradient: the kept one
+  scaled by responsibility and upstream weight, or each component recomputed with its
+  derivatives and scaled.  What the value passes leave is the result's ``state``
+  (:class:`MixtureState`), which the torch bridge hands from forward to backward.
+
+The discretized logistic bin (``logistic_bin``, shared by ``logistic`` and the mixture)
+takes 1/s straight from the soft-clipped raw log-scale and needs one log, three
+exponentials (one an expm1) and two divisions, besides the softclip's exponential and
+division: the arithmetic, not memory, is what the mixture's time follows on a GPU.
 
 Indexing: ``x`` is int32 ``(B, C, H*W)``; ``raw`` and ``grad`` are C-contiguous
 ``(B, out_channels, H*W)``; parameter ``p`` of image channel ``c`` is channel
@@ -43,6 +49,7 @@ values in the categorical kernel instead of reading out of bounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +120,19 @@ K_INLINE real softclip(real t, real floor, int use_floor, real* deriv) {
     return floor + softplus(t - floor);
 }
 
+// 1/s for log s = softclip(t) and d log s / dt = sigmoid(t - floor), from one e^-|u|,
+// u = t - floor: e^-softplus(u) = sigmoid(-u), so 1/s = e^-floor sigmoid(-u); e^-t and 1
+// without a floor.  formulas.softclip_inv_scale.
+K_INLINE real softclip_inv_scale(real t, real floor, real exp_neg_floor, int use_floor, real* deriv) {
+    if (!use_floor) { *deriv = (real)1; return k_exp(-t); }
+    const real u = t - floor;
+    const real e = k_exp(-k_abs(u));
+    const real big = (real)1 / ((real)1 + e);  // the larger of sigmoid(u), sigmoid(-u)
+    const real small = e * big;
+    *deriv = u >= (real)0 ? big : small;
+    return exp_neg_floor * (u >= (real)0 ? small : big);
+}
+
 // log(1 - e^-d), d >= 0: log(-expm1(-d)) below ln 2, log1p(-e^-d) above
 K_INLINE real log1mexp(real d) {
     return d < (real)K_LN2 ? k_log(-k_expm1(-d)) : k_log1p(-k_exp(-d));
@@ -168,35 +188,68 @@ K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real
     return log_mass;
 }
 
-// log mass of the bin of level xv under the logistic (mu, s) and its derivatives with
-// respect to mu and log s: formulas.logistic_bin.  sigma(b) - sigma(a) =
-// sigma(b) sigma(-a) (1 - e^(a-b)); the first bin drops the a-terms, the last the b-terms.
-K_INLINE real logistic_bin(int xv, int last, real y, real mu, real log_scale, real half_bin,
+// log mass of the bin of level xv under the logistic (mu, s), given 1/s, and its
+// derivatives with respect to mu and log s: formulas.logistic_bin, which derives it.
+// With a, b = c -+ w, e_a = e^-|a|, e_b = e^-|b|, P = (1 + e_a)(1 + e_b) and d = 2w:
+// mass = e^-(max(a, 0) + max(-b, 0)) (1 - e^-d)/P; the first bin drops the a-terms, the
+// last the b-terms and the width term.  One log per bin, one reciprocal for both sigmoids.
+K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, real half_bin,
                            real* g_mu, real* g_log_scale) {
-    const real inv_scale = k_exp(-log_scale);
     const real c = (y - mu) * inv_scale;
     const real w = half_bin * inv_scale;
     const real a = c - w;
     const real b = c + w;
     const bool first = xv == 0;
     const bool final_bin = xv == last;
-    real log_lo = (real)0, log_hi = (real)0, log_width = (real)0;
-    real s_a = (real)0, s_nb = (real)0, width = (real)0;
+    real e_a = (real)0, e_b = (real)0, linear = (real)0;
     if (!first) {
-        log_lo = -softplus(a);     // log(1 - sigma(a)) = log sigma(-a)
-        s_a = sigmoid(a);
+        e_a = k_exp(-k_abs(a));
+        linear += a > (real)0 ? a : (real)0;
     }
     if (!final_bin) {
-        log_hi = -softplus(-b);    // log sigma(b)
-        s_nb = sigmoid(-b);
+        e_b = k_exp(-k_abs(b));
+        linear -= b < (real)0 ? b : (real)0;
     }
-    if (!first && !final_bin) {
-        log_width = log1mexp((real)2 * w);
-        width = (real)2 * w / k_expm1((real)2 * w);
+    const real inv_p = (real)1 / (((real)1 + e_a) * ((real)1 + e_b));
+    const real sum = e_a + e_b + e_a * e_b;  // P - 1
+    real log_mass, width = (real)0;
+    if (first || final_bin) {
+        log_mass = -(linear + k_log1p(sum));
+    } else {
+        const real d = (real)2 * w;
+        if (d < (real)K_LN2) {  // 1 - e^-d = m, from expm1 (log1mexp's branches)
+            const real m = -k_expm1(-d);
+            width = d * ((real)1 - m) / m;
+            log_mass = k_log(m * inv_p) - linear;
+        } else {                // (1 - e^-d)/P = 1 - (e^-d + P - 1)/P
+            const real e = k_exp(-d);
+            width = d * e / ((real)1 - e);
+            log_mass = k_log1p(-(e + sum) * inv_p) - linear;
+        }
     }
+    const real big_a = ((real)1 + e_b) * inv_p;  // 1/(1 + e_a)
+    const real big_b = ((real)1 + e_a) * inv_p;  // 1/(1 + e_b)
+    const real s_a = first ? (real)0 : (a >= (real)0 ? big_a : e_a * big_a);       // sigma(a)
+    const real s_nb = final_bin ? (real)0 : (b <= (real)0 ? big_b : e_b * big_b);  // sigma(-b)
     *g_mu = (s_a - s_nb) * inv_scale;
     *g_log_scale = a * s_a - b * s_nb - width;
-    return log_hi + log_lo + log_width;
+    return log_mass;
+}
+
+// online logsumexp of v[k * stride] over k < K, in order
+K_INLINE real online_logsumexp(const real* v, const long long stride, const int K) {
+    real m = v[0];
+    real s = (real)1;
+    for (int k = 1; k < K; ++k) {
+        const real u = v[(long long)k * stride];
+        if (u > m) {
+            s = s * k_exp(m - u) + (real)1;
+            m = u;
+        } else {
+            s += k_exp(u - m);
+        }
+    }
+    return m + k_log(s);
 }
 
 #define GRID_STRIDE_LOOP(i, n) \
@@ -290,18 +343,7 @@ extern "C" __global__ void categorical(
         const long long base = b * levels * chw + e;
         const real* logits = raw + base;
         const int xv = x[i];
-        real m = logits[0];
-        real s = (real)1;
-        for (int k = 1; k < levels; ++k) {  // online logsumexp
-            const real v = logits[(long long)k * chw];
-            if (v > m) {
-                s = s * k_exp(m - v) + (real)1;
-                m = v;
-            } else {
-                s += k_exp(v - m);
-            }
-        }
-        const real lse = m + k_log(s);
+        const real lse = online_logsumexp(logits, chw, levels);
         const bool in_range = xv >= 0 && xv < levels;
         value[i] = in_range ? logits[(long long)xv * chw] - lse : k_nan(lse);
         if (need_grad) {
@@ -320,7 +362,7 @@ extern "C" __global__ void logistic(
     const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ weight,
     real* __restrict__ value, real* __restrict__ grad,
     const long long n, const long long chw, const int last, const real half_bin,
-    const real floor, const int use_floor, const int need_grad)
+    const real floor, const real exp_neg_floor, const int use_floor, const int need_grad)
 {
     GRID_STRIDE_LOOP(i, n) {
         const long long b = i / chw;
@@ -330,9 +372,9 @@ extern "C" __global__ void logistic(
         const int xv = x[i];
         const real y = (real)xv / (real)last;
         real dls;
-        const real ls = softclip(raw[i_ls], floor, use_floor, &dls);
+        const real inv_scale = softclip_inv_scale(raw[i_ls], floor, exp_neg_floor, use_floor, &dls);
         real g_mu, g_ls;
-        value[i] = logistic_bin(xv, last, y, raw[i_mu], ls, half_bin, &g_mu, &g_ls);
+        value[i] = logistic_bin(xv, last, y, raw[i_mu], inv_scale, half_bin, &g_mu, &g_ls);
         if (need_grad) {
             const real w = weight[b];
             grad[i_mu] = w * g_mu;
@@ -344,38 +386,31 @@ extern "C" __global__ void logistic(
 // Mixture of K discretized logistics in passes, so that every thread has a small,
 // independent piece of work (one thread per pixel and component, K times the threads of
 // one per pixel):
-//   logistic_mixture_components: comp[k*n + i] = log softmax(pi)_k + sum_c log mass_kc;
-//                                with keep, also log_w[k*n + i] = log softmax(pi)_k and
+//   logistic_mixture_components: mass[k*n + i] = M_k = sum_c log mass_kc; with keep, also
 //                                the component's unscaled parameter gradients in grad
-//   logistic_mixture_lse:        lse[i] = logsumexp_k comp[k*n + i], the pixel's log-prob
+//   logistic_mixture_lse:        per pixel, the four rows of stats (STATS_* below): the
+//                                log-softmax normaliser N of the logits pi, m = max_k M_k,
+//                                L = logsumexp_k t_k with t_k = (pi_k - N) + (M_k - m),
+//                                and the pixel's log-prob m + L
 //   logistic_mixture_scale:      out = the kept gradients times w_b r_k (responsibility
-//                                r_k = exp(comp_k - lse)), logits w_b (r_k - w_k)
+//                                r_k = exp(t_k - L)), logits w_b (r_k - softmax(pi)_k)
 //   logistic_mixture_grad:       the same gradient without anything kept: component k
 //                                recomputed with its derivatives, then scaled
+// The mass sums stay apart from the logits so that a large common part of them (a pixel
+// many scales from every component's mean) cancels exactly in M_k - m instead of
+// rounding away the logits in float32.
 // Pixel i = (b, p), p in [0, H*W); n = B*H*W; work item t = k*n + i (component-major:
 // a warp reads 32 neighbouring pixels of one channel).  Channels of raw (per pixel):
 // logits k; means K + k*C + c; raw log-scales K + K*C + k*C + c; for C == 3 coupling
 // coefficients K + 2*K*C + 3*k + j.
 
-// the log-softmax normaliser of the K mixture logits at one pixel (channel j at r[j*hw])
-K_INLINE real mixture_logit_lse(const real* r, const long long hw, const int K) {
-    real m = r[0];
-    for (int k = 1; k < K; ++k) {
-        const real v = r[(long long)k * hw];
-        m = v > m ? v : m;
-    }
-    real s = (real)0;
-    for (int k = 0; k < K; ++k) s += k_exp(r[(long long)k * hw] - m);
-    return m + k_log(s);
-}
-
-// Component k's log-probability at one pixel, log softmax(pi)_k + sum_c log mass_kc.
+// Component k's log mass at one pixel, M_k = sum_c log mass_kc.
 // With g (the pixel's gradient, channel j at g[j * hw]) it also writes the component's
 // unscaled parameter gradients there, d comp / d theta, for the caller to scale.
 K_INLINE real mixture_component(const real* r, const int* xs, real* g, const long long hw,
                                 const int K, const int C, const long long k, const int last,
-                                const real half_bin, const real floor, const int use_floor,
-                                const real lse_pi) {
+                                const real half_bin, const real floor, const real exp_neg_floor,
+                                const int use_floor) {
     const int coupled = C == 3;
     const long long mean0 = K;
     const long long scale0 = (long long)K + (long long)K * C;
@@ -385,7 +420,7 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
         y_r = (real)xs[0] / (real)last;
         y_g = (real)xs[hw] / (real)last;
     }
-    real comp = r[k * hw] - lse_pi;
+    real comp = (real)0;
     for (int c = 0; c < C; ++c) {
         const int xv = xs[(long long)c * hw];
         const real y = (real)xv / (real)last;
@@ -403,9 +438,9 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
             loc += t_b * y_r + t_c * y_g;
         }
         real dls;
-        const real ls = softclip(r[j_ls * hw], floor, use_floor, &dls);
+        const real inv_scale = softclip_inv_scale(r[j_ls * hw], floor, exp_neg_floor, use_floor, &dls);
         real g_loc, g_ls;
-        comp += logistic_bin(xv, last, y, loc, ls, half_bin, &g_loc, &g_ls);
+        comp += logistic_bin(xv, last, y, loc, inv_scale, half_bin, &g_loc, &g_ls);
         if (g) {
             g[j_mu * hw] = g_loc;
             g[j_ls * hw] = g_ls * dls;
@@ -441,6 +476,30 @@ K_INLINE void mixture_scale_params(const real* g, real* o, const long long hw, c
     }
 }
 
+// rows of the mixture's per-pixel stats (4, n)
+#define STATS_LOG_PROB 0
+#define STATS_LOG_NORM 1
+#define STATS_MASS_MAX 2
+#define STATS_LSE 3
+
+// t_k = log softmax(pi)_k + (M_k - m) (see above); *log_w = log softmax(pi)_k
+K_INLINE real mixture_shifted(const real mass, const real logit, const real log_norm, const real mass_max,
+                              real* log_w) {
+    *log_w = logit - log_norm;
+    return *log_w + (mass - mass_max);
+}
+
+// w_b (r_k - softmax(pi)_k), the gradient of component k's logit at pixel i, whose log
+// mass is mass; *resp = r_k = exp(t_k - L)
+K_INLINE real mixture_logit_grad(const real mass, const real logit, const real* stats, const long long n,
+                                 const long long i, const real w, real* resp) {
+    real log_w;
+    const real t = mixture_shifted(mass, logit, stats[STATS_LOG_NORM * n + i], stats[STATS_MASS_MAX * n + i],
+                                   &log_w);
+    *resp = k_exp(t - stats[STATS_LSE * n + i]);
+    return w * (*resp - k_exp(log_w));
+}
+
 #define MIXTURE_ITEM(t, n, hw, per_pixel, C)                                   \
     const long long k_ = (t) / (n);                                           \
     const long long i_ = (t) - k_ * (n);                                      \
@@ -450,27 +509,61 @@ K_INLINE void mixture_scale_params(const real* g, real* o, const long long hw, c
     const int* xs = x + b_ * (C) * (hw) + p_;            /* image channel c at xs[c * hw] */
 
 extern "C" __global__ void logistic_mixture_components(
-    const int* __restrict__ x, const real* __restrict__ raw, real* __restrict__ comp,
-    real* __restrict__ grad, real* __restrict__ log_w,
-    const long long n, const long long hw, const int channels, const int mixtures,
-    const int last, const real half_bin, const real floor, const int use_floor, const int keep)
+    const int* __restrict__ x, const real* __restrict__ raw, real* __restrict__ mass,
+    real* __restrict__ grad, const long long n, const long long hw, const int channels,
+    const int mixtures, const int last, const real half_bin, const real floor,
+    const real exp_neg_floor, const int use_floor, const int keep)
 {
     const int K = mixtures;
     const int C = channels;
     const long long per_pixel = mixture_per_pixel(K, C);
     GRID_STRIDE_LOOP(t, n * K) {
         MIXTURE_ITEM(t, n, hw, per_pixel, C)
-        const real lse_pi = mixture_logit_lse(r, hw, K);
         real* g = keep ? grad + b_ * per_pixel * hw + p_ : (real*)0;
-        comp[t] = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, use_floor, lse_pi);
-        if (keep) log_w[t] = r[k_ * hw] - lse_pi;
+        mass[t] = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, exp_neg_floor,
+                                    use_floor);
+    }
+}
+
+// per pixel: the stats rows (see above); online logsumexps in component order
+extern "C" __global__ void logistic_mixture_lse(
+    const real* __restrict__ raw, const real* __restrict__ mass, real* __restrict__ stats,
+    const long long n, const long long hw, const int channels, const int mixtures)
+{
+    const long long per_pixel = mixture_per_pixel(mixtures, channels);
+    GRID_STRIDE_LOOP(i, n) {
+        const long long b = i / hw;
+        const real* logits = raw + b * per_pixel * hw + (i - b * hw);
+        const real norm = online_logsumexp(logits, hw, mixtures);
+        real m = mass[i];
+        for (int k = 1; k < mixtures; ++k) {
+            const real v = mass[(long long)k * n + i];
+            m = v > m ? v : m;
+        }
+        real log_w;
+        real top = mixture_shifted(mass[i], logits[0], norm, m, &log_w);
+        real sum = (real)1;
+        for (int k = 1; k < mixtures; ++k) {
+            const real t = mixture_shifted(mass[(long long)k * n + i], logits[(long long)k * hw], norm, m, &log_w);
+            if (t > top) {
+                sum = sum * k_exp(top - t) + (real)1;
+                top = t;
+            } else {
+                sum += k_exp(t - top);
+            }
+        }
+        const real lse = top + k_log(sum);
+        stats[STATS_LOG_NORM * n + i] = norm;
+        stats[STATS_MASS_MAX * n + i] = m;
+        stats[STATS_LSE * n + i] = lse;
+        stats[STATS_LOG_PROB * n + i] = m + lse;
     }
 }
 
 // out = the kept unscaled gradient of component k at pixel i, scaled (see above);
 // out-of-place, so that the kept one serves a second backward too
 extern "C" __global__ void logistic_mixture_scale(
-    const real* __restrict__ comp, const real* __restrict__ log_w, const real* __restrict__ lse,
+    const real* __restrict__ raw, const real* __restrict__ mass, const real* __restrict__ stats,
     const real* __restrict__ weight, const real* __restrict__ grad, real* __restrict__ out,
     const long long n, const long long hw, const int channels, const int mixtures)
 {
@@ -482,40 +575,20 @@ extern "C" __global__ void logistic_mixture_scale(
         const long long i = t - k * n;
         const long long b = i / hw;
         const long long offset = b * per_pixel * hw + (i - b * hw);
-        real* o = out + offset;
         const real w = weight[b];
-        const real resp = k_exp(comp[t] - lse[i]);
-        o[k * hw] = w * (resp - k_exp(log_w[t]));
-        mixture_scale_params(grad + offset, o, hw, K, C, k, w * resp);
-    }
-}
-
-// online logsumexp over the K components of each pixel, in component order
-extern "C" __global__ void logistic_mixture_lse(
-    const real* __restrict__ comp, real* __restrict__ lse, const long long n, const int mixtures)
-{
-    GRID_STRIDE_LOOP(i, n) {
-        real m = comp[i];
-        real s = (real)1;
-        for (int k = 1; k < mixtures; ++k) {
-            const real v = comp[(long long)k * n + i];
-            if (v > m) {
-                s = s * k_exp(m - v) + (real)1;
-                m = v;
-            } else {
-                s += k_exp(v - m);
-            }
-        }
-        lse[i] = m + k_log(s);
+        real resp;
+        out[offset + k * hw] = mixture_logit_grad(mass[t], raw[offset + k * hw], stats, n, i, w, &resp);
+        mixture_scale_params(grad + offset, out + offset, hw, K, C, k, w * resp);
     }
 }
 
 // the gradient of component k at pixel i: recomputed, then scaled by w_b r_k in place
 extern "C" __global__ void logistic_mixture_grad(
-    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ lse,
+    const int* __restrict__ x, const real* __restrict__ raw, const real* __restrict__ stats,
     const real* __restrict__ weight, real* __restrict__ grad,
     const long long n, const long long hw, const int channels, const int mixtures,
-    const int last, const real half_bin, const real floor, const int use_floor)
+    const int last, const real half_bin, const real floor, const real exp_neg_floor,
+    const int use_floor)
 {
     const int K = mixtures;
     const int C = channels;
@@ -523,12 +596,11 @@ extern "C" __global__ void logistic_mixture_grad(
     GRID_STRIDE_LOOP(t, n * K) {
         MIXTURE_ITEM(t, n, hw, per_pixel, C)
         real* g = grad + b_ * per_pixel * hw + p_;
-        const real lse_pi = mixture_logit_lse(r, hw, K);
-        const real comp = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, use_floor,
-                                            lse_pi);
+        const real mass = mixture_component(r, xs, g, hw, K, C, k_, last, half_bin, floor, exp_neg_floor,
+                                            use_floor);
         const real w = weight[b_];
-        const real resp = k_exp(comp - lse[i_]);
-        g[k_ * hw] = w * (resp - k_exp(r[k_ * hw] - lse_pi));
+        real resp;
+        g[k_ * hw] = mixture_logit_grad(mass, r[k_ * hw], stats, n, i_, w, &resp);
         mixture_scale_params(g, g, hw, K, C, k_, w * resp);
     }
 }
@@ -585,14 +657,20 @@ def supports(name: str) -> bool:
 @dataclass(frozen=True)
 class MixtureState:
     """What the mixture's value passes leave for a gradient call on the same x and raw:
-    the per-pixel log-probabilities ``lse`` (n,) and, when the gradient was kept, the
-    component log-probabilities and log-weights (K*n,) and the unscaled parameter
-    gradients (raw's shape)."""
+    the per-pixel ``stats`` (4, n): log-probability, log-softmax normaliser of the
+    logits, largest component log mass and the log-sum-exp of the shifted component
+    log-probabilities (the kernel source's STATS_* rows); and, when the gradient was
+    kept, the component log masses (K*n,) and the unscaled parameter gradients (raw's
+    shape)."""
 
-    lse: object
-    comp: object = None
-    log_w: object = None
+    stats: object
+    mass: object = None
     grad: object = None
+
+    @property
+    def log_prob(self):
+        """The per-pixel log-probabilities (n,)."""
+        return self.stats[0]
 
 
 def _check_state(state, n, k, raw):
@@ -600,16 +678,16 @@ def _check_state(state, n, k, raw):
     kernels index its arrays densely."""
     if not isinstance(state, MixtureState):
         raise ValueError(f"logistic-mixture state must be a MixtureState, got {type(state).__name__}")
-    shapes = {"lse": (n,), "comp": (n * k,), "log_w": (n * k,), "grad": raw.shape}
+    shapes = {"stats": (4, n), "mass": (n * k,), "grad": raw.shape}
     for field_name, shape in shapes.items():
         a = getattr(state, field_name)
-        if a is None and field_name != "lse":
+        if a is None and field_name != "stats":
             continue
         if a is None or a.shape != shape or a.dtype != raw.dtype or not a.flags.c_contiguous:
             raise ValueError(f"logistic-mixture state: {field_name} is not a contiguous {shape} array "
                              f"of {raw.dtype}")
-    if (state.grad is None) != (state.comp is None) or (state.comp is None) != (state.log_w is None):
-        raise ValueError("logistic-mixture state: comp, log_w and grad come together")
+    if (state.grad is None) != (state.mass is None):
+        raise ValueError("logistic-mixture state: mass and grad come together")
 
 
 def evaluate(
@@ -646,6 +724,7 @@ def evaluate(
     half_bin = real(0.5 / last)
     use_floor = np.int32(o.log_sigma_min is not None)
     floor = real(0.0 if o.log_sigma_min is None else o.log_sigma_min)
+    exp_neg_floor = real(math.exp(-float(floor)))
     weight = xp.ascontiguousarray(
         formulas._weights(xp, upstream, b, dtype) if need_grad else xp.ones(b, dtype)
     )
@@ -720,32 +799,32 @@ def evaluate(
             n,
             (
                 xi, raw, weight, value, grad, np.int64(n), np.int64(chw), np.int32(last),
-                half_bin, floor, use_floor, flag,
+                half_bin, floor, exp_neg_floor, use_floor, flag,
             ),
         )  # fmt: skip
         value = value.reshape(b, chw).sum(axis=1)
     else:  # logistic-mixture
         n, k = b * hw, o.mixtures
         shape = (np.int64(n), np.int64(hw), np.int32(c), np.int32(k))
-        maths = (np.int32(last), half_bin, floor, use_floor)
+        maths = (np.int32(last), half_bin, floor, exp_neg_floor, use_floor)
         if state is None:
             keep = need_grad or keep_gradient
-            comp = xp.empty(n * k, dtype)
+            mass = xp.empty(n * k, dtype)
             kept = xp.empty_like(raw) if keep else xp.empty(1, dtype)
-            log_w = xp.empty(n * k, dtype) if keep else xp.empty(1, dtype)
             launch("logistic_mixture_components", dtype, n * k,
-                   (xi, raw, comp, kept, log_w) + shape + maths + (np.int32(keep),))
-            lse = xp.empty(n, dtype)
-            launch("logistic_mixture_lse", dtype, n, (comp, lse, np.int64(n), np.int32(k)))
-            state = MixtureState(lse, comp, log_w, kept) if keep else MixtureState(lse)
+                   (xi, raw, mass, kept) + shape + maths + (np.int32(keep),))
+            stats = xp.empty((4, n), dtype)
+            launch("logistic_mixture_lse", dtype, n, (raw, mass, stats) + shape)
+            state = MixtureState(stats, mass, kept) if keep else MixtureState(stats)
         else:
             _check_state(state, n, k, raw)
         if need_grad and state.grad is not None:  # scale the kept gradient
             launch("logistic_mixture_scale", dtype, n * k,
-                   (state.comp, state.log_w, state.lse, weight, state.grad, grad) + shape)
+                   (raw, state.mass, state.stats, weight, state.grad, grad) + shape)
         elif need_grad:  # recompute it
-            launch("logistic_mixture_grad", dtype, n * k, (xi, raw, state.lse, weight, grad) + shape + maths)
-        value = state.lse.reshape(b, hw).sum(axis=1)
+            launch("logistic_mixture_grad", dtype, n * k,
+                   (xi, raw, state.stats, weight, grad) + shape + maths)
+        value = state.log_prob.reshape(b, hw).sum(axis=1)
     if name != "logistic-mixture":
         state = None  # the single-pass kernels keep nothing
     return formulas.Evaluation(
