@@ -64,13 +64,14 @@ class NonFiniteGuard:
         self.steps = torch.zeros((), dtype=torch.int64, device=device)  # steps taken since start
         self.run = torch.zeros((), dtype=torch.int64, device=device)  # current run of skipped steps
         self.tripped_at = torch.full((), -1, dtype=torch.int64, device=device)  # step that reached limit
+        self._zero = torch.zeros((), dtype=torch.int64, device=device)
 
     def update(self, ok: torch.Tensor):
         # in place: a captured CUDA graph replays these writes into the same tensors
         self.steps += 1
-        self.run.copy_(torch.where(ok, torch.zeros_like(self.run), self.run + 1))
+        torch.where(ok, self._zero, self.run + 1, out=self.run)
         first = (self.run >= self.limit) & (self.tripped_at < 0)
-        self.tripped_at.copy_(torch.where(first, self.steps, self.tripped_at))
+        torch.where(first, self.steps, self.tripped_at, out=self.tripped_at)
 
     def tripped(self):
         """The 1-based step (counted from the start of this process's training) at which
@@ -80,39 +81,49 @@ class NonFiniteGuard:
 
 
 class EpochSums:
-    """Running sums of the epoch in progress, on the device (float64)."""
+    """Running sums of the epoch in progress, on the device (float64): one vector
+    ``values`` in :data:`KEYS` order, each key a 0-d view of it, so that a step adds
+    into all of them with one kernel."""
 
     KEYS = ("rec", "kl", "loss", "sse", "images", "skipped")
 
     def __init__(self, device, values=None):
         values = values or {}
-        for k in self.KEYS:
-            setattr(self, k, torch.tensor(float(values.get(k, 0.0)), dtype=torch.float64, device=device))
+        self.values = torch.tensor([float(values.get(k, 0.0)) for k in self.KEYS], dtype=torch.float64,
+                                   device=device)
+        for i, k in enumerate(self.KEYS):
+            setattr(self, k, self.values[i])
+        self._skip = torch.tensor([0.0] * (len(self.KEYS) - 1) + [1.0], dtype=torch.float64, device=device)
+        self._zero = torch.zeros(1, dtype=torch.float64, device=device)
+        self._ones = torch.ones(2, dtype=torch.float64, device=device)
+        self._coef = {}  # images -> what a good step adds per [rec, kl, terms, sse, 1, 1]
 
     def reset(self):
         """Zero the sums in place (a captured step keeps adding into these tensors)."""
-        for k in self.KEYS:
-            getattr(self, k).zero_()
+        self.values.zero_()
+
+    def _coefficients(self, images: int):
+        """[1, 1, -1, 1, images, 0] on the device, made once per batch size from the
+        tensors made in __init__ (no host-to-device copy, which a capture forbids)."""
+        coef = self._coef.get(images)
+        if coef is None:
+            coef = torch.cat([self._ones, -self._ones[:1], self._ones[:1], self._ones[:1] * images, self._zero])
+            self._coef[images] = coef
+        return coef
 
     def add(self, ok, log_px, kl, loss_terms, sse, images: int):
-        zero = torch.zeros((), dtype=torch.float64, device=ok.device)
-        self.rec += torch.where(ok, log_px.detach().double().sum(), zero)
-        self.kl += torch.where(ok, kl.detach().double().sum(), zero)
-        self.loss -= torch.where(ok, loss_terms.detach().double().sum(), zero)
-        if sse is not None:
-            self.sse += torch.where(ok, sse, zero)
-        self.images += torch.where(ok, zero + images, zero)
-        self.skipped += torch.where(ok, zero, zero + 1)
+        """Add a step's sums where ``ok`` holds, else count it as skipped; the
+        per-image terms are summed in float64."""
+        head = torch.stack([log_px.detach(), kl.detach(), loss_terms.detach()]).sum(1, dtype=torch.float64)
+        step = torch.cat([head, self._zero if sse is None else sse.view(1), self._ones])
+        # where, not a product with ok: a skipped step's sums may be NaN
+        self.values.add_(torch.where(ok, step * self._coefficients(images), self._skip))
 
     def all_reduce(self):
         """Sum the logged terms over the ranks (skipped steps agree on every rank)."""
         import torch.distributed as dist
 
-        terms = (self.rec, self.kl, self.loss, self.sse, self.images)
-        totals = torch.stack(terms)
-        dist.all_reduce(totals)
-        for term, total in zip(terms, totals.unbind()):
-            term.copy_(total)
+        dist.all_reduce(self.values[: self.KEYS.index("skipped")])
 
     def to_dict(self) -> dict:
         d = {k: float(getattr(self, k)) for k in self.KEYS}
@@ -234,24 +245,33 @@ class TrainStep:
     def _step(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         lik = self.model.likelihood
         raw, log_px, kl = self.forward(x_in, eps)
-        terms = log_px - self.beta * kl
+        terms = torch.sub(log_px, kl, alpha=self.beta)
         # mean over the global batch; DDP averages gradients over the ranks
-        loss = -terms.sum() * (self.world / n_global)
+        loss = terms.sum() * (-self.world / n_global)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
-                                                  float("inf"))
-        ok = self.all_finite(torch.isfinite(loss.detach())) & torch.isfinite(grad_norm)
-        self.optimizer.found_inf = (~ok).float()
+        ok = self.all_finite(self._finite(loss))
+        self.optimizer.found_inf = torch.where(ok, 0.0, 1.0)
         self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
         guard.update(ok)
         sse = None
         if lik.info.gaussian_family:
             with torch.no_grad():
-                y = x_in.double() / (self.levels - 1)
-                sse = ((lik.mean(raw.detach()).double() - y) ** 2).sum()
+                diff = lik.mean(raw.detach()) - x_in / (self.levels - 1)
+                sse = diff.square().sum(dtype=torch.float64)
         sums.add(ok, log_px, kl, terms, sse, x.shape[0])
         return loss, kl, raw
+
+    def _finite(self, loss):
+        """Whether the loss and every gradient are finite, as a device flag: the sum of
+        the loss and the gradients' largest magnitudes is finite exactly when each term
+        is (NaN and infinities propagate; finite terms near float32's maximum could
+        overflow, which counts as not finite), and s - s is 0 exactly when s is finite."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        total = loss.detach()
+        if grads:
+            total = torch.stack(torch._foreach_norm(grads, float("inf"))).sum() + total
+        return (total - total) == 0
 
     def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         """Returns (loss, kl, raw) of this step as device tensors; reads nothing back.
