@@ -4,6 +4,8 @@
 # one device call is at most 600 s); a step that would not fit is skipped and listed:
 #   1. the captured-step and torch-CUDA equivalence tests (pytest),
 #   2. training throughput against the plain loop (CUDA graph, eager, bf16; seeds 0 and 1),
+#      then where the step's time goes: ms per step and its kernels by time, captured and
+#      eager, float32 and bf16, contiguous and channels-last memory (benchmarks/step_profile.py),
 #   3. bf16 against float32: test ELBO after 10 epochs,
 #   4. the likelihood benchmark (torch eager, CuPy fused under each gradient policy,
 #      torch.compile with BENCH_COMPILE=1; each also replayed from a CUDA graph),
@@ -55,6 +57,10 @@ step "pytest captured step + torch cuda" 120 \
 step "train throughput" 200 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
      --repeat $repeat --seeds 2 --variant float32 --variant eager --variant bf16 2>&1 | tee '$out/train_throughput.txt'"
+step "step profile" 75 \
+  "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
+     --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
+     2>&1 | grep -v '^USDT' | tee '$out/step_profile.txt'"
 # bf16 against float32: test ELBO after 10 epochs on the bundled data (target: within 0.5%),
 # for each seed in PREC_SEEDS
 for s in ${PREC_SEEDS:-0 1}; do
@@ -139,6 +145,10 @@ for f in ("pytest_fid_math.txt", "fid_cuda.json", "eval_throughput.txt"):
 for f in ("train_throughput.txt", "train_throughput_compiled.txt", "bench.txt"):
     if (out / f).exists():
         print("\n".join(l for l in (out / f).read_text().splitlines() if l.startswith(("|", "training", "likelihood"))))
+if (out / "step_profile.txt").exists():  # its first table; the kernels per variant stay in the file
+    import re
+    print("\n".join(l for l in (out / "step_profile.txt").read_text().splitlines()
+                    if l.startswith(("training step", "| batch")) or re.match(r"\| \d+ \| (float32|bf16) \|", l)))
 print("steps:\n" + (out / "steps.txt").read_text().strip())
 PY
 exit $status

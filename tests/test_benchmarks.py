@@ -1,0 +1,96 @@
+"""The hand-run benchmarks that price the step and the kernels without a GPU still run,
+and what they count holds: the step's own bookkeeping stays a few kernels."""
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from vaecli.step import EpochSums, NonFiniteGuard  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = BENCHMARKS.parent
+
+
+def _benchmark(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Ops(TorchDispatchMode):
+    """Operations that are not views (each a kernel on CUDA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        returns = func._schema.returns
+        if not (returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)):
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_epoch_sums_and_the_guard_take_a_few_kernels_a_step():
+    """Inside a captured graph each kernel costs a launch gap, so the per-step
+    bookkeeping is a handful of kernels, not one or more per sum."""
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(3, "cpu")
+    b = 16
+    log_px, kl, terms = torch.randn(b), torch.rand(b), torch.randn(b)
+    sse = torch.tensor(2.5, dtype=torch.float64)
+    ok = torch.tensor(True)
+    sums.add(ok, log_px, kl, terms, sse, b)  # the batch size's coefficients are made once
+    with _Ops() as ops:
+        sums.add(ok, log_px, kl, terms, sse, b)
+    assert len(ops.names) <= 6, ops.names
+    with _Ops() as ops:
+        guard.update(ok)
+    assert len(ops.names) <= 7, ops.names
+    # and they still sum what they should, skipping a bad step
+    sums.add(torch.tensor(False), log_px * float("nan"), kl, terms, None, b)
+    assert float(sums.rec) == pytest.approx(2 * float(log_px.double().sum()))
+    assert float(sums.loss) == pytest.approx(-2 * float(terms.double().sum()))
+    assert float(sums.sse) == 5.0 and int(sums.images) == 2 * b and int(sums.skipped) == 1
+
+
+def test_step_ops_counts_each_phase_of_the_step():
+    result = _benchmark("step_ops").count("sigma", 8)
+    step = result["step"]
+    assert step["forward"] > 10 and step["backward"] > 10 and 0 < step["bookkeeping"] <= 35
+    assert result["likelihood+KL"]["forward"] > 0
+    assert any(k.startswith("backward/convolution_backward") for k in result["ops"])
+
+
+def test_step_profile_times_the_step_on_the_cpu(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "p.json"
+    _benchmark("step_profile").main(["--device", "cpu", "--batch", "8", "--steps", "2", "--warmup", "1",
+                                     "--memory-format", "contiguous", "--memory-format", "channels_last",
+                                     "--profile", "--top", "3", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [r["memory_format"] for r in rows] == ["contiguous", "channels_last"]
+    assert all(r["ms_per_step"] > 0 and r["graph"] == "off" and len(r["top"]) == 3 for r in rows)
+    assert "| 8 | float32 | channels_last |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("git") is None, reason="needs g++ and git")
+def test_kernel_arithmetic_prices_the_kernels_of_two_revisions(tmp_path):
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    bench = _benchmark("kernel_arithmetic")
+    from vaecli.backends.cupy_backend import host
+
+    baseline = bench.kernels_at("HEAD")
+    assert "logistic_mixture_components" in baseline.SOURCE
+    launch = host.launcher(tmp_path, source=baseline.SOURCE, threads=1, optimize="-O2", tag="base")
+    times = bench.host_times(baseline, launch, "logistic-mixture", 1, 4, 1)
+    assert set(times) == {"value", "recompute", "defer"} and all(t > 0 for t in times.values())
