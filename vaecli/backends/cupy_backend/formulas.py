@@ -167,11 +167,6 @@ def sigmoid(xp, t):
     return xp.where(t >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def log_sigmoid(xp, t):
-    """log sigma(t) = -softplus(-t); its derivative is sigma(-t)."""
-    return -softplus(xp, -t)
-
-
 def softclip(xp, t, floor):
     """(floor + softplus(t - floor), its derivative sigma(t - floor)); identity if no floor."""
     if floor is None:
