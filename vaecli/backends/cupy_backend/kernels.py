@@ -193,6 +193,7 @@ K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real
 // With a, b = c -+ w, e_a = e^-|a|, e_b = e^-|b|, P = (1 + e_a)(1 + e_b) and d = 2w:
 // mass = e^-(max(a, 0) + max(-b, 0)) (1 - e^-d)/P; the first bin drops the a-terms, the
 // last the b-terms and the width term.  One log per bin, one reciprocal for both sigmoids.
+// With g_mu null (the value alone) neither derivative is formed.
 K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, real half_bin,
                            real* g_mu, real* g_log_scale) {
     const real c = (y - mu) * inv_scale;
@@ -212,21 +213,21 @@ K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, re
     }
     const real inv_p = (real)1 / (((real)1 + e_a) * ((real)1 + e_b));
     const real sum = e_a + e_b + e_a * e_b;  // P - 1
-    real log_mass, width = (real)0;
+    const real d = (real)2 * w;
+    const bool small = d < (real)K_LN2;
+    real log_mass, m = (real)0, e = (real)0;
     if (first || final_bin) {
         log_mass = -(linear + k_log1p(sum));
-    } else {
-        const real d = (real)2 * w;
-        if (d < (real)K_LN2) {  // 1 - e^-d = m, from expm1 (log1mexp's branches)
-            const real m = -k_expm1(-d);
-            width = d * ((real)1 - m) / m;
-            log_mass = k_log(m * inv_p) - linear;
-        } else {                // (1 - e^-d)/P = 1 - (e^-d + P - 1)/P
-            const real e = k_exp(-d);
-            width = d * e / ((real)1 - e);
-            log_mass = k_log1p(-(e + sum) * inv_p) - linear;
-        }
+    } else if (small) {  // 1 - e^-d = m, from expm1 (log1mexp's branches)
+        m = -k_expm1(-d);
+        log_mass = k_log(m * inv_p) - linear;
+    } else {             // (1 - e^-d)/P = 1 - (e^-d + P - 1)/P
+        e = k_exp(-d);
+        log_mass = k_log1p(-(e + sum) * inv_p) - linear;
     }
+    if (!g_mu) return log_mass;  // the value alone
+    real width = (real)0;
+    if (!first && !final_bin) width = small ? d * ((real)1 - m) / m : d * e / ((real)1 - e);
     const real big_a = ((real)1 + e_b) * inv_p;  // 1/(1 + e_a)
     const real big_b = ((real)1 + e_a) * inv_p;  // 1/(1 + e_b)
     const real s_a = first ? (real)0 : (a >= (real)0 ? big_a : e_a * big_a);       // sigma(a)
@@ -374,7 +375,8 @@ extern "C" __global__ void logistic(
         real dls;
         const real inv_scale = softclip_inv_scale(raw[i_ls], floor, exp_neg_floor, use_floor, &dls);
         real g_mu, g_ls;
-        value[i] = logistic_bin(xv, last, y, raw[i_mu], inv_scale, half_bin, &g_mu, &g_ls);
+        value[i] = logistic_bin(xv, last, y, raw[i_mu], inv_scale, half_bin, need_grad ? &g_mu : (real*)0,
+                                &g_ls);
         if (need_grad) {
             const real w = weight[b];
             grad[i_mu] = w * g_mu;
@@ -440,7 +442,7 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
         real dls;
         const real inv_scale = softclip_inv_scale(r[j_ls * hw], floor, exp_neg_floor, use_floor, &dls);
         real g_loc, g_ls;
-        comp += logistic_bin(xv, last, y, loc, inv_scale, half_bin, &g_loc, &g_ls);
+        comp += logistic_bin(xv, last, y, loc, inv_scale, half_bin, g ? &g_loc : (real*)0, &g_ls);
         if (g) {
             g[j_mu * hw] = g_loc;
             g[j_ls * hw] = g_ls * dls;
