@@ -3,9 +3,9 @@ CPU with xp = numpy: values against the float64 reference, analytic gradients ag
 central finite differences of the reference's value (and against torch autograd when
 the torch backend is there), float64 and float32, every likelihood, both kinds.
 
-The fused CUDA kernels mirror these formulas line by line; tests/test_cupy_gpu.py
-checks them on a GPU.  Here the kernel sources are only compile-checked (with nvcc,
-when it is on PATH).
+The fused CUDA kernels mirror these formulas; here they are compiled as host C++
+(vaecli.backends.cupy_backend.host) and run through kernels.evaluate against them, and
+compile-checked with nvcc when it is on PATH.  tests/test_cupy_gpu.py runs them on a GPU.
 """
 
 from __future__ import annotations
@@ -678,6 +678,42 @@ def test_host_compiled_mixture_far_pixel_keeps_float32_precision(host_launch, ch
     far = np.s_[:, :, 2, 1]
     scale = np.abs(want.grad_raw[far]).max(axis=1, keepdims=True)  # per image
     np.testing.assert_allclose(got.grad_raw[far], want.grad_raw[far], rtol=2e-5, atol=2e-6 * scale.max())
+
+
+@pytest.mark.parametrize("floor", [-29.0, -31.0, -90.0, -800.0])
+@pytest.mark.parametrize("name", ["logistic", "logistic-mixture"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_a_low_softclip_floor_keeps_the_scales(host_launch, name, floor, dtype):
+    """1/s above the floor is e^-floor e^-(t - floor) for floors from -30 up and e^-t
+    below: e^-floor overflows float32 at -89 and float64 at -710, and e^-(t - floor)
+    underflows at ordinary t long before.  Kernels and formulas match the reference."""
+    rng = np.random.default_rng(21)
+    x, raw = make_inputs(name, 3, 1)
+    raw = rng.normal(0.0, 1.5, size=raw.shape)  # no extreme pixels: scales e^-3 .. e^3
+    opts = _opts(name, log_sigma_min=floor)
+    want = _ref_value(name, "log_prob", x, raw, **opts)
+    formula = formulas.evaluate(name, x, raw.astype(dtype), "log_prob", ns=_numpy(), **opts)
+    got = _kernel_eval(host_launch, name, x, raw.astype(dtype), "log_prob", **opts)
+    tol = VALUE_RTOL[dtype]
+    for ev in (formula, got):
+        assert np.all(np.isfinite(ev.value)) and np.all(np.isfinite(ev.grad_raw))
+        np.testing.assert_allclose(ev.value, want, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(got.grad_raw, formula.grad_raw, rtol=GRAD_RTOL[dtype],
+                               atol=GRAD_RTOL[dtype] * 1e-2 * float(np.abs(formula.grad_raw).max()))
+
+
+def test_host_compiled_mixture_pixel_no_component_can_give_is_minus_inf(host_launch):
+    """A pixel whose every component's bin mass underflows to 0 (float32, scales of
+    e^200: 1/s is 0) has log-probability -inf, in the kernels as in the formulas, not
+    the NaN of -inf - -inf."""
+    x, raw = make_inputs("logistic-mixture", 1, 2, mixtures=2)
+    raw = raw.astype(np.float32)
+    k, c = 2, 1
+    raw[0, k + k * c : k + 2 * k * c] = 200.0  # every log-scale of image 0
+    x[0] = 100
+    for ev in (_kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", mixtures=k, need_grad=False),
+               formulas.evaluate("logistic-mixture", x, raw, "log_prob", ns=_numpy(), mixtures=k, need_grad=False)):
+        assert ev.value[0] == -np.inf and np.all(np.isfinite(ev.value[1:]))
 
 
 def test_host_compiled_categorical_out_of_range_is_nan(host_launch):

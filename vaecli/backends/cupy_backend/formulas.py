@@ -62,6 +62,12 @@ STUDENT_T_LOGCDF_TAIL = -700.0
 STUDENT_T_TAIL_TERMS = 60
 STUDENT_T_SERIES_MAX_U = 0.5
 
+# softclip_inv_scale takes 1/s above the floor as e^-floor e^-(t - floor) (one
+# exponential) for floors at or above this: e^-(t - floor) then underflows in float32
+# only where 1/s < e^-57 (a scale above 1e24).  Below it, as e^-t (two exponentials):
+# a low floor would make e^-(t - floor) underflow, or e^-floor overflow, at ordinary t.
+SOFTCLIP_PRODUCT_FLOOR = -30.0
+
 KINDS = ("log_prob", "log_pmf")
 GAUSSIAN_FAMILY = ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image")
 _OPTION_NAMES = ("n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min")
@@ -174,10 +180,17 @@ def softclip(xp, t, floor):
     return floor + softplus(xp, t - floor), sigmoid(xp, t - floor)
 
 
+def softclip_exp_neg_floor(floor) -> float:
+    """e^-floor for :func:`softclip_inv_scale`'s one-exponential form, or 0.0 where the
+    floor is below SOFTCLIP_PRODUCT_FLOOR (or absent) and that form is not used."""
+    return 0.0 if floor is None or floor < SOFTCLIP_PRODUCT_FLOOR else math.exp(-floor)
+
+
 def softclip_inv_scale(xp, t, floor):
     """(e^-softclip(t), the derivative of softclip): 1/s for log s = softclip(t) without
     computing log s.  With u = t - floor, e^-softplus(u) = sigma(-u), so 1/s =
-    e^-floor sigma(-u), and both sigmoids come from one e^-|u|; e^-t, 1 if no floor."""
+    e^-floor sigma(-u), and both sigmoids come from one e^-|u|; e^-t, 1 if no floor.
+    For a floor below SOFTCLIP_PRODUCT_FLOOR, 1/s = e^-t sigma(u) above the floor."""
     if floor is None:
         return xp.exp(-t), xp.ones_like(t)
     u = t - floor
@@ -185,7 +198,12 @@ def softclip_inv_scale(xp, t, floor):
     big = 1 / (1 + e)  # the larger of sigma(u), sigma(-u)
     small = e * big
     nonneg = u >= 0
-    return math.exp(-floor) * xp.where(nonneg, small, big), xp.where(nonneg, big, small)
+    deriv = xp.where(nonneg, big, small)
+    exp_neg_floor = softclip_exp_neg_floor(floor)
+    if exp_neg_floor > 0:
+        return exp_neg_floor * xp.where(nonneg, small, big), deriv
+    below = xp.exp(xp.asarray(-floor, dtype=t.dtype)) * big  # overflows only where 1/s does
+    return xp.where(nonneg, xp.exp(-t) * big, below), deriv
 
 
 def log1mexp(xp, d):
@@ -746,7 +764,7 @@ def mixture_parts(raw, o: Options):
 
 
 def _mixture(ns, x, raw, o, u, need_grad):
-    """logsumexp_k (log softmax(pi)_k + sum_c log mass_kc), and its gradient:
+    """logsumexp_k (log softmax(pi)_k + M_k), M_k = sum_c log mass_kc, and its gradient:
     with responsibilities r_k = softmax_k(component log-probs) and weights w_k,
     d/dpi_k = r_k - w_k and d/dtheta_kc = r_k d log mass_kc / dtheta_kc."""
     xp = ns.xp
@@ -771,13 +789,19 @@ def _mixture(ns, x, raw, o, u, need_grad):
     else:
         loc = means
     log_mass, g_loc, g_ls = logistic_bin(ns, xk, y, loc, inv_scale, levels, need_grad)
-    comp = log_w + log_mass.sum(axis=2)  # (B, K, H, W)
-    lse = logsumexp(xp, comp, axis=1)  # (B, 1, H, W)
-    value = _per_image(xp, lse)
+    # the component log masses M_k stay apart from the log-weights: shifted by their
+    # maximum m first, a large common part of them cancels exactly instead of rounding
+    # the log-weights away in float32 (as in the kernels)
+    mass = log_mass.sum(axis=2)  # (B, K, H, W)
+    m = xp.max(mass, axis=1, keepdims=True)
+    m = xp.where(m == -xp.inf, 0.0, m)  # no component can give x: the value is -inf
+    shifted = log_w + (mass - m)
+    lse_shifted = logsumexp(xp, shifted, axis=1)  # (B, 1, H, W)
+    value = _per_image(xp, m + lse_shifted)
     if not need_grad:
         return Evaluation(value, None, None)
     ub = _bcast(u, 4)
-    resp = xp.exp(comp - lse)  # (B, K, H, W)
+    resp = xp.exp(shifted - lse_shifted)  # (B, K, H, W)
     rk = (ub * resp)[:, :, None]  # (B, K, 1, H, W)
     grad_logits = ub * (resp - xp.exp(log_w))
     grad_means = rk * g_loc

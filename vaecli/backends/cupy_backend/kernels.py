@@ -49,7 +49,6 @@ values in the categorical kernel instead of reading out of bounds.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +99,8 @@ K_INLINE float  k_abs(float v)    { return fabsf(v); }
 K_INLINE double k_abs(double v)   { return fabs(v); }
 K_INLINE float  k_nan(float)      { return __int_as_float(0x7fffffff); }
 K_INLINE double k_nan(double)     { return __longlong_as_double(0x7fffffffffffffffLL); }
+K_INLINE float  k_neg_inf(float)  { return __int_as_float((int)0xff800000u); }
+K_INLINE double k_neg_inf(double) { return __longlong_as_double((long long)0xfff0000000000000ULL); }
 
 // ------------------------------------------------- stable helpers (formulas.py)
 // log(1 + e^t) = max(t, 0) + log1p(e^-|t|)
@@ -122,7 +123,9 @@ K_INLINE real softclip(real t, real floor, int use_floor, real* deriv) {
 
 // 1/s for log s = softclip(t) and d log s / dt = sigmoid(t - floor), from one e^-|u|,
 // u = t - floor: e^-softplus(u) = sigmoid(-u), so 1/s = e^-floor sigmoid(-u); e^-t and 1
-// without a floor.  formulas.softclip_inv_scale.
+// without a floor.  exp_neg_floor is e^-floor, or 0 for a floor so low that e^-floor
+// e^-u would underflow in e^-u where e^-t does not: then 1/s = e^-t sigmoid(u) above the
+// floor, one more exponential.  formulas.softclip_inv_scale.
 K_INLINE real softclip_inv_scale(real t, real floor, real exp_neg_floor, int use_floor, real* deriv) {
     if (!use_floor) { *deriv = (real)1; return k_exp(-t); }
     const real u = t - floor;
@@ -130,7 +133,8 @@ K_INLINE real softclip_inv_scale(real t, real floor, real exp_neg_floor, int use
     const real big = (real)1 / ((real)1 + e);  // the larger of sigmoid(u), sigmoid(-u)
     const real small = e * big;
     *deriv = u >= (real)0 ? big : small;
-    return exp_neg_floor * (u >= (real)0 ? small : big);
+    if (exp_neg_floor > (real)0) return exp_neg_floor * (u >= (real)0 ? small : big);
+    return u >= (real)0 ? k_exp(-t) * big : k_exp(-floor) * big;
 }
 
 // log(1 - e^-d), d >= 0: log(-expm1(-d)) below ln 2, log1p(-e^-d) above
@@ -246,7 +250,7 @@ K_INLINE real online_logsumexp(const real* v, const long long stride, const int 
         if (u > m) {
             s = s * k_exp(m - u) + (real)1;
             m = u;
-        } else {
+        } else if (u != k_neg_inf(u)) {  // e^-inf adds nothing, and -inf - -inf is NaN
             s += k_exp(u - m);
         }
     }
@@ -542,6 +546,7 @@ extern "C" __global__ void logistic_mixture_lse(
             const real v = mass[(long long)k * n + i];
             m = v > m ? v : m;
         }
+        if (m == k_neg_inf(m)) m = (real)0;  // no component can give x: every t_k is -inf
         real log_w;
         real top = mixture_shifted(mass[i], logits[0], norm, m, &log_w);
         real sum = (real)1;
@@ -550,7 +555,7 @@ extern "C" __global__ void logistic_mixture_lse(
             if (t > top) {
                 sum = sum * k_exp(top - t) + (real)1;
                 top = t;
-            } else {
+            } else if (t != k_neg_inf(t)) {
                 sum += k_exp(t - top);
             }
         }
@@ -726,7 +731,7 @@ def evaluate(
     half_bin = real(0.5 / last)
     use_floor = np.int32(o.log_sigma_min is not None)
     floor = real(0.0 if o.log_sigma_min is None else o.log_sigma_min)
-    exp_neg_floor = real(math.exp(-float(floor)))
+    exp_neg_floor = real(formulas.softclip_exp_neg_floor(o.log_sigma_min))
     weight = xp.ascontiguousarray(
         formulas._weights(xp, upstream, b, dtype) if need_grad else xp.ones(b, dtype)
     )
