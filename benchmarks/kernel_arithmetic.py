@@ -37,8 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vaecli.backends.cupy_backend import formulas, host
-from vaecli.backends.cupy_backend import kernels as current_kernels
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the vaecli of this checkout, not whichever is installed
+
+from vaecli.backends.cupy_backend import formulas, host  # noqa: E402
+from vaecli.backends.cupy_backend import kernels as current_kernels  # noqa: E402
 
 KERNELS_PATH = "vaecli/backends/cupy_backend/kernels.py"
 MIXTURES = 10
@@ -46,8 +49,7 @@ MIXTURES = 10
 
 def kernels_at(rev: str):
     """vaecli's kernels module as it was at git revision ``rev``."""
-    root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "show", f"{rev}:{KERNELS_PATH}"], cwd=root, capture_output=True,
+    source = subprocess.run(["git", "show", f"{rev}:{KERNELS_PATH}"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     name = f"vaecli.backends.cupy_backend._kernels_{re.sub(r'[^0-9A-Za-z]', '_', rev)}"
     spec = importlib.util.spec_from_loader(name, loader=None)

@@ -17,9 +17,11 @@ precision and memory format:
   experiment, not a `vae train` option: it says whether one is worth adding.
 
 With ``--profile`` each variant's steps also run under ``torch.profiler`` and the table
-lists the kernels (CUDA; operators on the CPU) by total time: per step, how many there
-are, their summed time, and what share of the step's wall time that is (the rest is
-launch gaps and idle).
+lists the kernels (CUDA; top-level operators on the CPU) by total time: per step, how
+many there are, their summed time, and what share of the step's time that is (on CUDA
+the rest is launch gaps and idle; on the CPU operators overlap threads and the share
+means little).  Per step includes drawing the batch (a few small kernels) and, under
+the graph, copying it into the graph's inputs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from vaecli import datasets
 from vaecli.config import TrainConfig
-from vaecli.step import EpochSums, NonFiniteGuard, TrainStep, make_optimizer
+from vaecli.step import GRAPH_WARMUP_STEPS, EpochSums, NonFiniteGuard, TrainStep, make_optimizer
 from vaecli.train import build_model
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -118,12 +120,15 @@ def main(argv=None):
     p.add_argument("--memory-format", action="append", choices=sorted(MEMORY_FORMATS))
     p.add_argument("--likelihood", default="sigma")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10, help="steps before timing (the capture is among them)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help=f"steps before timing, at least {GRAPH_WARMUP_STEPS + 1} (the capture is among them)")
     p.add_argument("--eager", action="store_true", help="also each variant without the CUDA graph")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--json", help="write the results here as JSON")
     args = p.parse_args(argv)
+    if args.warmup < GRAPH_WARMUP_STEPS + 1:
+        p.error(f"--warmup must be at least {GRAPH_WARMUP_STEPS + 1}: the timed steps must come after the capture")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as vae train does
@@ -147,10 +152,12 @@ def main(argv=None):
                     del step, run_one
     print(f"training step on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"{args.likelihood}, 1x28x28, {args.steps} steps after {args.warmup}\n")
-    print("| batch | precision | memory format | ms/step | images/s | CUDA graph | kernels/step | kernel ms/step |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| batch | precision | memory format | ms/step | images/s | CUDA graph | kernels/step | kernel ms/step "
+          "| kernel share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        k = f"{r['kernels_per_step']:.0f} | {r['kernel_ms_per_step']:.3f}" if "top" in r else "- | -"
+        k = (f"{r['kernels_per_step']:.0f} | {r['kernel_ms_per_step']:.3f} | "
+             f"{100 * r['kernel_ms_per_step'] / r['ms_per_step']:.0f}%") if "top" in r else "- | - | -"
         print(f"| {r['batch']} | {r['precision']} | {r['memory_format']} | {r['ms_per_step']:.3f} | "
               f"{r['images_per_s']:,.0f} | {r['graph']} | {k} |")
     for r in results:

@@ -73,7 +73,7 @@ def test_step_profile_times_the_step_on_the_cpu(tmp_path, capsys):
     import json
 
     out = tmp_path / "p.json"
-    _benchmark("step_profile").main(["--device", "cpu", "--batch", "8", "--steps", "2", "--warmup", "1",
+    _benchmark("step_profile").main(["--device", "cpu", "--batch", "8", "--steps", "2", "--warmup", "4",
                                      "--memory-format", "contiguous", "--memory-format", "channels_last",
                                      "--profile", "--top", "3", "--json", str(out)])
     rows = json.loads(out.read_text())

@@ -51,6 +51,23 @@ def test_a_nonfinite_step_changes_nothing_and_is_counted():
     assert guard.tripped() == 3 and int(guard.run) == 0
 
 
+def test_huge_but_finite_gradients_are_a_step_taken():
+    """Gradients of 1e38 in every parameter (float32's maximum is 3.4e38) are finite:
+    the step is taken, not skipped; an infinite one in a single parameter is skipped."""
+    model, opt, step = _model()
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(5, "cpu")
+    x, eps = _batch()
+    hooks = [p.register_hook(lambda g: torch.full_like(g, 1e38)) for p in model.parameters()]
+    step(x, x, eps, x.shape[0], sums, guard)
+    assert int(sums.skipped) == 0 and int(sums.images) == x.shape[0]
+    for h in hooks:
+        h.remove()
+    hook = next(model.parameters()).register_hook(lambda g: g * float("inf"))
+    step(x, x, eps, x.shape[0], sums, guard)
+    hook.remove()
+    assert int(sums.skipped) == 1 and int(sums.images) == x.shape[0]
+
+
 def test_bf16_runs_the_network_in_bf16_and_the_likelihood_in_float32():
     model, _, step = _model("bf16")
     seen = {}

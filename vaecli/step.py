@@ -103,12 +103,15 @@ class EpochSums:
         self.values.zero_()
 
     def _coefficients(self, images: int):
-        """[1, 1, -1, 1, images, 0] on the device, made once per batch size from the
-        tensors made in __init__ (no host-to-device copy, which a capture forbids)."""
+        """[1, 1, -1, 1, images, 0] on the device, made from the tensors made in __init__
+        (no host-to-device copy, which a capture forbids) and kept per batch size, but
+        not when made inside a capture: there its kernels are only recorded, and a
+        failed capture would leave the kept tensor unfilled."""
         coef = self._coef.get(images)
         if coef is None:
             coef = torch.cat([self._ones, -self._ones[:1], self._ones[:1], self._ones[:1] * images, self._zero])
-            self._coef[images] = coef
+            if not (self.values.is_cuda and torch.cuda.is_current_stream_capturing()):
+                self._coef[images] = coef
         return coef
 
     def add(self, ok, log_px, kl, loss_terms, sse, images: int):
@@ -228,6 +231,8 @@ class TrainStep:
         self._warmup_left = GRAPH_WARMUP_STEPS
         self._stream = None  # the side stream of warm-up and capture, made on first use
         self.compiled = bool(compile_forward)
+        # found_inf for the fused Adam: 0 (take the step) or 1 (skip it), chosen on the device
+        self._found_inf = torch.tensor([0.0, 1.0], device=self.device)
         self._log = log or (lambda message: print(message, file=sys.stderr))
 
     def _forward(self, x_in, eps):
@@ -251,7 +256,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ok = self.all_finite(self._finite(loss))
-        self.optimizer.found_inf = torch.where(ok, 0.0, 1.0)
+        self.optimizer.found_inf = torch.where(ok, self._found_inf[0], self._found_inf[1])
         self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
         guard.update(ok)
         sse = None
@@ -263,14 +268,15 @@ class TrainStep:
         return loss, kl, raw
 
     def _finite(self, loss):
-        """Whether the loss and every gradient are finite, as a device flag: the sum of
-        the loss and the gradients' largest magnitudes is finite exactly when each term
-        is (NaN and infinities propagate; finite terms near float32's maximum could
-        overflow, which counts as not finite), and s - s is 0 exactly when s is finite."""
+        """Whether the loss and every gradient are finite, as a device flag.  g, the
+        largest gradient magnitude, is finite exactly when every gradient is (NaN and
+        infinities propagate through the max); 0 g is 0 for a finite g and NaN
+        otherwise, so s = loss + 0 g is finite exactly when both are, and can never
+        overflow; s - s is 0 exactly when s is finite."""
         grads = [p.grad for p in self.params if p.grad is not None]
         total = loss.detach()
         if grads:
-            total = torch.stack(torch._foreach_norm(grads, float("inf"))).sum() + total
+            total = total + torch.stack(torch._foreach_norm(grads, float("inf"))).max() * 0.0
         return (total - total) == 0
 
     def __call__(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
