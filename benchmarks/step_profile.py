@@ -133,6 +133,13 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as vae train does
     images = datasets.load("mnist5k", "train").images
+    # each row is printed (and the JSON rewritten) as soon as it is measured, so that a
+    # run stopped by a time limit keeps what it measured
+    print(f"training step on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"{args.likelihood}, 1x28x28, {args.steps} steps after {args.warmup}\n")
+    print("| batch | precision | memory format | ms/step | images/s | CUDA graph | kernels/step | kernel ms/step "
+          "| kernel share |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     results = []
     for batch in args.batch or [128]:
         for precision in args.precision or ["float32"]:
@@ -143,23 +150,20 @@ def main(argv=None):
                     for _ in range(args.warmup):
                         run_one()
                     ms = time_steps(device, run_one, args.steps)
-                    row = {"batch": batch, "precision": precision, "memory_format": memory_format,
-                           "ms_per_step": ms, "images_per_s": batch / ms * 1e3, "graph": step.graph_state}
+                    r = {"batch": batch, "precision": precision, "memory_format": memory_format,
+                         "ms_per_step": ms, "images_per_s": batch / ms * 1e3, "graph": step.graph_state}
                     if args.profile:
                         count, kernel_ms, top = profile_steps(device, run_one, min(args.steps, 20), args.top)
-                        row.update(kernels_per_step=count, kernel_ms_per_step=kernel_ms, top=top)
-                    results.append(row)
+                        r.update(kernels_per_step=count, kernel_ms_per_step=kernel_ms, top=top)
+                    results.append(r)
                     del step, run_one
-    print(f"training step on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"{args.likelihood}, 1x28x28, {args.steps} steps after {args.warmup}\n")
-    print("| batch | precision | memory format | ms/step | images/s | CUDA graph | kernels/step | kernel ms/step "
-          "| kernel share |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        k = (f"{r['kernels_per_step']:.0f} | {r['kernel_ms_per_step']:.3f} | "
-             f"{100 * r['kernel_ms_per_step'] / r['ms_per_step']:.0f}%") if "top" in r else "- | - | -"
-        print(f"| {r['batch']} | {r['precision']} | {r['memory_format']} | {r['ms_per_step']:.3f} | "
-              f"{r['images_per_s']:,.0f} | {r['graph']} | {k} |")
+                    k = (f"{r['kernels_per_step']:.0f} | {r['kernel_ms_per_step']:.3f} | "
+                         f"{100 * r['kernel_ms_per_step'] / r['ms_per_step']:.0f}%") if "top" in r else "- | - | -"
+                    print(f"| {r['batch']} | {r['precision']} | {r['memory_format']} | {r['ms_per_step']:.3f} | "
+                          f"{r['images_per_s']:,.0f} | {r['graph']} | {k} |", flush=True)
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump(results, f, indent=1)
     for r in results:
         if "top" in r:
             print(f"\n{r['batch']} {r['precision']} {r['memory_format']} (CUDA graph {r['graph']}): "
@@ -168,10 +172,6 @@ def main(argv=None):
             print("|---|---|---|")
             for name, per_step, ms in r["top"]:
                 print(f"| {name[:90]} | {per_step:.1f} | {ms:.4f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-
 
 if __name__ == "__main__":
     main()

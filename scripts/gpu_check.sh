@@ -61,7 +61,7 @@ step "train throughput" 200 \
 step "step profile" 75 \
   "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
      --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
-     2>&1 | grep -v '^USDT' | tee '$out/step_profile.txt'"
+     2>&1 | grep --line-buffered -v '^USDT' | tee '$out/step_profile.txt'"
 step "likelihood benchmark" 150 \
   "python3 benchmarks/likelihood_speed.py --device cuda ${BENCH_COMPILE:+--compile} --graph --policies --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
 step "pytest cupy" 150 \
