@@ -412,7 +412,7 @@ extern "C" __global__ void logistic(
 
 // Component k's log mass at one pixel, M_k = sum_c log mass_kc.
 // With g (the pixel's gradient, channel j at g[j * hw]) it also writes the component's
-// unscaled parameter gradients there, d comp / d theta, for the caller to scale.
+// unscaled parameter gradients there, d M_k / d theta, for the caller to scale.
 K_INLINE real mixture_component(const real* r, const int* xs, real* g, const long long hw,
                                 const int K, const int C, const long long k, const int last,
                                 const real half_bin, const real floor, const real exp_neg_floor,
@@ -426,7 +426,7 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
         y_r = (real)xs[0] / (real)last;
         y_g = (real)xs[hw] / (real)last;
     }
-    real comp = (real)0;
+    real mass = (real)0;
     for (int c = 0; c < C; ++c) {
         const int xv = xs[(long long)c * hw];
         const real y = (real)xv / (real)last;
@@ -446,7 +446,7 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
         real dls;
         const real inv_scale = softclip_inv_scale(r[j_ls * hw], floor, exp_neg_floor, use_floor, &dls);
         real g_loc, g_ls;
-        comp += logistic_bin(xv, last, y, loc, inv_scale, half_bin, g ? &g_loc : (real*)0, &g_ls);
+        mass += logistic_bin(xv, last, y, loc, inv_scale, half_bin, g ? &g_loc : (real*)0, &g_ls);
         if (g) {
             g[j_mu * hw] = g_loc;
             g[j_ls * hw] = g_ls * dls;
@@ -458,7 +458,7 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
             }
         }
     }
-    return comp;
+    return mass;
 }
 
 // channels of raw per pixel: K logits, K*C means, K*C log-scales, 3*K couplings if C == 3
