@@ -241,19 +241,21 @@ K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, re
     return log_mass;
 }
 
+// one term u into an online logsumexp: log sum e^v = m + log s so far
+K_INLINE void online_logsumexp_add(const real u, real* m, real* s) {
+    if (u > *m) {
+        *s = *s * k_exp(*m - u) + (real)1;
+        *m = u;
+    } else if (u != k_neg_inf(u)) {  // e^-inf adds nothing, and -inf - -inf is NaN
+        *s += k_exp(u - *m);
+    }
+}
+
 // online logsumexp of v[k * stride] over k < K, in order
 K_INLINE real online_logsumexp(const real* v, const long long stride, const int K) {
     real m = v[0];
     real s = (real)1;
-    for (int k = 1; k < K; ++k) {
-        const real u = v[(long long)k * stride];
-        if (u > m) {
-            s = s * k_exp(m - u) + (real)1;
-            m = u;
-        } else if (u != k_neg_inf(u)) {  // e^-inf adds nothing, and -inf - -inf is NaN
-            s += k_exp(u - m);
-        }
-    }
+    for (int k = 1; k < K; ++k) online_logsumexp_add(v[(long long)k * stride], &m, &s);
     return m + k_log(s);
 }
 
@@ -551,13 +553,8 @@ extern "C" __global__ void logistic_mixture_lse(
         real top = mixture_shifted(mass[i], logits[0], norm, m, &log_w);
         real sum = (real)1;
         for (int k = 1; k < mixtures; ++k) {
-            const real t = mixture_shifted(mass[(long long)k * n + i], logits[(long long)k * hw], norm, m, &log_w);
-            if (t > top) {
-                sum = sum * k_exp(top - t) + (real)1;
-                top = t;
-            } else if (t != k_neg_inf(t)) {
-                sum += k_exp(t - top);
-            }
+            online_logsumexp_add(
+                mixture_shifted(mass[(long long)k * n + i], logits[(long long)k * hw], norm, m, &log_w), &top, &sum);
         }
         const real lse = top + k_log(sum);
         stats[STATS_LOG_NORM * n + i] = norm;
