@@ -11,8 +11,9 @@
 #   4. the CuPy tests and `vae verify` on both GPU backends,
 #   5. training throughput of the compiled step (not compile+bf16: its capture failed on
 #      an H200 with torch 2.11 and it trains eagerly, slowly),
-#   6. bf16 against float32: test ELBO after 10 epochs (PREC_SEEDS; the seed alone moves
-#      it by several percent, docs/performance.md),
+#   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
+#      process, as many of PREC_SEEDS pairs as fit in 110 s (the seed alone moves the
+#      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
 #   7. the main job on the GPU with each backend, evaluation throughput, FID features,
 # then a short table last.  Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
 # the steps whose names match it (grep -E), for a second call that completes a first.
@@ -71,15 +72,11 @@ step "verify cupy" 60 "python3 -m vaecli verify --backend cupy --seed $seed --js
 step "train throughput, compiled" 150 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
      --repeat $repeat --variant compile 2>&1 | tee '$out/train_throughput_compiled.txt'"
-# bf16 against float32: test ELBO after 10 epochs on the bundled data (target: within 0.5%),
-# for each seed in PREC_SEEDS
-for s in ${PREC_SEEDS:-0 1}; do
-  for precision in float32 bf16; do
-    step "precision $precision seed $s" 60 \
-      "rm -f /tmp/gpu_prec_$precision.h5; python3 -m vaecli train --device cuda --precision $precision --epochs 10 \
-         --seed $s --quiet --json --out /tmp/gpu_prec_$precision.h5 > '$out/precision_${precision}_seed$s.json'"
-  done
-done
+# bf16 against float32 (target: within 0.5% of the test ELBO): PREC_SEEDS paired seeds of
+# PREC_EPOCHS epochs in one process, each model evaluated in float32; as many pairs as fit
+step "precision study" 130 \
+  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_SEEDS:-24} --epochs ${PREC_EPOCHS:-10} \
+     --time-limit 110 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   step "main job $backend" 60 \
@@ -131,15 +128,9 @@ for backend in ("torch", "cupy"):
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}, CUDA graph: {graph}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
-for f in sorted(out.glob("precision_float32_seed*.json")):
-    seed = f.stem.split("seed")[-1]
-    try:
-        e = {p: json.loads((out / f"precision_{p}_seed{seed}.json").read_text())["last_epoch"]["test_elbo"]
-             for p in ("float32", "bf16")}
-        print(f"10 epochs test ELBO, seed {seed}: float32 {e['float32']:.2f}, bf16 {e['bf16']:.2f}, "
-              f"difference {100 * (e['bf16'] - e['float32']) / abs(e['float32']):+.2f}%")
-    except Exception as exc:
-        print(f"precision check, seed {seed}: failed ({exc})")
+if (out / "precision_study.txt").exists():  # its per-seed rows stay in the file
+    print("\n".join(l for l in (out / "precision_study.txt").read_text().splitlines()
+                    if l.startswith(("bf16 against", "float32 test ELBO", "bf16 − float32", "stopped"))))
 for f in ("pytest_fid_math.txt", "fid_cuda.json", "eval_throughput.txt"):
     if (out / f).exists():
         print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])

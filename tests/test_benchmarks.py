@@ -83,3 +83,42 @@ def test_kernel_arithmetic_prices_the_kernels_of_two_revisions(tmp_path):
     launch = host.launcher(tmp_path, source=baseline.SOURCE, threads=1, optimize="-O2", tag="base")
     times = bench.host_times(baseline, launch, "logistic-mixture", 1, 4, 1)
     assert set(times) == {"value", "recompute", "defer"} and all(t > 0 for t in times.values())
+
+
+def test_precision_study_judges_the_interval_against_half_a_percent():
+    summary = _benchmark("precision_study").paired_summary
+    within = summary([0.10, 0.20, 0.15, 0.12, 0.18])
+    assert within["verdict"] == "within ±0.5%" and within["ci95"][0] < 0.15 < within["ci95"][1]
+    assert summary([2.0, 2.1, 1.9])["verdict"] == "outside ±0.5%"
+    assert summary([-1.6, -1.5, -1.7])["verdict"] == "outside ±0.5%"
+    wide = summary([0.4, -0.9, 1.2, -0.2])
+    assert wide["verdict"].startswith("not resolved (about ")
+    # the pairs it asks for make 1.96 sd / sqrt(n) smaller than what the mean leaves of 0.5%
+    needed = int(wide["verdict"].split("about ")[1].split()[0])
+    assert 1.96 * wide["sd"] / needed**0.5 < 0.5 - abs(wide["mean"]) <= 1.96 * wide["sd"] / (needed - 1) ** 0.5
+    assert summary([0.3])["verdict"].startswith("not resolved (one pair")
+    assert wide["stderr"] == pytest.approx(wide["sd"] / 2)
+
+
+def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_limit(tmp_path):
+    import dataclasses
+    import json
+
+    from vaecli import datasets
+
+    bench = _benchmark("precision_study")
+    train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
+    data = (dataclasses.replace(train_set, images=train_set.images[:96], labels=None),
+            dataclasses.replace(test_set, images=test_set.images[:40], labels=None))
+    lines = []
+    report = bench.study(torch.device("cpu"), [0, 1, 2], 1, 32, 1, time_limit=0.0,
+                         json_path=tmp_path / "p.json", say=lines.append, data=data)
+    assert len(report["rows"]) == 1 and report["stopped"].startswith("time limit 0 s: 1 pairs of 3")
+    row = report["rows"][0]
+    f32, bf16 = row["float32"], row["bf16"]
+    assert f32["test_elbo"] != bf16["test_elbo"]  # bf16 autocast did change the training
+    assert row["difference_percent"] == pytest.approx(100 * (bf16["test_elbo"] - f32["test_elbo"])
+                                                      / abs(f32["test_elbo"]))
+    assert 0 < f32["bpd"] < 8 and 0 < bf16["bpd"] < 8
+    assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["seed"] == 0
+    assert any(line.startswith("| 0 |") for line in lines) and lines[-1].startswith("stopped: time limit")
