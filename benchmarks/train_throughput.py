@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import math
 import os
 import tempfile
@@ -131,6 +132,7 @@ def main():
                    help="vaecli configurations to time [default: float32]")
     p.add_argument("--repeat", type=int, default=1, help="passes over the training images per epoch")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for both loops (mean, and ELBO sd)")
+    p.add_argument("--json", default=None, help="write the rows here (rewritten after each row)")
     args = p.parse_args()
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -149,6 +151,8 @@ def main():
           "vaecli test ELBO |")
     print("|---|---|---|---|---|---|---|")
     seeds = range(args.seeds)
+    report = {"device": name, "torch": torch.__version__, "images_per_epoch": n, "epochs": args.epochs,
+              "workers": args.workers, "seeds": args.seeds, "rows": []}
     for batch in args.batch or (128, 1024):
         base = []
         for seed in seeds:
@@ -162,6 +166,13 @@ def main():
             print(f"| {batch} | {variant} | {base_rate:,.0f} | {our_rate:,.0f} | {our_rate / base_rate:.2f} | "
                   f"{_spread([e for _, e in base])} | {_spread([e for _, e in ours])} |",
                   flush=True)
+            report["rows"].append({
+                "batch": batch, "variant": variant, "ratio": our_rate / base_rate,
+                "baseline_images_per_s": [n / t for t, _ in base], "vaecli_images_per_s": [n / t for t, _ in ours],
+                "baseline_test_elbo": [e for _, e in base], "vaecli_test_elbo": [e for _, e in ours]})
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@
 #   5. training throughput of the compiled step (not compile+bf16: its capture failed on
 #      an H200 with torch 2.11 and it trains eagerly, slowly),
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
-#      process, as many of PREC_SEEDS pairs as fit in 110 s (the seed alone moves the
+#      process, as many of PREC_SEEDS pairs as fit in 80 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
 #   7. the main job on the GPU with each backend, evaluation throughput, FID features,
-# then a short table last.  Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
+# then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
+# Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
 # the steps whose names match it (grep -E), for a second call that completes a first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +59,8 @@ step "pytest captured step + torch cuda" 120 \
 # training throughput against the plain DataLoader loop (issue 8's baseline), same card
 step "train throughput" 200 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
-     --repeat $repeat --seeds 2 --variant float32 --variant eager --variant bf16 2>&1 | tee '$out/train_throughput.txt'"
+     --repeat $repeat --seeds 2 --variant float32 --variant eager --variant bf16 --json '$out/train_throughput.json' \
+     2>&1 | tee '$out/train_throughput.txt'"
 step "step profile" 75 \
   "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
      --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
@@ -71,12 +73,13 @@ step "verify torch cuda" 60 "python3 -m vaecli verify --backend torch --device c
 step "verify cupy" 60 "python3 -m vaecli verify --backend cupy --seed $seed --json > '$out/verify_cupy.json'"
 step "train throughput, compiled" 150 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
-     --repeat $repeat --variant compile 2>&1 | tee '$out/train_throughput_compiled.txt'"
+     --repeat $repeat --variant compile --json '$out/train_throughput_compiled.json' \
+     2>&1 | tee '$out/train_throughput_compiled.txt'"
 # bf16 against float32 (target: within 0.5% of the test ELBO): PREC_SEEDS paired seeds of
 # PREC_EPOCHS epochs in one process, each model evaluated in float32; as many pairs as fit
-step "precision study" 130 \
+step "precision study" 100 \
   "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_SEEDS:-24} --epochs ${PREC_EPOCHS:-10} \
-     --time-limit 110 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
+     --time-limit 80 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   step "main job $backend" 60 \
@@ -143,4 +146,7 @@ if (out / "step_profile.txt").exists():  # its first table; the kernels per vari
                     if l.startswith(("training step", "| batch")) or re.match(r"\| \d+ \| (float32|bf16) \|", l)))
 print("steps:\n" + (out / "steps.txt").read_text().strip())
 PY
+# last: issue 8's targets against this run's measurements
+echo
+python3 scripts/gpu_targets.py "$out" | tee "$out/targets.md"
 exit $status
