@@ -1,7 +1,8 @@
 """Training throughput of `vae train` against a plain PyTorch loop, same model, same run.
 
     python benchmarks/train_throughput.py --device cpu --batch 128 --batch 1024 --epochs 2 \
-        [--variant float32 --variant eager --variant bf16 --variant compile --variant compile+bf16]
+        [--variant float32 --variant eager --variant bf16 --variant compile --variant compile+bf16
+         --variant channels_last --variant channels_last+bf16]
         [--repeat 15] [--seeds 2]
 
 vaecli: `vaecli.train.train` (data resident on the device, batches indexed there, the
@@ -97,6 +98,8 @@ VARIANTS = {  # name -> TrainConfig options
     "bf16": {"precision": "bf16"},
     "compile": {"compile": True},
     "compile+bf16": {"compile": True, "precision": "bf16"},
+    "channels_last": {"memory_format": "channels_last"},
+    "channels_last+bf16": {"memory_format": "channels_last", "precision": "bf16"},
 }
 
 

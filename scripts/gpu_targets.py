@@ -69,7 +69,7 @@ def training_rows(throughput, compiled) -> list:
         else:
             rows.append((name, f"{r['ratio']:.2f}× ({_mean(r['vaecli_images_per_s']):,.0f} against "
                                f"{_mean(r['baseline_images_per_s']):,.0f} images/s)", _mark(r["ratio"] >= target)))
-        for variant in ("bf16", "compile", "compile+bf16"):
+        for variant in ("bf16", "channels_last", "channels_last+bf16", "compile", "compile+bf16"):
             other = by_key.get((batch, variant))
             if other is not None:
                 rows.append((f"for reference: {variant}, batch {batch}", f"{other['ratio']:.2f}×",

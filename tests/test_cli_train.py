@@ -142,3 +142,16 @@ def test_not_a_run_file(tmp_path):
     result = CliRunner().invoke(main, ["info", str(bad)])
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {bad} is not an HDF5 file (not a vaecli run file)"
+
+
+def test_memory_format_is_stored_shown_and_kept_on_resume(tmp_path, data_file):
+    out = tmp_path / "nhwc.h5"
+    result = _invoke(["train", "--data", str(data_file), "--epochs", "1", "--batch-size", "32", "--latent-dim", "4",
+                      "--width", "4", "--memory-format", "channels_last", "--out", str(out), "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["memory_format"] == "channels_last"
+    assert "memory channels_last" in _invoke(["info", str(out)]).stdout
+    result = _invoke(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs_done"] == 2 and summary["config"]["memory_format"] == "channels_last"

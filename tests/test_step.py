@@ -207,6 +207,8 @@ def _blobs(n, side=16, seed=0):
 @cuda
 @pytest.mark.parametrize("options", [
     {}, {"precision": "bf16"}, {"likelihood": "logistic-mixture", "mixtures": 3}, {"dequantize": True},
+    {"memory_format": "channels_last"}, {"memory_format": "channels_last", "likelihood": "logistic-mixture",
+                                         "mixtures": 3, "precision": "bf16"},
 ])
 def test_the_captured_step_trains_exactly_like_the_eager_one(tmp_path, monkeypatch, options):
     """Replay runs the eager step's kernels on the same tensors: with deterministic

@@ -17,6 +17,7 @@ import click
 from . import registry
 from ._version import __version__
 from .clicommon import CONTEXT, VaeGroup
+from .config import MEMORY_FORMATS
 from .constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
 from .errors import VaeError
 
@@ -228,6 +229,9 @@ def _echo_json(data):
               help="bf16: the network under bfloat16 autocast; the likelihood and KL stay float32.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the forward pass, likelihood and KL (compiling takes a while at the start).")
+@click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="contiguous", show_default=True,
+              help="Layout of the convolutions' weights and activations in training; channels_last "
+                   "(NHWC) is what tensor-core convolutions read natively on CUDA.")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On CUDA (one process): capture the whole training step in a CUDA graph "
                    "after 3 eager steps and replay it; ignored elsewhere.")
@@ -237,7 +241,8 @@ def _echo_json(data):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
 def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures, n_bits, epochs, batch_size,
                   lr, latent_dim, width, image_size, seed, device, out, resume, dequantize, binarize,
-                  log_sigma_min, max_nonfinite, precision, compile_, cuda_graph, nproc, quiet, as_json):
+                  log_sigma_min, max_nonfinite, precision, compile_, memory_format, cuda_graph, nproc, quiet,
+                  as_json):
     """Train a VAE with a calibrated decoder and write one HDF5 run file.
 
     The default is the sigma-VAE (shared sigma set analytically to sqrt(MSE)) on the
@@ -254,6 +259,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
         latent_dim=latent_dim, width=width, seed=seed, device=device, binarize=binarize,
         dequantize=dequantize, image_size=image_size, log_sigma_min=_parse_floor(log_sigma_min),
         max_nonfinite=max_nonfinite, precision=precision, compile=compile_, cuda_graph=cuda_graph,
+        memory_format=memory_format,
     )
     if resume:
         from . import runfile
@@ -269,6 +275,8 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
                 else max_nonfinite,
                 compile=stored.compile if ctx.get_parameter_source("compile_") == default else compile_,
                 cuda_graph=stored.cuda_graph if ctx.get_parameter_source("cuda_graph") == default else cuda_graph,
+                memory_format=stored.memory_format if ctx.get_parameter_source("memory_format") == default
+                else memory_format,
             )
     if nproc > 1:
         return _launch_data_parallel(nproc, out)
@@ -617,7 +625,7 @@ def info_command(run_path, as_json):
     click.echo(f"training     {a['epochs_done']}/{c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
                f"latent {c.latent_dim}, width {c.width}, seed {c.seed}, device {a['device']}")
     click.echo(f"step         precision {c.precision}, compile {'on' if c.compile else 'off'}, "
-               f"CUDA graph {a.get('cuda_graph', 'not recorded')}")
+               f"memory {c.memory_format}, CUDA graph {a.get('cuda_graph', 'not recorded')}")
     click.echo(f"versions     {a.get('library_versions', '?')}")
     if run.calibration:
         cal = run.calibration

@@ -12,6 +12,7 @@ from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
 from .errors import VaeError
 
 DEFAULT_DATASET = "mnist5k"
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class TrainConfig:
     precision: str = "float32"  # float32, or bf16 autocast of the model (likelihood and KL stay float32)
     compile: bool = False  # torch.compile the forward pass, likelihood and KL
     cuda_graph: bool = True  # capture the whole step in a CUDA graph (CUDA, one process)
+    memory_format: str = "contiguous"  # layout of the conv weights and activations in training: or channels_last
 
     def __post_init__(self):
         registry.info(self.likelihood)
@@ -54,6 +56,8 @@ class TrainConfig:
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
             (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
+            (self.memory_format in MEMORY_FORMATS,
+             f"memory format must be {' or '.join(MEMORY_FORMATS)}, got {self.memory_format!r}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda, got {self.device!r}"),
         ]

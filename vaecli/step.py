@@ -56,6 +56,19 @@ def fused_state(state_dict: dict) -> dict:
     return {"param_groups": groups, "state": state_dict["state"]}
 
 
+def match_layouts(optimizer: torch.optim.Optimizer):
+    """Give each loaded optimizer state tensor its parameter's memory layout.  A run
+    file stores the moments as plain arrays, so they load contiguous; the fused kernel
+    runs over parameters and moments as flat memory, which must then agree element
+    for element with a channels-last parameter."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 class NonFiniteGuard:
     """Consecutive non-finite steps, counted on the device."""
 

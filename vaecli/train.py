@@ -18,7 +18,7 @@ from .calibration import pmf_sigma
 from .config import TrainConfig
 from .errors import VaeError
 from .model import ConvVAE
-from .step import EpochSums, NonFiniteGuard, TrainStep, fused_state, make_optimizer
+from .step import EpochSums, NonFiniteGuard, TrainStep, fused_state, make_optimizer, match_layouts
 from .units import equivalent_beta
 
 HISTORY_COLUMNS = (
@@ -26,7 +26,7 @@ HISTORY_COLUMNS = (
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
 # Options that may differ when resuming: more epochs, another device.
-RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile", "cuda_graph")
+RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile", "cuda_graph", "memory_format")
 CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
 READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
@@ -141,6 +141,8 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     # ------------------------------------------------------------ model and state
     torch.manual_seed(config.seed)
     model = build_model(config, image_shape, device)
+    if config.memory_format == "channels_last":  # the conv weights, and so the activations, NHWC
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), config.lr)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # autotuned convolutions for the fixed batch shape
@@ -169,6 +171,7 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in previous.model.items()})
         if previous.optimizer is not None:
             optimizer.load_state_dict(fused_state(_optimizer_from_numpy(previous.optimizer)))
+            match_layouts(optimizer)
         history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
         epochs_done = int(previous.attrs["epochs_done"])
         step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
