@@ -52,13 +52,14 @@ def _args(data, out, likelihood, epochs=3):
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("likelihood", ["sigma", "sigma-learned", "logistic-mixture"])
-def test_two_ranks_follow_the_single_process_trajectory(tmp_path, data_file, likelihood):
+@pytest.mark.parametrize("likelihood, extra", [("sigma", []), ("sigma-learned", []), ("logistic-mixture", []),
+                                               ("sigma", ["--memory-format", "channels_last"])])
+def test_two_ranks_follow_the_single_process_trajectory(tmp_path, data_file, likelihood, extra):
     single, double = tmp_path / "one.h5", tmp_path / "two.h5"
-    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, single, likelihood)],
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, single, likelihood), *extra],
                    env=_env(), check=True, capture_output=True, timeout=300)
-    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, double, likelihood), "--nproc", "2"],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, double, likelihood), *extra,
+                           "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = runfile.read(single), runfile.read(double)
     for k in a.model:
