@@ -13,7 +13,7 @@
 #   5. training throughput of the compiled step (not compile+bf16: its capture failed on
 #      an H200 with torch 2.11 and it trains eagerly, slowly),
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
-#      process, as many of PREC_SEEDS pairs as fit in 80 s (the seed alone moves the
+#      process, as many of PREC_SEEDS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
 #   7. the main job on the GPU with each backend, evaluation throughput, FID features,
 # then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
@@ -78,9 +78,9 @@ step "train throughput, compiled" 150 \
      2>&1 | tee '$out/train_throughput_compiled.txt'"
 # bf16 against float32 (target: within 0.5% of the test ELBO): PREC_SEEDS paired seeds of
 # PREC_EPOCHS epochs in one process, each model evaluated in float32; as many pairs as fit
-step "precision study" 100 \
+step "precision study" 80 \
   "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_SEEDS:-24} --epochs ${PREC_EPOCHS:-10} \
-     --time-limit 80 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
+     --time-limit 60 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   step "main job $backend" 60 \
