@@ -14,7 +14,7 @@ posterior samples an image, the same evaluation seed).  It prints a row per seed
 pair finishes and then the paired difference (bf16 - float32, percent of float32's
 ELBO): mean, standard deviation, standard error and a 95% t-interval, and which of
 "within ±0.5%", "outside ±0.5%" or "not resolved" the interval shows, with the number
-of pairs that the measured spread would need to resolve it.
+of pairs that the measured mean and spread would need to resolve it.
 
 ``--time-limit S`` starts no new pair once the pairs so far say it would end after S
 seconds (the rows measured are kept, and the JSON is rewritten after each pair), so
@@ -66,6 +66,17 @@ def t_quantile(n_minus_1: int) -> float:
     return float(t.ppf(0.975, n_minus_1))
 
 
+def pairs_needed(sd: float, margin: float) -> int | None:
+    """The fewest pairs m whose 95% t half-width, t(m-1) sd / sqrt(m), is below
+    ``margin``, at this sd; None when there is no margin."""
+    if margin <= 0:
+        return None
+    m = max(2, math.ceil((1.96 * sd / margin) ** 2))  # t > z: never fewer than the normal's count
+    while t_quantile(m - 1) * sd / math.sqrt(m) >= margin:
+        m += 1
+    return m
+
+
 def paired_summary(differences, tolerance=TOLERANCE_PERCENT) -> dict:
     """Mean, sd, standard error and 95% t-interval of paired differences (percent), and
     what the interval shows against ±tolerance."""
@@ -82,12 +93,11 @@ def paired_summary(differences, tolerance=TOLERANCE_PERCENT) -> dict:
         verdict = f"within ±{tolerance}%"
     elif high <= -tolerance or low >= tolerance:
         verdict = f"outside ±{tolerance}%"
-    else:
-        if sd == 0 or abs(mean) >= tolerance:
-            needed = None
-        else:  # pairs for 1.96 sd / sqrt(n) < tolerance - |mean|, at this mean and spread
-            needed = math.ceil((1.96 * sd / (tolerance - abs(mean))) ** 2)
-        verdict = "not resolved" + (f" (about {needed} pairs at this mean and spread)" if needed else "")
+    else:  # the pairs that this mean and spread would need to put the interval on one side
+        inside = abs(mean) < tolerance
+        needed = pairs_needed(sd, tolerance - abs(mean) if inside else abs(mean) - tolerance)
+        verdict = "not resolved" + (f" (about {needed} pairs at this mean and spread would show it "
+                                    f"{'within' if inside else 'outside'} ±{tolerance}%)" if needed else "")
     return {**out, "sd": sd, "stderr": se, "ci95": [low, high], "verdict": verdict}
 
 
@@ -140,8 +150,10 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
             f"{f32['seconds'] + bf16['seconds']:.1f} |")
         report["summary"] = paired_summary([r["difference_percent"] for r in done])
         report["summary_history"] = paired_summary([r["history_difference_percent"] for r in done])
-        if json_path:
-            Path(json_path).write_text(json.dumps(report, indent=1))
+        if json_path:  # whole or not at all: a time limit may stop the process at any point
+            tmp = Path(f"{json_path}.tmp")
+            tmp.write_text(json.dumps(report, indent=1))
+            os.replace(tmp, json_path)
     rows = report["rows"]
     if not rows:
         say("no pair finished")

@@ -173,9 +173,10 @@ def main():
                 "batch": batch, "variant": variant, "ratio": our_rate / base_rate,
                 "baseline_images_per_s": [n / t for t, _ in base], "vaecli_images_per_s": [n / t for t, _ in ours],
                 "baseline_test_elbo": [e for _, e in base], "vaecli_test_elbo": [e for _, e in ours]})
-            if args.json:
-                with open(args.json, "w") as f:
+            if args.json:  # whole or not at all: a time limit may stop the process at any point
+                with open(f"{args.json}.tmp", "w") as f:
                     json.dump(report, f, indent=1)
+                os.replace(f"{args.json}.tmp", args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@
 #   5. training throughput of the compiled step (not compile+bf16: its capture failed on
 #      an H200 with torch 2.11 and it trains eagerly, slowly),
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
-#      process, as many of PREC_SEEDS pairs as fit in 60 s (the seed alone moves the
+#      process, as many of PREC_PAIRS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
 #   7. the main job on the GPU with each backend, evaluation throughput, FID features,
 # then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
@@ -31,6 +31,8 @@ BENCH_COMPILE="${BENCH_COMPILE-}"  # BENCH_COMPILE=1 adds torch.compile rows to 
                                    # (a compile per likelihood and variant: a minute or two more)
 t0=$(date +%s)
 : > "$out/steps.txt"
+# the targets table reads these: none may be left from an earlier run in the same folder
+rm -f "$out"/{train_throughput,train_throughput_compiled,bench,precision_study,step_profile}.json
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
@@ -76,10 +78,10 @@ step "train throughput, compiled" 150 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
      --repeat $repeat --variant compile --json '$out/train_throughput_compiled.json' \
      2>&1 | tee '$out/train_throughput_compiled.txt'"
-# bf16 against float32 (target: within 0.5% of the test ELBO): PREC_SEEDS paired seeds of
+# bf16 against float32 (target: within 0.5% of the test ELBO): PREC_PAIRS paired seeds of
 # PREC_EPOCHS epochs in one process, each model evaluated in float32; as many pairs as fit
 step "precision study" 80 \
-  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_SEEDS:-24} --epochs ${PREC_EPOCHS:-10} \
+  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
      --time-limit 60 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do

@@ -86,16 +86,29 @@ def test_kernel_arithmetic_prices_the_kernels_of_two_revisions(tmp_path):
 
 
 def test_precision_study_judges_the_interval_against_half_a_percent():
-    summary = _benchmark("precision_study").paired_summary
+    bench = _benchmark("precision_study")
+    summary = bench.paired_summary
     within = summary([0.10, 0.20, 0.15, 0.12, 0.18])
     assert within["verdict"] == "within ±0.5%" and within["ci95"][0] < 0.15 < within["ci95"][1]
+    # Student's t with n - 1 = 4 degrees of freedom: 2.776 standard errors each side
+    assert within["ci95"][1] - within["mean"] == pytest.approx(2.7764451 * within["sd"] / 5**0.5)
     assert summary([2.0, 2.1, 1.9])["verdict"] == "outside ±0.5%"
     assert summary([-1.6, -1.5, -1.7])["verdict"] == "outside ±0.5%"
     wide = summary([0.4, -0.9, 1.2, -0.2])
-    assert wide["verdict"].startswith("not resolved (about ")
-    # the pairs it asks for make 1.96 sd / sqrt(n) smaller than what the mean leaves of 0.5%
+    assert wide["verdict"].startswith("not resolved (about ") and wide["verdict"].endswith("within ±0.5%)")
+    # the pairs it asks for make the t half-width smaller than what the mean leaves of 0.5%,
+    # and one pair fewer would not
     needed = int(wide["verdict"].split("about ")[1].split()[0])
-    assert 1.96 * wide["sd"] / needed**0.5 < 0.5 - abs(wide["mean"]) <= 1.96 * wide["sd"] / (needed - 1) ** 0.5
+
+    def half(m):
+        return bench.t_quantile(m - 1) * wide["sd"] / m**0.5
+
+    assert half(needed) < 0.5 - abs(wide["mean"]) <= half(needed - 1)
+    # never fewer than ran already when the interval is still too wide
+    assert int(summary([0.0, 0.4, 0.2])["verdict"].split("about ")[1].split()[0]) > 3
+    # a mean beyond 0.5% with a wide interval: the pairs that would show it outside
+    beyond = summary([0.9, 0.3, 1.4])
+    assert beyond["verdict"].endswith("would show it outside ±0.5%)")
     assert summary([0.3])["verdict"].startswith("not resolved (one pair")
     assert wide["stderr"] == pytest.approx(wide["sd"] / 2)
 

@@ -51,10 +51,13 @@ def test_training_ratios_and_the_elbo_check_over_seeds(tmp_path):
     assert b128[1].startswith("5.02× (103,000 against 20,500 images/s)") and b128[2] == "yes"
     assert _row(table, "training ≥ 3× the plain loop, batch 1024")[2] == "no"  # 2.61x
     assert _row(table, "for reference: bf16, batch 128")[1:] == ["5.80×", "yes"]
-    # batch 128: +3.0 apart, 2 se = 2 sqrt(18/2 + 18/2) = 8.49: within; batch 1024: +9.5 against 2.24
+    # batch 128: +3.0 apart; se = sqrt(18/2 + 18/2) = 4.243 on Welch's 2 degrees of freedom,
+    # t = 4.303: half-width 18.25, within; batch 1024: +9.5, se sqrt(1 + 0.25) on 1.47
+    # degrees of freedom: half-width 6.92, outside
     within = _row(table, "test ELBO within seed noise of the plain loop's, batch 128")
-    assert within[2] == "yes" and "difference +3.00, 2 se 8.49" in within[1]
-    assert _row(table, "test ELBO within seed noise of the plain loop's, batch 1024")[2] == "no"
+    assert within[2] == "yes" and "difference +3.00, 95% half-width 18.25" in within[1]
+    outside = _row(table, "test ELBO within seed noise of the plain loop's, batch 1024")
+    assert outside[2] == "no" and "difference +9.50, 95% half-width 6.92" in outside[1]
 
 
 def test_one_seed_has_no_noise_to_judge_by_and_the_policy_row_is_the_one_vae_train_runs(tmp_path):

@@ -64,6 +64,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise VaeError(message)
+        if self.compile and self.memory_format == "channels_last":
+            # inductor's own channels-last layouts broke the compiled backward on an H200
+            # (vaecli/step.py); this pair has not been run on a GPU
+            raise VaeError("--compile with --memory-format channels_last is not supported yet; use one of them")
         if self.binarize and self.likelihood != "bernoulli":
             raise VaeError("--binarize is for the bernoulli likelihood")
         if self.dequantize and self.backend != "torch":
