@@ -125,18 +125,26 @@ def mixture_rows(bench) -> list:
              _mark(eager["ms"] / r["ms"] >= EAGER_TARGET))]
 
 
+def _paired_row(name, summary, epochs):
+    if "ci95" not in summary:
+        return (name, f"{summary['mean']:+.2f}% ({summary['pairs']} pair): {summary['verdict']}", "n/a")
+    low, high = summary["ci95"]
+    verdict = summary["verdict"]
+    met = True if verdict.startswith("within") else (False if verdict.startswith("outside") else None)
+    return (name, f"{summary['mean']:+.2f}%, 95% interval [{low:+.2f}%, {high:+.2f}%] over {summary['pairs']} "
+                  f"seed pairs of {epochs} epochs: {verdict}", _mark(met))
+
+
 def precision_rows(study) -> list:
     name = "bf16 within 0.5% of float32's test ELBO"
     summary = (study or {}).get("summary")
     if not summary:
         return [(name, NOT_MEASURED, "n/a")]
-    if "ci95" not in summary:
-        return [(name, f"{summary['mean']:+.2f}% ({summary['pairs']} pair): {summary['verdict']}", "n/a")]
-    low, high = summary["ci95"]
-    verdict = summary["verdict"]
-    met = True if verdict.startswith("within") else (False if verdict.startswith("outside") else None)
-    return [(name, f"{summary['mean']:+.2f}%, 95% interval [{low:+.2f}%, {high:+.2f}%] over {summary['pairs']} "
-                   f"seed pairs of {study['epochs']} epochs: {verdict}", _mark(met))]
+    rows = [_paired_row(name, summary, study["epochs"])]
+    if study.get("summary_bpd"):
+        rows.append(_paired_row("for reference: bf16's bits/dim within 0.5% of float32's", study["summary_bpd"],
+                                study["epochs"]))
+    return rows
 
 
 def targets_table(out: Path) -> str:

@@ -130,6 +130,7 @@ def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_l
     row = report["rows"][0]
     f32, bf16 = row["float32"], row["bf16"]
     assert f32["test_elbo"] != bf16["test_elbo"]  # bf16 autocast did change the training
+    assert row["bpd_difference_percent"] == pytest.approx(100 * (bf16["bpd"] - f32["bpd"]) / f32["bpd"])
     assert row["difference_percent"] == pytest.approx(100 * (bf16["test_elbo"] - f32["test_elbo"])
                                                       / abs(f32["test_elbo"]))
     assert 0 < f32["bpd"] < 8 and 0 < bf16["bpd"] < 8

@@ -86,6 +86,12 @@ def test_the_bf16_row_follows_the_precision_studys_interval(tmp_path, verdict, m
     row = _row(gpu_targets.targets_table(tmp_path), "bf16 within")
     assert row[1] == f"+0.31%, 95% interval [+0.06%, +0.56%] over 12 seed pairs of 10 epochs: {verdict}"
     assert row[2] == met
+    study = json.loads((tmp_path / "precision_study.json").read_text())
+    study["summary_bpd"] = {"pairs": 12, "mean": -0.02, "sd": 0.2, "stderr": 0.06, "ci95": [-0.15, 0.11],
+                            "verdict": "within ±0.5%"}
+    (tmp_path / "precision_study.json").write_text(json.dumps(study))
+    bpd = _row(gpu_targets.targets_table(tmp_path), "for reference: bf16's bits/dim")
+    assert bpd[1].startswith("-0.02%, 95% interval [-0.15%, +0.11%]") and bpd[2] == "yes"
 
 
 def test_the_command_line_wants_one_directory(tmp_path, capsys):
