@@ -67,7 +67,7 @@ step "train throughput" 200 \
 step "step profile" 75 \
   "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
      --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
-     2>&1 | grep --line-buffered -v '^USDT' | tee '$out/step_profile.txt'"
+     2>&1 | { grep --line-buffered -v '^USDT' || true; } | tee '$out/step_profile.txt'"
 step "likelihood benchmark" 150 \
   "python3 benchmarks/likelihood_speed.py --device cuda ${BENCH_COMPILE:+--compile} --graph --policies --json '$out/bench.json' 2>&1 | tee '$out/bench.txt'"
 step "pytest cupy" 150 \
@@ -112,7 +112,7 @@ print(f"\n== gpu_check summary (seed {sys.argv[2]}) ==")
 print((out / "gpu.txt").read_text().strip())
 for f in ("pytest_cupy.txt", "pytest_torch_cuda.txt"):
     lines = [l for l in (out / f).read_text().splitlines() if l.strip()] if (out / f).exists() else ["missing"]
-    print(f"{f}: {lines[-1]}")
+    print(f"{f}: {lines[-1] if lines else 'empty'}")
 for f in ("verify_torch_cuda.json", "verify_cupy.json"):
     try:
         d = json.loads((out / f).read_text())

@@ -29,6 +29,8 @@ import math
 import sys
 from pathlib import Path
 
+# what gpu_check.sh's benchmarks write into OUT_DIR, and this reads
+INPUTS = ("train_throughput.json", "train_throughput_compiled.json", "bench.json", "precision_study.json")
 TRAIN_TARGETS = {128: 5.0, 1024: 3.0}
 FLOOR_TARGET, EAGER_TARGET = 3.0, 10.0
 NOT_MEASURED = "not measured"
@@ -148,8 +150,8 @@ def precision_rows(study) -> list:
 
 
 def targets_table(out: Path) -> str:
-    rows = (training_rows(_load(out / "train_throughput.json"), _load(out / "train_throughput_compiled.json"))
-            + mixture_rows(_load(out / "bench.json")) + precision_rows(_load(out / "precision_study.json")))
+    throughput, compiled, bench, study = (_load(out / name) for name in INPUTS)
+    rows = training_rows(throughput, compiled) + mixture_rows(bench) + precision_rows(study)
     card = ((out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "") or "card unknown"
     lines = [f"issue 8 targets, {card}", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {met} |" for name, measured, met in rows]
