@@ -23,11 +23,8 @@ echo "$*" >> "$COMMAND_LOG"
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_gpu_check_calls_each_benchmark_with_the_json_the_targets_table_reads(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gpu_targets
-    finally:
-        sys.path.pop(0)
+    from test_gpu_targets import gpu_targets
+
     bin_dir, out, log = tmp_path / "bin", tmp_path / "out", tmp_path / "commands.txt"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(SHIM)
