@@ -18,6 +18,10 @@ of pairs that the measured mean and spread would need to resolve it; the same fo
 history's single-sample test ELBO and for bits/dim (the discrete bound, whose sigma is
 fitted to the PMF: it does not move with the training MSE's sigma as the ELBO does).
 
+``--pair float32 channels_last`` compares two float32 runs that differ in rounding only
+(the convolutions' memory layout): the spread that any change of rounding gives the
+same seed's training, against which bf16's can be read.
+
 ``--time-limit S`` starts no new pair once the pairs so far say it would end after S
 seconds (the rows measured are kept, and the JSON is rewritten after each pair), so
 that a device call with a fixed budget gets as many pairs as fit.
@@ -43,7 +47,8 @@ from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
 from vaecli.train import load_model, prepare_images, resolve_device, train  # noqa: E402
 
-PRECISIONS = ("float32", "bf16")
+# the configurations a study can pair, by name: TrainConfig options
+VARIANTS = {"float32": {}, "bf16": {"precision": "bf16"}, "channels_last": {"memory_format": "channels_last"}}
 TOLERANCE_PERCENT = 0.5  # issue 8's target
 
 
@@ -118,17 +123,20 @@ def _mean_sd(values) -> str:
 
 
 def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path=None, say=print,
-          data=None) -> dict:
+          data=None, pair=("float32", "bf16")) -> dict:
     """The rows and summaries (see the module's docstring); ``data`` is (train, test)
-    datasets, mnist5k's when not given."""
+    datasets, mnist5k's when not given; ``pair`` names the two VARIANTS compared, the
+    second against the first."""
+    base, other = pair
     data = data or (datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test"))
     test_images = torch.from_numpy(prepare_images(data[1].images, TrainConfig())).to(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     report = {"device": name, "torch": torch.__version__, "epochs": epochs, "batch": batch,
-              "elbo_samples": elbo_samples, "rows": [], "stopped": None}
-    say(f"bf16 against float32, mnist5k, sigma-VAE, {epochs} epochs, batch {batch}, {name}, torch {torch.__version__}; "
-        f"test ELBO evaluated in float32, {elbo_samples} posterior sample(s) an image")
-    say("| seed | float32 ELBO | bf16 ELBO | bf16 − float32 | float32 bpd | bf16 bpd | history: bf16 − float32 | seconds |")
+              "elbo_samples": elbo_samples, "pair": [base, other], "rows": [], "stopped": None}
+    say(f"{other} against {base}, mnist5k, sigma-VAE, {epochs} epochs, batch {batch}, {name}, "
+        f"torch {torch.__version__}; test ELBO evaluated in float32, {elbo_samples} posterior sample(s) an image")
+    say(f"| seed | {base} ELBO | {other} ELBO | {other} − {base} | {base} bpd | {other} bpd | "
+        f"history: {other} − {base} | seconds |")
     say("|---|---|---|---|---|---|---|---|")
     start = time.perf_counter()
     for seed in seeds:
@@ -138,11 +146,11 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
             if time.perf_counter() - start + per_pair > time_limit:
                 report["stopped"] = f"time limit {time_limit:g} s: {len(done)} pairs of {len(seeds)}"
                 break
-        runs = {p: train_and_evaluate(TrainConfig(epochs=epochs, batch_size=batch, device=str(device), seed=seed,
-                                                  precision=p), data, test_images, elbo_samples)
-                for p in PRECISIONS}
-        f32, bf16 = runs["float32"], runs["bf16"]
-        row = {"seed": seed, **{p: runs[p] for p in PRECISIONS},
+        runs = {v: train_and_evaluate(TrainConfig(epochs=epochs, batch_size=batch, device=str(device), seed=seed,
+                                                  **VARIANTS[v]), data, test_images, elbo_samples)
+                for v in pair}
+        f32, bf16 = runs[base], runs[other]
+        row = {"seed": seed, **runs,
                "difference_percent": 100 * (bf16["test_elbo"] - f32["test_elbo"]) / abs(f32["test_elbo"]),
                "history_difference_percent":
                    100 * (bf16["test_elbo_history"] - f32["test_elbo_history"]) / abs(f32["test_elbo_history"]),
@@ -162,11 +170,11 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
     if not rows:
         say("no pair finished")
         return report
-    say(f"float32 test ELBO {_mean_sd([r['float32']['test_elbo'] for r in rows])}, "
-        f"bf16 {_mean_sd([r['bf16']['test_elbo'] for r in rows])} (mean ± sd over seeds, nats/image)")
-    say(_fmt_summary("bf16 − float32, evaluated ELBO", report["summary"]))
-    say(_fmt_summary("bf16 − float32, history's ELBO", report["summary_history"]))
-    say(_fmt_summary("bf16 − float32, bits/dim (lower is better)", report["summary_bpd"]))
+    say(f"{base} test ELBO {_mean_sd([r[base]['test_elbo'] for r in rows])}, "
+        f"{other} {_mean_sd([r[other]['test_elbo'] for r in rows])} (mean ± sd over seeds, nats/image)")
+    say(_fmt_summary(f"{other} − {base}, evaluated ELBO", report["summary"]))
+    say(_fmt_summary(f"{other} − {base}, history's ELBO", report["summary_history"]))
+    say(_fmt_summary(f"{other} − {base}, bits/dim (lower is better)", report["summary_bpd"]))
     if report["stopped"]:
         say(f"stopped: {report['stopped']}")
     return report
@@ -175,7 +183,10 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1, one float32 and one bf16 run each")
+    p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1, one run of each of the pair each")
+    p.add_argument("--pair", nargs=2, default=["float32", "bf16"], choices=sorted(VARIANTS), metavar="NAME",
+                   help=f"the two configurations, the second compared with the first ({', '.join(VARIANTS)}); "
+                        "default: float32 bf16. float32 channels_last prices a change of rounding alone")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=TrainConfig().batch_size)
@@ -187,8 +198,10 @@ def main():
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     device = resolve_device(args.device)
+    if args.pair[0] == args.pair[1]:
+        p.error("--pair needs two different configurations (float32 twice is the same run on the CPU)")
     study(device, list(range(args.first_seed, args.first_seed + args.seeds)), args.epochs, args.batch,
-          args.elbo_samples, args.time_limit, args.json)
+          args.elbo_samples, args.time_limit, args.json, pair=tuple(args.pair))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def _paired_row(name, summary, epochs):
 def precision_rows(study) -> list:
     name = "bf16 within 0.5% of float32's test ELBO"
     summary = (study or {}).get("summary")
-    if not summary:
+    if not summary or study.get("pair", ["float32", "bf16"]) != ["float32", "bf16"]:
         return [(name, NOT_MEASURED, "n/a")]
     rows = [_paired_row(name, summary, study["epochs"])]
     if study.get("summary_bpd"):

@@ -136,3 +136,24 @@ def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_l
     assert 0 < f32["bpd"] < 8 and 0 < bf16["bpd"] < 8
     assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["seed"] == 0
     assert any(line.startswith("| 0 |") for line in lines) and lines[-1].startswith("stopped: time limit")
+
+
+def test_precision_study_pairs_float32_with_a_change_of_rounding_alone():
+    """float32 against channels-last float32: the same seed's training, rounded otherwise.
+    The runs differ, but by rounding: far less than bf16 moves them."""
+    import dataclasses
+
+    from vaecli import datasets
+
+    bench = _benchmark("precision_study")
+    train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
+    data = (dataclasses.replace(train_set, images=train_set.images[:96], labels=None),
+            dataclasses.replace(test_set, images=test_set.images[:40], labels=None))
+    lines = []
+    report = bench.study(torch.device("cpu"), [0], 1, 32, 1, say=lines.append, data=data,
+                         pair=("float32", "channels_last"))
+    assert report["pair"] == ["float32", "channels_last"] and lines[0].startswith("channels_last against float32")
+    row = report["rows"][0]
+    assert row["float32"]["test_elbo"] != row["channels_last"]["test_elbo"]
+    assert abs(row["difference_percent"]) < 1e-3
+    assert any(line.startswith("channels_last − float32, evaluated ELBO: 1 pair") for line in lines)

@@ -101,3 +101,10 @@ def test_the_command_line_wants_one_directory(tmp_path, capsys):
     assert gpu_targets.main([str(tmp_path)]) == 0
     assert "| training ≥ 5× the plain loop, batch 128 (float32, the default step) | not measured | n/a |" \
         in capsys.readouterr().out
+
+
+def test_a_precision_study_of_another_pair_is_not_the_bf16_target(tmp_path):
+    (tmp_path / "precision_study.json").write_text(json.dumps({"epochs": 10, "pair": ["float32", "channels_last"],
+        "summary": {"pairs": 6, "mean": 0.1, "sd": 0.2, "stderr": 0.08, "ci95": [-0.1, 0.3],
+                    "verdict": "within ±0.5%"}}))
+    assert _row(gpu_targets.targets_table(tmp_path), "bf16 within")[1:] == ["not measured", "n/a"]
