@@ -15,7 +15,9 @@
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
 #      process, as many of PREC_PAIRS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
-#   7. the main job on the GPU with each backend, evaluation throughput, FID features,
+#   7. the main job on the GPU with each backend; the precision study's rounding control
+#      (float32 against float32 with channels-last convolutions, 30 s); evaluation
+#      throughput, FID features,
 # then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
 # Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
 # the steps whose names match it (grep -E), for a second call that completes a first.
@@ -32,7 +34,7 @@ BENCH_COMPILE="${BENCH_COMPILE-}"  # BENCH_COMPILE=1 adds torch.compile rows to 
 t0=$(date +%s)
 : > "$out/steps.txt"
 # the targets table reads these: none may be left from an earlier run in the same folder
-rm -f "$out"/{train_throughput,train_throughput_compiled,bench,precision_study,step_profile}.json
+rm -f "$out"/{train_throughput,train_throughput_compiled,bench,precision_study,rounding_control,step_profile}.json
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
@@ -90,6 +92,12 @@ for backend in torch cupy; do
        --json --out /tmp/gpu_train_$backend.h5 > '$out/train_$backend.json' && python3 -m vaecli eval \
        /tmp/gpu_train_$backend.h5 --metric elbo --metric bpd --json > '$out/eval_$backend.json'"
 done
+# the same study with a change of rounding alone (float32, channels-last convolutions):
+# the spread against which bf16's is read (on the CPU the two spreads were alike)
+step "rounding control" 45 \
+  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
+     --pair float32 channels_last --time-limit 30 --json '$out/rounding_control.json' 2>&1 \
+     | tee '$out/rounding_control.txt'"
 step "eval throughput" 90 \
   "python3 benchmarks/eval_throughput.py --device cuda --nll-images 200 --iw-samples 1000 --fid-images 1000 \
      2>&1 | tee '$out/eval_throughput.txt'"
@@ -134,9 +142,11 @@ for backend in ("torch", "cupy"):
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}, CUDA graph: {graph}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
-if (out / "precision_study.txt").exists():  # its per-seed rows stay in the file
-    print("\n".join(l for l in (out / "precision_study.txt").read_text().splitlines()
-                    if l.startswith(("bf16 against", "float32 test ELBO", "bf16 − float32", "stopped"))))
+for f in ("precision_study.txt", "rounding_control.txt"):  # their per-seed rows stay in the files
+    if (out / f).exists():
+        print("\n".join(l for l in (out / f).read_text().splitlines()
+                        if " against float32, " in l or l.startswith(("float32 test ELBO", "stopped"))
+                        or " − float32, " in l))
 for f in ("pytest_fid_math.txt", "fid_cuda.json", "eval_throughput.txt"):
     if (out / f).exists():
         print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])

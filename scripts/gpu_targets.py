@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 # what gpu_check.sh's benchmarks write into OUT_DIR, and this reads
-INPUTS = ("train_throughput.json", "train_throughput_compiled.json", "bench.json", "precision_study.json")
+INPUTS = ("train_throughput.json", "train_throughput_compiled.json", "bench.json", "precision_study.json",
+          "rounding_control.json")
 TRAIN_TARGETS = {128: 5.0, 1024: 3.0}
 FLOOR_TARGET, EAGER_TARGET = 3.0, 10.0
 NOT_MEASURED = "not measured"
@@ -133,11 +134,11 @@ def _paired_row(name, summary, epochs):
     low, high = summary["ci95"]
     verdict = summary["verdict"]
     met = True if verdict.startswith("within") else (False if verdict.startswith("outside") else None)
-    return (name, f"{summary['mean']:+.2f}%, 95% interval [{low:+.2f}%, {high:+.2f}%] over {summary['pairs']} "
-                  f"seed pairs of {epochs} epochs: {verdict}", _mark(met))
+    return (name, f"{summary['mean']:+.2f}% (sd {summary['sd']:.2f}%), 95% interval [{low:+.2f}%, {high:+.2f}%] "
+                  f"over {summary['pairs']} seed pairs of {epochs} epochs: {verdict}", _mark(met))
 
 
-def precision_rows(study) -> list:
+def precision_rows(study, control=None) -> list:
     name = "bf16 within 0.5% of float32's test ELBO"
     summary = (study or {}).get("summary")
     if not summary or study.get("pair", ["float32", "bf16"]) != ["float32", "bf16"]:
@@ -146,12 +147,15 @@ def precision_rows(study) -> list:
     if study.get("summary_bpd"):
         rows.append(_paired_row("for reference: bf16's bits/dim within 0.5% of float32's", study["summary_bpd"],
                                 study["epochs"]))
+    if control and control.get("summary") and control.get("pair") == ["float32", "channels_last"]:
+        rows.append(_paired_row("for reference: float32 with channels-last convolutions (rounding alone), "
+                                "test ELBO", control["summary"], control["epochs"]))
     return rows
 
 
 def targets_table(out: Path) -> str:
-    throughput, compiled, bench, study = (_load(out / name) for name in INPUTS)
-    rows = training_rows(throughput, compiled) + mixture_rows(bench) + precision_rows(study)
+    throughput, compiled, bench, study, control = (_load(out / name) for name in INPUTS)
+    rows = training_rows(throughput, compiled) + mixture_rows(bench) + precision_rows(study, control)
     card = ((out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "") or "card unknown"
     lines = [f"issue 8 targets, {card}", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {met} |" for name, measured, met in rows]

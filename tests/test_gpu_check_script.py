@@ -44,8 +44,9 @@ def test_gpu_check_calls_each_benchmark_with_the_json_the_targets_table_reads(tm
     assert benchmarks == {"benchmarks/train_throughput.py", "benchmarks/step_profile.py",
                           "benchmarks/likelihood_speed.py", "benchmarks/precision_study.py",
                           "benchmarks/eval_throughput.py"}
-    study = next(c for c in commands if c.startswith("benchmarks/precision_study.py"))
-    assert "--device cuda" in study and "--time-limit 60" in study
+    study, control = [c for c in commands if c.startswith("benchmarks/precision_study.py")]
+    assert "--device cuda" in study and "--time-limit 60" in study and "--pair" not in study
+    assert "--pair float32 channels_last" in control
     steps = (out / "steps.txt").read_text().splitlines()
     assert any(s.startswith("precision study: rc 0") for s in steps) and not any("skipped (budget" in s for s in steps)
     # the summary, then the targets table, last

@@ -84,14 +84,20 @@ def test_the_bf16_row_follows_the_precision_studys_interval(tmp_path, verdict, m
     (tmp_path / "precision_study.json").write_text(json.dumps({"epochs": 10, "summary": {
         "pairs": 12, "mean": 0.31, "sd": 0.4, "stderr": 0.115, "ci95": [0.06, 0.56], "verdict": verdict}}))
     row = _row(gpu_targets.targets_table(tmp_path), "bf16 within")
-    assert row[1] == f"+0.31%, 95% interval [+0.06%, +0.56%] over 12 seed pairs of 10 epochs: {verdict}"
+    assert row[1] == f"+0.31% (sd 0.40%), 95% interval [+0.06%, +0.56%] over 12 seed pairs of 10 epochs: {verdict}"
     assert row[2] == met
     study = json.loads((tmp_path / "precision_study.json").read_text())
     study["summary_bpd"] = {"pairs": 12, "mean": -0.02, "sd": 0.2, "stderr": 0.06, "ci95": [-0.15, 0.11],
                             "verdict": "within ±0.5%"}
     (tmp_path / "precision_study.json").write_text(json.dumps(study))
     bpd = _row(gpu_targets.targets_table(tmp_path), "for reference: bf16's bits/dim")
-    assert bpd[1].startswith("-0.02%, 95% interval [-0.15%, +0.11%]") and bpd[2] == "yes"
+    assert bpd[1].startswith("-0.02% (sd 0.20%), 95% interval [-0.15%, +0.11%]") and bpd[2] == "yes"
+    # the rounding control's spread is shown beside bf16's, for reference
+    (tmp_path / "rounding_control.json").write_text(json.dumps({"epochs": 10, "pair": ["float32", "channels_last"],
+        "summary": {"pairs": 5, "mean": -0.37, "sd": 1.93, "stderr": 0.86, "ci95": [-2.77, 2.03],
+                    "verdict": "not resolved"}}))
+    control = _row(gpu_targets.targets_table(tmp_path), "for reference: float32 with channels-last")
+    assert control[1].startswith("-0.37% (sd 1.93%), 95% interval [-2.77%, +2.03%] over 5 seed pairs")
 
 
 def test_the_command_line_wants_one_directory(tmp_path, capsys):
