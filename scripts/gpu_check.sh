@@ -15,8 +15,8 @@
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
 #      process, as many of PREC_PAIRS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
-#   7. the main job on the GPU with each backend; the precision study's rounding control
-#      (float32 against float32 with channels-last convolutions, 30 s); evaluation
+#   7. the precision study's rounding control (float32 against float32 with channels-last
+#      convolutions, 30 s), the main job on the GPU with each backend, evaluation
 #      throughput, FID features,
 # then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
 # Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
@@ -85,6 +85,12 @@ step "train throughput, compiled" 150 \
 step "precision study" 80 \
   "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
      --time-limit 60 --json '$out/precision_study.json' 2>&1 | tee '$out/precision_study.txt'"
+# the same study with a change of rounding alone (float32, channels-last convolutions):
+# the spread against which bf16's is read (on the CPU the two spreads were alike)
+step "rounding control" 45 \
+  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
+     --pair float32 channels_last --time-limit 30 --json '$out/rounding_control.json' 2>&1 \
+     | tee '$out/rounding_control.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   step "main job $backend" 60 \
@@ -92,12 +98,6 @@ for backend in torch cupy; do
        --json --out /tmp/gpu_train_$backend.h5 > '$out/train_$backend.json' && python3 -m vaecli eval \
        /tmp/gpu_train_$backend.h5 --metric elbo --metric bpd --json > '$out/eval_$backend.json'"
 done
-# the same study with a change of rounding alone (float32, channels-last convolutions):
-# the spread against which bf16's is read (on the CPU the two spreads were alike)
-step "rounding control" 45 \
-  "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
-     --pair float32 channels_last --time-limit 30 --json '$out/rounding_control.json' 2>&1 \
-     | tee '$out/rounding_control.txt'"
 step "eval throughput" 90 \
   "python3 benchmarks/eval_throughput.py --device cuda --nll-images 200 --iw-samples 1000 --fid-images 1000 \
      2>&1 | tee '$out/eval_throughput.txt'"
