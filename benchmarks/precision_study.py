@@ -33,14 +33,17 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vaecli
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's vaecli, and the benchmarks beside this one
 
 import torch  # noqa: E402
+from train_throughput import _spread  # noqa: E402
 
 from vaecli import datasets  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
@@ -92,7 +95,7 @@ def paired_summary(differences, tolerance=TOLERANCE_PERCENT) -> dict:
     out = {"pairs": n, "mean": mean}
     if n < 2:
         return {**out, "verdict": "not resolved (one pair: no spread to judge it by)"}
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    sd = statistics.stdev(differences)
     se = sd / math.sqrt(n)
     half = t_quantile(n - 1) * se
     low, high = mean - half, mean + half
@@ -115,11 +118,8 @@ def _fmt_summary(name, s) -> str:
             f"95% interval [{s['ci95'][0]:+.2f}%, {s['ci95'][1]:+.2f}%]: {s['verdict']}")
 
 
-def _mean_sd(values) -> str:
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{m:.2f}"
-    return f"{m:.2f} ± {math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)):.2f}"
+def _percent(new: float, old: float) -> float:
+    return 100 * (new - old) / abs(old)
 
 
 def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path=None, say=print,
@@ -149,16 +149,14 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
         runs = {v: train_and_evaluate(TrainConfig(epochs=epochs, batch_size=batch, device=str(device), seed=seed,
                                                   **VARIANTS[v]), data, test_images, elbo_samples)
                 for v in pair}
-        f32, bf16 = runs[base], runs[other]
-        row = {"seed": seed, **runs,
-               "difference_percent": 100 * (bf16["test_elbo"] - f32["test_elbo"]) / abs(f32["test_elbo"]),
-               "history_difference_percent":
-                   100 * (bf16["test_elbo_history"] - f32["test_elbo_history"]) / abs(f32["test_elbo_history"]),
-               "bpd_difference_percent": 100 * (bf16["bpd"] - f32["bpd"]) / f32["bpd"]}
+        a, b = runs[base], runs[other]
+        row = {"seed": seed, **runs, "difference_percent": _percent(b["test_elbo"], a["test_elbo"]),
+               "history_difference_percent": _percent(b["test_elbo_history"], a["test_elbo_history"]),
+               "bpd_difference_percent": _percent(b["bpd"], a["bpd"])}
         done.append(row)
-        say(f"| {seed} | {f32['test_elbo']:.2f} | {bf16['test_elbo']:.2f} | {row['difference_percent']:+.2f}% | "
-            f"{f32['bpd']:.4f} | {bf16['bpd']:.4f} | {row['history_difference_percent']:+.2f}% | "
-            f"{f32['seconds'] + bf16['seconds']:.1f} |")
+        say(f"| {seed} | {a['test_elbo']:.2f} | {b['test_elbo']:.2f} | {row['difference_percent']:+.2f}% | "
+            f"{a['bpd']:.4f} | {b['bpd']:.4f} | {row['history_difference_percent']:+.2f}% | "
+            f"{a['seconds'] + b['seconds']:.1f} |")
         report["summary"] = paired_summary([r["difference_percent"] for r in done])
         report["summary_history"] = paired_summary([r["history_difference_percent"] for r in done])
         report["summary_bpd"] = paired_summary([r["bpd_difference_percent"] for r in done])
@@ -170,8 +168,8 @@ def study(device, seeds, epochs, batch, elbo_samples, time_limit=None, json_path
     if not rows:
         say("no pair finished")
         return report
-    say(f"{base} test ELBO {_mean_sd([r[base]['test_elbo'] for r in rows])}, "
-        f"{other} {_mean_sd([r[other]['test_elbo'] for r in rows])} (mean ± sd over seeds, nats/image)")
+    say(f"{base} test ELBO {_spread([r[base]['test_elbo'] for r in rows])}, "
+        f"{other} {_spread([r[other]['test_elbo'] for r in rows])} (mean ± sd over seeds, nats/image)")
     say(_fmt_summary(f"{other} − {base}, evaluated ELBO", report["summary"]))
     say(_fmt_summary(f"{other} − {base}, history's ELBO", report["summary_history"]))
     say(_fmt_summary(f"{other} − {base}, bits/dim (lower is better)", report["summary_bpd"]))

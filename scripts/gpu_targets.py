@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,15 +45,11 @@ def _load(path: Path):
         return None
 
 
-def _mean(values):
-    return sum(values) / len(values)
+_mean = statistics.mean
 
 
 def _sd(values):
-    if len(values) < 2:
-        return None
-    m = _mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) >= 2 else None
 
 
 def _mark(ok) -> str:

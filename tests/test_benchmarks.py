@@ -113,16 +113,22 @@ def test_precision_study_judges_the_interval_against_half_a_percent():
     assert wide["stderr"] == pytest.approx(wide["sd"] / 2)
 
 
-def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_limit(tmp_path):
+def _tiny_mnist5k():
+    """96 training and 40 test images of mnist5k: a study's few steps in seconds."""
     import dataclasses
-    import json
 
     from vaecli import datasets
 
-    bench = _benchmark("precision_study")
     train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
-    data = (dataclasses.replace(train_set, images=train_set.images[:96], labels=None),
+    return (dataclasses.replace(train_set, images=train_set.images[:96], labels=None),
             dataclasses.replace(test_set, images=test_set.images[:40], labels=None))
+
+
+def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_limit(tmp_path):
+    import json
+
+    bench = _benchmark("precision_study")
+    data = _tiny_mnist5k()
     lines = []
     report = bench.study(torch.device("cpu"), [0, 1, 2], 1, 32, 1, time_limit=0.0,
                          json_path=tmp_path / "p.json", say=lines.append, data=data)
@@ -141,14 +147,8 @@ def test_precision_study_trains_both_precisions_per_seed_and_stops_at_its_time_l
 def test_precision_study_pairs_float32_with_a_change_of_rounding_alone():
     """float32 against channels-last float32: the same seed's training, rounded otherwise.
     The runs differ, but by rounding: far less than bf16 moves them."""
-    import dataclasses
-
-    from vaecli import datasets
-
     bench = _benchmark("precision_study")
-    train_set, test_set = datasets.load("mnist5k", "train"), datasets.load("mnist5k", "test")
-    data = (dataclasses.replace(train_set, images=train_set.images[:96], labels=None),
-            dataclasses.replace(test_set, images=test_set.images[:40], labels=None))
+    data = _tiny_mnist5k()
     lines = []
     report = bench.study(torch.device("cpu"), [0], 1, 32, 1, say=lines.append, data=data,
                          pair=("float32", "channels_last"))
