@@ -11,7 +11,8 @@
 #      torch.compile with BENCH_COMPILE=1; each also replayed from a CUDA graph),
 #   4. the CuPy tests and `vae verify` on both GPU backends,
 #   5. training throughput of the compiled step (not compile+bf16: its capture failed on
-#      an H200 with torch 2.11 and it trains eagerly, slowly),
+#      an H200 with torch 2.11; such a step is now captured uncompiled, which step 1's
+#      tests check, so its row would time the bf16 step again after a compile),
 #   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
 #      process, as many of PREC_PAIRS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),

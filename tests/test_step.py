@@ -287,6 +287,43 @@ def test_a_failed_capture_trains_on_and_leaves_the_cuda_generator_usable():
     np.testing.assert_array_equal(torch.randn(8, device="cuda").cpu().numpy(), a.cpu().numpy())
 
 
+@cuda
+def test_a_compiled_step_that_fails_its_capture_is_captured_uncompiled_on_the_device(monkeypatch):
+    """The device path of the fallback: a capture that fails (a forward that synchronizes
+    while captured stands in for the compiled one), a second warm-up and a second capture
+    in the same process, whose replays train exactly like an eager step."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    x, eps = (t.cuda() for t in _batch())
+    models = {}
+    for graph in (False, True):
+        torch.manual_seed(0)
+        config = TrainConfig(latent_dim=4, width=4, device="cuda")
+        model = build_model(config, (1, 12, 12), torch.device("cuda"))
+        opt = make_optimizer(model.parameters(), 1e-3)
+        logged = []
+        step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cuda", levels=256,
+                         cuda_graph=graph, log=logged.append)
+
+        def syncing_forward(*args, step=step):
+            if torch.cuda.is_current_stream_capturing():
+                torch.cuda.synchronize()  # not allowed in a capture
+            return step._forward(*args)
+
+        step.forward, step.compiled = syncing_forward, True
+        sums, guard = EpochSums("cuda"), NonFiniteGuard(2, "cuda")
+        # 3 warm-up steps; the failed capture, whose batch is the first of 3 new warm-up
+        # steps; the capture and its replay; 2 replays
+        for _ in range(9):
+            step(x, x, eps, x.shape[0], sums, guard)
+        assert int(sums.images) == 9 * x.shape[0] and all(float(s["step"]) == 9 for s in opt.state.values())
+        models[graph] = model
+    assert step.graph is not None and step.graph_state.startswith("captured uncompiled (the compiled step's "
+                                                                  "capture failed: ")
+    assert len(logged) == 1 and "the uncompiled step will be captured instead" in logged[0]
+    for (k, v), w in zip(models[False].state_dict().items(), models[True].state_dict().values()):
+        torch.testing.assert_close(w, v, rtol=0, atol=0, msg=k)
+
+
 def test_a_capture_failure_names_the_first_error_of_its_chain():
     try:
         try:
@@ -315,19 +352,24 @@ def test_no_recompile_while_a_compiled_step_is_captured():
         assert double(torch.ones(3, dtype=torch.int64)).tolist() == [2, 2, 2]
 
 
-def _dispatching_step(monkeypatch, full_batch, capture_error=None):
-    """A CPU TrainStep whose CUDA parts are replaced by recorders: what it would do when."""
+def _dispatching_step(monkeypatch, full_batch, capture_error=None, capture_errors=()):
+    """A CPU TrainStep whose CUDA parts are replaced by recorders: what it would do when.
+    Its captures raise ``capture_error`` every time, or the errors of ``capture_errors``
+    one after the other and then succeed."""
     model, opt, step = _model()
     step.graph_wanted, step.full_batch, step._log = True, full_batch, lambda m: calls.append(("log", m))
-    calls = []
+    calls, errors = [], list(capture_errors)
 
     def side(*args):
-        calls.append(("warm-up", args[0].shape[0]))
+        calls.append(("warm-up", args[0].shape[0], "compiled" if step.compiled else "uncompiled"))
         return step._step(*args)
 
     def capture(x, x_in, eps, n_global, sums, guard):
         if capture_error is not None:
             raise capture_error
+        if errors:
+            calls.append(("failed capture", n_global))
+            raise errors.pop(0)
         calls.append(("capture", n_global))
         step.graph, step._static = object(), (x, x_in, eps, n_global, sums, guard)
 
@@ -347,8 +389,8 @@ def test_the_graph_is_captured_on_a_full_batch_and_partial_batches_run_eagerly(m
     # a resume that starts on the partial batch, then epochs of 2 full + 1 partial
     for x, eps in [part, full, full, part, full, full, part, full, full, part]:
         step(x, x, eps, x.shape[0], sums, guard)
-    assert calls == [("warm-up", 8), ("warm-up", 8), ("warm-up", 8), ("capture", 8), ("replay", 8),
-                     ("replay", 8), ("replay", 8)]
+    assert calls == [("warm-up", 8, "uncompiled")] * 3 + [("capture", 8), ("replay", 8), ("replay", 8),
+                                                           ("replay", 8)]
     # the partial batches and nothing else ran as plain eager steps
     assert int(sums.images) == 4 * 3 + 3 * 8
 
@@ -364,3 +406,46 @@ def test_a_failed_capture_says_so_once_and_training_goes_on(monkeypatch):
         ("log", "warning: CUDA graph capture failed (RuntimeError: ); training goes on without it "
                 "(--no-cuda-graph skips the attempt)")]
     assert int(sums.images) == 6 * 8  # 3 warm-up steps, then 3 eager ones: none lost
+
+
+def _compiled(step):
+    """Mark a dispatching step as compiled, with a stand-in for the compiled forward."""
+    step.compiled = True
+    step.forward = lambda *args: step._forward(*args)
+    return step
+
+
+def test_a_compiled_step_whose_capture_fails_is_captured_uncompiled(monkeypatch):
+    """compile + bf16 failed to capture on an H200 (torch 2.11) and then trained eagerly at a
+    fifth of the captured speed; the uncompiled step is warmed up and captured instead."""
+    step, calls = _dispatching_step(monkeypatch, full_batch=8, capture_errors=[RuntimeError("bad")])
+    _compiled(step)
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(5, "cpu")
+    x, eps = _batch(n=8)
+    for _ in range(9):
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert calls == ([("warm-up", 8, "compiled")] * 3 + [("failed capture", 8)] + [
+        ("log", "warning: CUDA graph capture of the compiled step failed (RuntimeError: bad); the uncompiled "
+                "step will be captured instead (--no-cuda-graph skips the attempt)")]
+        + [("warm-up", 8, "uncompiled")] * 3 + [("capture", 8)] + [("replay", 8)] * 3)
+    assert step.forward == step._forward and not step.compiled
+    assert step.graph_state == "captured uncompiled (the compiled step's capture failed: RuntimeError: bad)"
+    assert int(sums.images) == 6 * 8  # the six warm-up steps; the replays are recorders here
+
+
+def test_when_the_uncompiled_capture_fails_too_training_goes_on_eagerly(monkeypatch):
+    step, calls = _dispatching_step(monkeypatch, full_batch=8,
+                                    capture_errors=[RuntimeError("first"), RuntimeError("second")])
+    _compiled(step)
+    sums, guard = EpochSums("cpu"), NonFiniteGuard(5, "cpu")
+    x, eps = _batch(n=8)
+    for _ in range(10):
+        step(x, x, eps, x.shape[0], sums, guard)
+    assert [c[0] for c in calls] == (["warm-up"] * 3 + ["failed capture", "log"] + ["warm-up"] * 3
+                                     + ["failed capture", "log"])
+    assert calls[-1] == ("log", "warning: CUDA graph capture failed (RuntimeError: second); training goes on "
+                                "without it (--no-cuda-graph skips the attempt)")
+    assert step.graph_state == ("capture failed (RuntimeError: second); the compiled step's capture failed "
+                                "before (RuntimeError: first)")
+    assert not step.graph_wanted and step.graph is None
+    assert int(sums.images) == 10 * 8  # 6 warm-up steps, 4 eager ones (the second failure's batch included)

@@ -25,7 +25,9 @@ it computes what the eager step computes; the inputs are copied into static buff
 first, and every piece of state the step updates (weights, Adam moments and step,
 the sums, the guard) is updated in place, which is what makes replay see it.  A
 batch of another shape (the last, partial one of an epoch) runs eagerly.  If the
-capture fails, training goes on eagerly and says so once.
+capture of a compiled step fails, the uncompiled step is warmed up and captured
+instead; if a capture of the uncompiled step fails, training goes on eagerly.  Each
+failure is said once.
 """
 
 from __future__ import annotations
@@ -243,7 +245,8 @@ class TrainStep:
         self.graph_state = "off" if not self.graph_wanted else "not captured (too few full-batch steps)"
         self._warmup_left = GRAPH_WARMUP_STEPS
         self._stream = None  # the side stream of warm-up and capture, made on first use
-        self.compiled = bool(compile_forward)
+        self.compiled = bool(compile_forward)  # False again if a compiled capture fails
+        self._compiled_failure = ""  # why the compiled step's capture failed, if it did
         # found_inf for the fused Adam: 0 (take the step) or 1 (skip it), chosen on the device
         self._found_inf = torch.tensor([0.0, 1.0], device=self.device)
         self._log = log or (lambda message: print(message, file=sys.stderr))
@@ -303,19 +306,40 @@ class TrainStep:
                 return self._side_stream_step(x, x_in, eps, n_global, sums, guard)
             try:
                 self._capture(x, x_in, eps, n_global, sums, guard)
-            except Exception as exc:  # noqa: BLE001 - any capture failure: go on eagerly
-                self.graph, self.graph_wanted = None, False
-                self.graph_state = f"capture failed ({capture_failure(exc)})"
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                    _renew_cuda_generator(self.device, self._log)
-                self._log(f"warning: CUDA graph {self.graph_state}; training goes on without it "
-                          "(--no-cuda-graph skips the attempt)")
+            except Exception as exc:  # noqa: BLE001 - any capture failure: uncompiled, or eager
+                self._capture_failed(capture_failure(exc))
+                if self.graph_wanted:  # the uncompiled step is warmed up and captured next
+                    return self(x, x_in, eps, n_global, sums, guard)
             else:
+                self.graph_state = ("captured" if not self._compiled_failure else "captured uncompiled "
+                                    f"(the compiled step's capture failed: {self._compiled_failure})")
                 return self._replay(x, x_in, eps)
         # no graph wanted, a failed capture, or a batch of another shape (the partial last one)
         return self._step(x, x_in, eps, n_global, sums, guard)
+
+    def _capture_failed(self, reason: str):
+        """After a failed capture: a compiled step falls back to the uncompiled one, which is
+        warmed up anew (its kernels and cuDNN's choices are its own) and then captured; an
+        uncompiled step runs eagerly from here on.  Each failure is said once."""
+        self.graph = None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            _renew_cuda_generator(self.device, self._log)
+        if self.compiled:
+            self.forward, self.compiled = self._forward, False
+            self._warmup_left = GRAPH_WARMUP_STEPS
+            self._compiled_failure = reason
+            self.graph_state = f"not captured (the compiled step's capture failed: {reason})"
+            self._log(f"warning: CUDA graph capture of the compiled step failed ({reason}); the uncompiled "
+                      "step will be captured instead (--no-cuda-graph skips the attempt)")
+            return
+        self.graph_wanted = False
+        self.graph_state = f"capture failed ({reason})"
+        if self._compiled_failure:
+            self.graph_state += f"; the compiled step's capture failed before ({self._compiled_failure})"
+        self._log(f"warning: CUDA graph capture failed ({reason}); training goes on without it "
+                  "(--no-cuda-graph skips the attempt)")
 
     def _side_stream(self):
         """The stream of the warm-up steps and of the capture: one stream, so that what
@@ -353,7 +377,7 @@ class TrainStep:
         finally:
             self._capturable(False)
             torch.cuda.set_stream(before)  # a failed capture_end leaves the capture stream current
-        self.graph, self.graph_state = graph, "captured"
+        self.graph = graph
         self._static = (static_x, static_x_in, static_eps, n_global, sums, guard)
         self._static_out = out
 
