@@ -34,6 +34,7 @@ from vaecli import datasets
 from vaecli.config import TrainConfig
 from vaecli.evaluate import evaluate
 from vaecli.train import build_model, resolve_device
+from vaecli.units import bits_per_dim
 
 
 def _best(fn, repeats, device):
@@ -65,7 +66,7 @@ def baseline_bpd(model, images, batch):
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             kl = 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(1)
             total += (lik.log_pmf(x.to(torch.uint8), model.decode(z)) - kl).sum().item()
-    return -total / (len(images) * dims * math.log(2))
+    return bits_per_dim(total / len(images), dims)
 
 
 def baseline_nll(model, images, k, chunk):

@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vaecli import registry, verify  # noqa: E402
+from vaecli import reference, registry, verify  # noqa: E402
+from vaecli.backends import torch_backend  # noqa: E402
 
 SEEDS = (0, 1)
 CASES = [
@@ -73,3 +74,24 @@ def test_compare_detects_a_wrong_value():
     assert not value_ok and grad_ok
     wrong_grad = (expected[0], expected[1] * 1.01, expected[2])
     assert not verify.compare(wrong_grad, expected, "float64", x[0].size)[1]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("bernoulli", "log_prob"), ("bitwise", "log_pmf"), ("logistic", "log_pmf"), ("gaussian-pixel", "log_prob"),
+])
+def test_float64_softplus_terms_keep_their_tails(name, kind):
+    """Beyond torch's softplus threshold (20) log(1 + e^t) is not t: the dropped e^-t is
+    about 1e-9 near 21, a relative error of about 1e-10, which float64 resolves.  The
+    torch float64 backend matches the reference there to 1e-14."""
+    x = np.zeros((1, 1, 2, 2), np.uint8)  # black pixels: bit 0, the first bin
+    channels = {"bernoulli": 1, "bitwise": 8, "logistic": 2, "gaussian-pixel": 2}[name]
+    raw = np.full((1, channels, 2, 2), 21.0)  # a logit, or 21 above the log-scale floor (-6)
+    if name == "logistic":
+        # mean 0.5, scale 0.5 / 20.5: the first bin's upper edge is 20.5 scales below the mean
+        raw[:, 0] = 0.5
+        raw[:, 1] = -6 + np.log(np.expm1(np.log(0.5 / 20.5) + 6))  # softclip inverted
+    if name == "gaussian-pixel":
+        raw[:, 1] = 15.0
+    expected = getattr(reference, kind)(name, x, raw)
+    got = getattr(torch_backend, kind)(name, torch.from_numpy(x), torch.from_numpy(raw)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=0)

@@ -23,6 +23,7 @@ import torch
 from .backends import torch_backend
 from .constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
                         PMF_SIGMA_XTOL)
+from .units import bits_per_dim
 
 _BATCH = 500
 
@@ -69,7 +70,7 @@ def pmf_sigma(model, images: torch.Tensor, *, seed: int, n_bits: int, log_sigma_
     return {
         "pmf_sigma": math.exp(log_sigma),
         "pmf_images": int(x_all.shape[0]),
-        "pmf_train_bits": value / math.log(2),
+        "pmf_train_bits": bits_per_dim(-value, 1),  # value: nats per dimension
         "pmf_method": (
             f"maximum-likelihood sigma of the {2**n_bits}-level discretized Gaussian on {x_all.shape[0]} "
             f"training images (fixed subset, one posterior sample each, seed {seed}): grid of "

@@ -117,9 +117,17 @@ def _split(raw, params):  # (B, P*C, H, W) -> P tensors (B, C, H, W)
 # --------------------------------------------------------------- stable small helpers
 
 
+def _softplus(t):
+    """log(1 + exp(t)), exact to the dtype's rounding: torch's softplus returns t itself
+    above its threshold (20 by default), which drops exp(-20) = 2e-9, below float32's
+    resolution there but not float64's; from 40 on, exp(-t) is under half an ulp of t
+    in float64 too."""
+    return F.softplus(t, threshold=40.0 if t.dtype == torch.float64 else 20.0)
+
+
 def _softclip(t, floor):
     """Smooth lower bound: floor + softplus(t - floor) (identity when floor is None)."""
-    return t if floor is None else floor + F.softplus(t - floor)
+    return t if floor is None else floor + _softplus(t - floor)
 
 
 def _log1mexp(d):
@@ -134,7 +142,7 @@ def _log1mexp(d):
 
 def _log_sigmoid(t):
     # log sigma(t) = t - softplus(t) = -softplus(-t)
-    return -F.softplus(-t)
+    return -_softplus(-t)
 
 
 def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, first, last):
@@ -332,7 +340,7 @@ def _student_t_params(raw, o: _Options):
     return (
         torch.sigmoid(mu_raw),
         _softclip(log_scale_raw, o.log_sigma_min),
-        STUDENT_T_MIN_DF + F.softplus(df_raw),
+        STUDENT_T_MIN_DF + _softplus(df_raw),
     )
 
 
@@ -394,7 +402,7 @@ def _log_prob(name, x, raw, o: _Options, discrete: bool):
         return _sum_dims(_student_t_log_pdf(z, df) - log_scale)
     if name == "bernoulli":
         y = x.to(raw.dtype) / (levels - 1)
-        return _sum_dims(y * raw - F.softplus(raw))  # log sigma(l)^y (1-sigma(l))^(1-y)
+        return _sum_dims(y * raw - _softplus(raw))  # log sigma(l)^y (1-sigma(l))^(1-y)
     if name == "categorical":
         b, _, h, w = raw.shape
         logits = raw.view(b, levels, -1, h, w)  # (B, L, C, H, W)
@@ -405,7 +413,7 @@ def _log_prob(name, x, raw, o: _Options, discrete: bool):
         logits = raw.view(b, o.n_bits, -1, h, w)  # (B, n_bits, C, H, W), MSB first
         shifts = torch.arange(o.n_bits - 1, -1, -1, device=raw.device).view(1, -1, 1, 1, 1)
         bits = ((x.long().unsqueeze(1) >> shifts) & 1).to(raw.dtype)
-        return _sum_dims(bits * logits - F.softplus(logits))
+        return _sum_dims(bits * logits - _softplus(logits))
     if name == "logistic":
         mu, log_scale = _logistic_params(raw, o)
         edges = _bin_edges(x, mu, torch.exp(-log_scale), levels)
