@@ -525,6 +525,8 @@ def test_kernel_constants_match_formulas():
     assert float(defines["K_SQRT_2_OVER_PI"]) == pytest.approx(formulas.SQRT_2_OVER_PI, rel=1e-15)
     assert float(defines["K_LOG_NDTR_SWITCH"]) == formulas.LOG_NDTR_SWITCH
     assert float(defines["K_NORMAL_BIN_NARROW"]) == formulas.NORMAL_BIN_NARROW
+    assert float(defines["K_SIMPSON_MAX_WIDTH_FLOAT32"]) == formulas.SIMPSON_MAX_WIDTH["float32"]
+    assert float(defines["K_SIMPSON_MAX_WIDTH_FLOAT64"]) == formulas.SIMPSON_MAX_WIDTH["float64"]
     for name in kernels.KERNEL_NAMES:
         assert f'extern "C" __global__ void {name}(' in kernels.SOURCE
 
@@ -598,6 +600,35 @@ def test_host_compiled_kernels_match_formulas(host_launch, name, kind, channels,
     value_only = _kernel_eval(host_launch, name, x, raw, kind, need_grad=False, **opts)
     assert value_only.grad_raw is None
     np.testing.assert_array_equal(value_only.value, got.value)
+
+
+@pytest.mark.parametrize("log_sigma_raw", [0.0, 1.6, 6.4], ids=["sigma-1", "sigma-5", "sigma-600"])
+def test_gaussian_bins_narrow_against_sigma_keep_float32_precision(host_launch, log_sigma_raw):
+    """A bin narrow against sigma (8-bit data, sigma of 1 and more) has log Phi(q) and
+    log Phi(p) equal to most of their digits: their difference lost about eps/d relative
+    in float32 (3e-5 at sigma 1, 1e-3 at sigma 600), until Simpson's rule took such bins.
+    One pixel an image, so each value is one bin's mass."""
+    rng = np.random.default_rng(11)
+    n = 256
+    x = rng.integers(1, 255, (n, 1, 1, 1)).astype(np.uint8)  # inside bins: the edges are exact anyway
+    raw = np.stack([rng.normal(0.0, 2.0, n), np.full(n, log_sigma_raw)], axis=1).reshape(n, 2, 1, 1)
+    u = np.ones(n)
+    want = _ref_value("gaussian-pixel", "log_pmf", x, raw)
+    exact = formulas.evaluate("gaussian-pixel", x, raw, "log_pmf", ns=_numpy(), upstream=u)
+    np.testing.assert_allclose(exact.value, want, rtol=1e-13)
+    tb = _torch_backend()
+    if tb is not None:
+        import torch
+
+        raw_t = torch.tensor(raw, requires_grad=True)
+        tb.log_pmf("gaussian-pixel", torch.from_numpy(x), raw_t).sum().backward()
+        np.testing.assert_allclose(exact.grad_raw, raw_t.grad.numpy(), rtol=1e-9, atol=1e-12)
+    raw32 = raw.astype(np.float32)
+    for got in (formulas.evaluate("gaussian-pixel", x, raw32, "log_pmf", ns=_numpy(), upstream=u.astype(np.float32)),
+                _kernel_eval(host_launch, "gaussian-pixel", x, raw32, "log_pmf", upstream=u.astype(np.float32))):
+        np.testing.assert_allclose(got.value, want, rtol=2e-6)
+        np.testing.assert_allclose(got.grad_raw, exact.grad_raw, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(exact.grad_raw).max()))
 
 
 @pytest.mark.parametrize(

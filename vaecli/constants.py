@@ -44,3 +44,10 @@ PMF_CALIBRATION_IMAGES = 500
 PMF_SIGMA_GRID = 13
 PMF_SIGMA_MAX = 2.0
 PMF_SIGMA_XTOL = 1e-3
+
+# The backends' discretized Gaussian and Student-t: a bin whose standardized width w
+# satisfies w * (1 + |midpoint|) < tau is too narrow for a difference of log-CDFs
+# (they agree to most of their digits, e.g. a Gaussian with sigma > 1 at 8 bits): that
+# difference loses about eps/tau relative, while Simpson's rule on the density errs by
+# about tau^4/2880 relative.  tau balances the two, per floating-point type.
+SIMPSON_MAX_WIDTH = {"float32": 0.2, "float64": 0.003}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..constants import DEFAULT_FIXED_SIGMA, DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
-from ..constants import STUDENT_T_MIN_DF
+from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF
 from ..errors import VaeError
 
 NAME = "torch"
@@ -32,11 +32,8 @@ _BETACF_BLOCK = 8
 _BETACF_MAX_ITERATIONS = 400
 _BETACF_TINY = 1e-30  # Lentz's guard against division by zero
 
-# A bin whose standardized width w satisfies w * (1 + |midpoint|) < tau is too
-# narrow for a difference of log-CDFs (they agree to most of their digits, e.g. a
-# Gaussian with sigma > 1 at 8 bits): that difference loses about eps/tau relative,
-# while Simpson's rule errs by about tau^4/2880 relative.  tau balances the two.
-SIMPSON_MAX_WIDTH = {torch.float32: 0.2, torch.float64: 0.003}
+# Bins narrow against the scale: Simpson's rule (constants.SIMPSON_MAX_WIDTH)
+_SIMPSON_MAX_WIDTH = {torch.float32: SIMPSON_MAX_WIDTH["float32"], torch.float64: SIMPSON_MAX_WIDTH["float64"]}
 
 
 def available():
@@ -154,14 +151,14 @@ def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, first, last):
     that tail, log(F(hi) - F(lo)) = log F(hi) + log1mexp(log F(hi) - log F(lo)); in the
     upper tail F(u) - F(l) = F(-l) - F(-u).  When the bin is narrow against the scale
     the two log-CDFs are too close to subtract, and Simpson's rule on the density,
-    (w/6)(f(l) + 4 f(m) + f(u)), is used instead (see SIMPSON_MAX_WIDTH)."""
+    (w/6)(f(l) + 4 f(m) + f(u)), is used instead (see constants.SIMPSON_MAX_WIDTH)."""
     use_upper = torch.where(first, False, torch.where(last, True, lower + upper > 0))
     hi = torch.where(use_upper, -lower, upper)
     lo = torch.where(use_upper, -upper, lower)
     log_hi = log_cdf(hi)
     edge = first | last
     mid = 0.5 * (lower + upper)
-    narrow = ~edge & (width * (1 + mid.abs()) < SIMPSON_MAX_WIDTH[lower.dtype])
+    narrow = ~edge & (width * (1 + mid.abs()) < _SIMPSON_MAX_WIDTH[lower.dtype])
     log_lo = torch.where(edge, -math.inf, log_cdf(torch.where(edge, 0.0, lo)))
     gap = torch.where(narrow, 1.0, log_hi - log_lo)  # keep d = 0 out of the narrow bins' graph
     by_cdf = log_hi + _log1mexp(gap)

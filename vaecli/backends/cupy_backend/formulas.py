@@ -34,6 +34,7 @@ from ...constants import (
     DEFAULT_MIXTURES,
     DEFAULT_N_BITS,
     LOG_SIGMA_MIN,
+    SIMPSON_MAX_WIDTH,
     STUDENT_T_MIN_DF,
 )
 from ...errors import VaeError
@@ -259,12 +260,16 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
     The bin is moved to the lower side (centre cc = -|c|, flipped where c > 0; the
     first bin unflipped, the last flipped, by integer equality), p = cc - w, q = cc + w:
         log mass = log Phi(q) + log1mexp(d),  d = log Phi(q) - log Phi(p)   (edge: log Phi(q)).
+    A bin narrow against sigma (inside, 2w (1 + |cc|) below SIMPSON_MAX_WIDTH) would
+    lose digits in d, so its mass is Simpson's rule on the density instead:
+        M = (2w/6)(phi(p) + 4 phi(cc) + phi(q)) = (w/3) phi(cc) (4 + e^(w cc - w^2/2) + e^(-w cc - w^2/2)).
     Derivatives, with the hazard hz = phi/Phi, A = phi(p)/M = hz(p)/expm1(d) and
     B = phi(q)/M = hz(q)/(1 - e^-d):
         G := (phi(p) - phi(q))/M = A - B where the bin is wide (d >= NORMAL_BIN_NARROW:
         A < B/e, no cancellation), and for a narrow bin, where A and B are large and
         nearly equal, G = -hz(p) R with R = expm1(-k)/expm1(d) = e^(-k-d) expm1(k)/expm1(-d),
         k = (q^2 - p^2)/2 = 2 w cc <= 0 (phi(q)/phi(p) = e^-k; -k-d is small there);
+        by Simpson's rule, A = phi(p)/M directly and G = -A expm1(-k);
         (p phi(p) - q phi(q))/M = p A - q B = -2 w A + q G;
         edge bins: G = -hz(q), and -q hz(q).
     d/dmu = +-G/sigma (- where flipped), d/dlog sigma = (p phi(p) - q phi(q))/M."""
@@ -280,19 +285,27 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
     cc = xp.where(flip, -c, c)
     p = cc - w
     q = cc + w
+    simpson = ~edge & (2.0 * w * (1.0 + xp.abs(cc)) < SIMPSON_MAX_WIDTH[y.dtype.name])
+    w_s = xp.where(simpson, w, 0.0)  # Simpson's terms where they apply, harmless elsewhere
+    wc_s = w_s * xp.where(simpson, cc, 0.0)
+    w2_s = 0.5 * w_s * w_s
+    log_simpson = (xp.log(w_s / 3.0 * (4.0 + xp.exp(wc_s - w2_s) + xp.exp(-wc_s - w2_s)))
+                   - 0.5 * cc * cc - HALF_LOG_2PI)
     log_q = log_ndtr(ns, q)
-    d = xp.where(edge, xp.inf, log_q - log_ndtr(ns, p))
-    log_mass = log_q + log1mexp(xp, d)
+    d = xp.where(edge | simpson, xp.inf, log_q - log_ndtr(ns, p))
+    log_mass = xp.where(simpson, log_simpson, log_q + log1mexp(xp, d))
     if not need_grad:
         return log_mass, None, None
     hz_p = normal_hazard(ns, p)
     hz_q = normal_hazard(ns, q)
-    a_term = hz_p / xp.expm1(d)  # phi(p)/M
+    a_term = xp.where(simpson, xp.exp(-0.5 * p * p - HALF_LOG_2PI - log_mass), hz_p / xp.expm1(d))  # phi(p)/M
     b_term = hz_q / -xp.expm1(-d)  # phi(q)/M
     k = 2.0 * w * cc
     narrow = d < NORMAL_BIN_NARROW
     ratio = xp.exp(-k - d) * xp.expm1(k) / xp.expm1(-xp.where(narrow, d, 1.0))
-    g_centre = xp.where(edge, -hz_q, xp.where(narrow, -hz_p * ratio, a_term - b_term))
+    g_inside = xp.where(simpson, -a_term * xp.expm1(-xp.where(simpson, k, 0.0)),
+                        xp.where(narrow, -hz_p * ratio, a_term - b_term))
+    g_centre = xp.where(edge, -hz_q, g_inside)
     g_log_sigma = xp.where(edge, -q * hz_q, -2.0 * w * a_term + q * g_centre)
     g_mu = xp.where(flip, -g_centre, g_centre) * inv_sigma
     return log_mass, g_mu, g_log_sigma

@@ -79,6 +79,8 @@ SOURCE = r"""
 #define K_SQRT_2_OVER_PI 0.79788456080286535588
 #define K_LOG_NDTR_SWITCH (-1.0)
 #define K_NORMAL_BIN_NARROW 1.0
+#define K_SIMPSON_MAX_WIDTH_FLOAT32 0.2
+#define K_SIMPSON_MAX_WIDTH_FLOAT64 0.003
 
 // ---------------------------------------------------- float/double overloads
 K_INLINE float  k_exp(float v)    { return expf(v); }
@@ -168,25 +170,38 @@ K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real
     const real cc = flip ? -c : c;         // the bin moved to the lower side
     const real p = cc - w;
     const real q = cc + w;
-    const real log_q = log_ndtr(q);
-    const real hz_q = normal_hazard(q);
+    const real simpson_max = sizeof(real) == sizeof(float) ? (real)K_SIMPSON_MAX_WIDTH_FLOAT32
+                                                           : (real)K_SIMPSON_MAX_WIDTH_FLOAT64;
     real log_mass, g_centre;
-    if (first || final_bin) {
-        log_mass = log_q;
-        g_centre = -hz_q;
-        *g_log_sigma = -q * hz_q;
-    } else {
-        const real d = log_q - log_ndtr(p);
-        log_mass = log_q + log1mexp(d);
-        const real hz_p = normal_hazard(p);
-        const real a_term = hz_p / k_expm1(d);   // phi(p)/M
-        if (d < (real)K_NORMAL_BIN_NARROW) {
-            const real k = (real)2 * w * cc;    // (q^2 - p^2)/2 <= 0
-            g_centre = -hz_p * (k_exp(-k - d) * k_expm1(k) / k_expm1(-d));
-        } else {
-            g_centre = a_term - hz_q / (-k_expm1(-d));
-        }
+    if (!first && !final_bin && (real)2 * w * ((real)1 + k_abs(cc)) < simpson_max) {
+        // narrow against sigma: Simpson's rule on the density
+        const real wc = w * cc;
+        const real w2 = (real)0.5 * w * w;
+        log_mass = k_log(w / (real)3 * ((real)4 + k_exp(wc - w2) + k_exp(-wc - w2)))
+                   - (real)0.5 * cc * cc - (real)K_HALF_LOG_2PI;
+        const real a_term = k_exp((real)-0.5 * p * p - (real)K_HALF_LOG_2PI - log_mass);  // phi(p)/M
+        g_centre = -a_term * k_expm1((real)-2 * wc);
         *g_log_sigma = (real)-2 * w * a_term + q * g_centre;
+    } else {
+        const real log_q = log_ndtr(q);
+        const real hz_q = normal_hazard(q);
+        if (first || final_bin) {
+            log_mass = log_q;
+            g_centre = -hz_q;
+            *g_log_sigma = -q * hz_q;
+        } else {
+            const real d = log_q - log_ndtr(p);
+            log_mass = log_q + log1mexp(d);
+            const real hz_p = normal_hazard(p);
+            const real a_term = hz_p / k_expm1(d);   // phi(p)/M
+            if (d < (real)K_NORMAL_BIN_NARROW) {
+                const real k = (real)2 * w * cc;    // (q^2 - p^2)/2 <= 0
+                g_centre = -hz_p * (k_exp(-k - d) * k_expm1(k) / k_expm1(-d));
+            } else {
+                g_centre = a_term - hz_q / (-k_expm1(-d));
+            }
+            *g_log_sigma = (real)-2 * w * a_term + q * g_centre;
+        }
     }
     *g_mu = (flip ? -g_centre : g_centre) * inv_sigma;
     return log_mass;
