@@ -16,7 +16,7 @@ import click
 
 from . import registry
 from ._version import __version__
-from .clicommon import CONTEXT, VaeGroup
+from .clicommon import CONTEXT, FiniteFloat, VaeGroup, jsonable
 from .config import MEMORY_FORMATS
 from .constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
 from .errors import VaeError
@@ -170,6 +170,7 @@ def _print_verify_table(results, skipped, seed):
 
 METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units", "fid")
 RUN_FILE = click.Path(exists=True, dir_okay=False)
+SAMPLE_BATCH = 1000  # prior samples decoded at a time by `vae sample`
 
 INCEPTION_OPTIONS = [
     click.option("--inception", type=click.Path(exists=True, dir_okay=False),
@@ -188,7 +189,15 @@ def _inception_options(fn):
 
 
 def _echo_json(data):
-    click.echo(json.dumps(data, indent=2, default=float))
+    click.echo(json.dumps(jsonable(data), indent=2, allow_nan=False))
+
+
+def _check_out(out, inputs):
+    """An output file must not be one of the run files read: writing it would replace the run."""
+    for path in inputs:
+        if os.path.exists(out) and os.path.samefile(out, path):
+            raise VaeError(f"-o {out} is the run file {path}: writing it would replace the run; "
+                           "choose another output path")
 
 
 @main.command("train", context_settings=CONTEXT)
@@ -198,16 +207,16 @@ def _echo_json(data):
               help="Decoder likelihood.")
 @click.option("--backend", type=click.Choice(["torch", "cupy"]), default="torch", show_default=True,
               help="Where the likelihood runs (the network always runs in torch).")
-@click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--beta", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="Weight of KL in the training objective (reported ELBO uses 1).")
-@click.option("--sigma", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--sigma", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Fixed sigma of the gaussian likelihood [default: 1].")
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True,
               help="Components of logistic-mixture.")
 @click.option("--n-bits", type=click.IntRange(1, 8), default=8, show_default=True, help="Bits per value.")
 @click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate.")
 @click.option("--latent-dim", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--width", type=click.IntRange(1), default=32, show_default=True,
@@ -218,7 +227,9 @@ def _echo_json(data):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default="run.h5", show_default=True,
               help="The run file to write.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out (more --epochs allowed).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out with its own options; of those given here, only --epochs "
+                   "(more), --device, --max-nonfinite, --compile, --memory-format and --cuda-graph may differ.")
 @click.option("--dequantize", is_flag=True, help="Add uniform noise to the levels (continuous decoders).")
 @click.option("--binarize", is_flag=True, help="Binarize the data at 128 (for bernoulli).")
 @click.option("--log-sigma-min", default=str(LOG_SIGMA_MIN_DEFAULT), show_default=True,
@@ -253,31 +264,33 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
 
     if dataset and data_path:
         raise click.UsageError("give --dataset or --data, not both")
-    config = TrainConfig(
-        dataset=data_path or dataset or DEFAULT_DATASET, likelihood=likelihood, backend=backend, beta=beta,
-        sigma=sigma, mixtures=mixtures, n_bits=n_bits, epochs=epochs, batch_size=batch_size, lr=lr,
-        latent_dim=latent_dim, width=width, seed=seed, device=device, binarize=binarize,
-        dequantize=dequantize, image_size=image_size, log_sigma_min=_parse_floor(log_sigma_min),
+    values = dict(
+        # a data file by its absolute path, so that the run file finds it from anywhere
+        dataset=os.path.abspath(data_path) if data_path else dataset or DEFAULT_DATASET, likelihood=likelihood,
+        backend=backend, beta=beta, sigma=sigma, mixtures=mixtures, n_bits=n_bits, epochs=epochs,
+        batch_size=batch_size, lr=lr, latent_dim=latent_dim, width=width, seed=seed, device=device,
+        binarize=binarize, dequantize=dequantize, image_size=image_size, log_sigma_min=_parse_floor(log_sigma_min),
         max_nonfinite=max_nonfinite, precision=precision, compile=compile_, cuda_graph=cuda_graph,
         memory_format=memory_format,
     )
+    finished = False
     if resume:
         from . import runfile
 
-        stored = runfile.read(out).config
-        if _only_defaults_given():  # --resume alone (or with --epochs/--device): the run's own config
-            ctx = click.get_current_context()
-            default = click.core.ParameterSource.DEFAULT
-            config = stored.replace(
-                epochs=stored.epochs if ctx.get_parameter_source("epochs") == default else epochs,
-                device=stored.device if ctx.get_parameter_source("device") == default else device,
-                max_nonfinite=stored.max_nonfinite if ctx.get_parameter_source("max_nonfinite") == default
-                else max_nonfinite,
-                compile=stored.compile if ctx.get_parameter_source("compile_") == default else compile_,
-                cuda_graph=stored.cuda_graph if ctx.get_parameter_source("cuda_graph") == default else cuda_graph,
-                memory_format=stored.memory_format if ctx.get_parameter_source("memory_format") == default
-                else memory_format,
-            )
+        stored_run = runfile.read(out)
+        stored = stored_run.config
+        # the run's own config, with just the options given on this command line
+        # changed; train() refuses the changes that would make it another run
+        ctx = click.get_current_context()
+        params = {"dataset": ("dataset", "data_path"), "compile": ("compile_",)}
+        given = {k: v for k, v in values.items()
+                 if any(ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT
+                        for p in params.get(k, (k,)))}
+        config = stored.replace(**given)
+        finished = (stored_run.attrs.get("status") == "complete"
+                    and int(stored_run.attrs.get("epochs_done", 0)) == config.epochs)
+    else:
+        config = TrainConfig(**values)
     if nproc > 1:
         return _launch_data_parallel(nproc, out)
     log = _tqdm_log if not quiet else (lambda s: None)
@@ -287,7 +300,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     summary = _run_summary(run)
     if as_json:
         _echo_json(summary)
-    else:
+    elif not finished:  # (a finished run: train() said so, and wrote nothing)
         last = summary["last_epoch"]
         if last:
             click.echo(f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
@@ -345,21 +358,17 @@ def _run_status(path):
 
 
 def _parse_floor(text):
+    import math
+
     if text.strip().lower() == "none":
         return None
     try:
-        return float(text)
+        floor = float(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a number nor 'none'", param_hint="--log-sigma-min") from None
-
-
-def _only_defaults_given():
-    """True when --resume came without options that would redefine the run."""
-    ctx = click.get_current_context()
-    fixed = ("likelihood", "backend", "beta", "sigma", "mixtures", "n_bits", "batch_size", "lr", "latent_dim",
-             "width", "image_size", "seed", "dequantize", "binarize", "dataset", "data_path", "log_sigma_min",
-             "precision")
-    return all(ctx.get_parameter_source(p) == click.core.ParameterSource.DEFAULT for p in fixed)
+        floor = math.nan
+    if not math.isfinite(floor):
+        raise click.BadParameter(f"{text!r} is neither a finite number nor 'none'", param_hint="--log-sigma-min")
+    return floor
 
 
 def _tqdm_log(text):
@@ -412,6 +421,8 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
     if nproc > 1:
         return _launch_data_parallel(nproc, run_path, "evaluation")
     run = runfile.read(run_path)
+    if not no_store:
+        runfile.check_writable(run_path)  # now, not after the evaluation
     metrics = metrics or ("elbo", "bpd")
     rank, world, dev = distributed_setup(device)
     model = load_model(run, dev)
@@ -487,7 +498,7 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "npz", "h5", "run"]), default=None,
               help="png grid, npz/h5 arrays, or 'run' (store in the run file) [default: from -o].")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="Scale of the prior: z ~ N(0, T^2 I).")
 @click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
               help="Picture the decoder mean, or draw from the decoder distribution.")
@@ -504,23 +515,35 @@ def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, sca
     from .train import load_model, mean_to_uint8
 
     run = runfile.read(run_path)
+    fmt = fmt or (out.rsplit(".", 1)[-1].lower() if "." in out else "png")
+    if fmt not in ("png", "npz", "h5", "run"):
+        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|npz|h5|run")
+    if fmt != "run":
+        _check_out(out, [run_path])
+    runfile.check_writable(run_path if fmt == "run" else out)  # before the work, not after
     model = load_model(run, device)
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
+    chunks = []
     with torch.no_grad():
         z = temperature * torch.randn(num, run.config.latent_dim, generator=gen, device=dev)
-        raw = model.decode(z)
-        if mode == "mean":
-            levels = mean_to_uint8(model.likelihood.mean(raw))
-        else:
-            drawn = model.likelihood.sample(raw, generator=gen).cpu().numpy()
-            levels = (drawn.astype(np.float64) * 255 / (2**run.config.n_bits - 1) + 0.5).astype(np.uint8)
-    fmt = fmt or (out.rsplit(".", 1)[-1].lower() if "." in out else "png")
+        for start in range(0, num, SAMPLE_BATCH):  # decoded in batches: memory stays bounded for any -n
+            raw = model.decode(z[start : start + SAMPLE_BATCH])
+            if mode == "mean":
+                chunks.append(mean_to_uint8(model.likelihood.mean(raw)))
+            else:
+                drawn = model.likelihood.sample(raw, generator=gen).cpu().numpy()
+                chunks.append((drawn.astype(np.float64) * 255 / (2**run.config.n_bits - 1) + 0.5).astype(np.uint8))
+    levels = np.concatenate(chunks)
     attrs = {"temperature": temperature, "mode": mode, "seed": seed}
     if fmt == "png":
         pictures.write_png(out, pictures.upscale(pictures.grid(levels), scale))
     elif fmt == "npz":
-        np.savez_compressed(out, images=levels, temperature=temperature)
+        import io
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, images=levels, temperature=temperature)
+        runfile.atomic_write_bytes(out, buffer.getvalue())  # at -o exactly (numpy would add .npz)
     elif fmt == "h5":
         with runfile.atomic_h5(out) as f:
             d = f.create_dataset("images", data=levels, compression="gzip")
@@ -529,8 +552,6 @@ def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, sca
     elif fmt == "run":
         runfile.store_samples(run_path, f"prior_{mode}_t{temperature:g}_s{seed}", levels, attrs)
         out = f"{run_path} (samples/prior_{mode}_t{temperature:g}_s{seed})"
-    else:
-        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|npz|h5|run")
     click.echo(f"wrote {num} samples to {out}")
 
 
@@ -552,8 +573,13 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
     from .train import load_model, load_split, mean_to_uint8, prepare_images
 
     run = runfile.read(run_path)
+    _check_out(out, [run_path])
+    runfile.check_writable(out)
     model = load_model(run, device)
     data = load_split(run.config.dataset, split, run.config.image_size)
+    if num * rows > len(data.images):
+        raise VaeError(f"-n {num} x --rows {rows} = {num * rows} images, but the {split} split has "
+                       f"{len(data.images)}")
     x = torch.from_numpy(prepare_images(data.images[: num * rows], run.config))
     with torch.no_grad():
         mu, _ = model.encode(x.to(next(model.parameters()).device))
@@ -583,6 +609,7 @@ def calibrate_command(run_path, device, as_json):
     run = runfile.read(run_path)
     if run.config.likelihood != "sigma":
         raise VaeError(f"{run_path}: a {run.config.likelihood} run; only sigma runs have evaluation sigmas")
+    runfile.check_writable(run_path)
     model = load_model(run, device)
     data = load_split(run.config.dataset, "train", run.config.image_size)
     if data.checksum != run.attrs["dataset_checksum"]:
@@ -678,7 +705,9 @@ def plot_command(run_paths, out, kind):
     """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
     from . import plots, runfile
 
-    runs = [runfile.read(p) for p in _expand_runs(run_paths)]
+    paths = _expand_runs(run_paths)
+    _check_out(out, paths)
+    runs = [runfile.read(p) for p in paths]
     if kind == "curves":
         plots.training_curves(runs, out)
     else:
@@ -738,13 +767,13 @@ def compare_command(run_paths, fmt, split):
 @click.option("--out-dir", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory of run files.")
 @click.option("--likelihood", "likelihoods", multiple=True, type=click.Choice(registry.NAMES),
               help="Decoders to train [default: all eleven].")
-@click.option("--beta", "betas", multiple=True, type=click.FloatRange(min=0),
+@click.option("--beta", "betas", multiple=True, type=FiniteFloat(min=0),
               help="Betas of the fixed-variance gaussian [default: the paper's 0.001 0.01 0.1 1 10].")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seeds [default: 0].")
 @click.option("--dataset", default=None, help="Dataset name [default: mnist5k].")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--latent-dim", type=click.IntRange(1), default=20, show_default=True)
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -58,8 +58,9 @@ class TrainConfig:
             (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
             (self.memory_format in MEMORY_FORMATS,
              f"memory format must be {' or '.join(MEMORY_FORMATS)}, got {self.memory_format!r}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                       and self.device[len("cuda:"):].isdigit()),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zlib
 
@@ -47,14 +46,9 @@ def write_png(path, picture: np.ndarray):
         + chunk(b"IDAT", zlib.compress(raw, 9))
         + chunk(b"IEND", b"")
     )
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(png)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    from .runfile import atomic_write_bytes
+
+    atomic_write_bytes(path, png)
 
 
 def upscale(picture: np.ndarray, factor: int) -> np.ndarray:

@@ -21,7 +21,8 @@ class ConvVAE(nn.Module):
                  latent_dim: int = 20, width: int = 32):
         super().__init__()
         if image_size % 4 or image_size < 8:
-            raise VaeError(f"the convolutional VAE needs a square image size divisible by 4, got {image_size}")
+            raise VaeError(f"the convolutional VAE needs a square image size of at least 8 and divisible by 4, "
+                           f"got {image_size}")
         self.image_channels, self.image_size, self.latent_dim = image_channels, image_size, latent_dim
         w = width
         self.feature_shape = (4 * w, image_size // 4, image_size // 4)

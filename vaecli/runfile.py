@@ -125,9 +125,10 @@ def atomic_h5(path, copy_from=None):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise VaeError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
+        os.close(fd)
         if copy_from is not None:
             shutil.copyfile(copy_from, tmp)
         if copy_from is not None:
@@ -146,7 +147,43 @@ def atomic_h5(path, copy_from=None):
     except OSError as exc:
         raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def check_writable(path):
+    """Raise a VaeError now, before any work, if a file could not be written atomically
+    at ``path`` (a temporary file beside it is made and removed)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise VaeError(f"cannot write {path}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise VaeError(f"cannot write {path}: directory {directory} does not exist")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -35,10 +35,17 @@ HOLDOUT_FRACTION = 0.1  # ... and the share of images it holds out
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N as a torch device; anything else is one clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    index = name[len("cuda:"):] if name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise VaeError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VaeError(f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False)")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise VaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -97,12 +104,23 @@ def softclipped_sigma(mse: float, floor) -> float:
 
 
 def check_resume(stored: TrainConfig, wanted: TrainConfig):
+    """Refuse a resume that would make the run another one.  A data file may be named by
+    another path (moved, or relative to another directory): its images' checksum, checked
+    when it is loaded, decides."""
     import dataclasses
+
+    from .datasets import catalog
+
+    def same(name):
+        a, b = getattr(stored, name), getattr(wanted, name)
+        if name == "dataset" and catalog.canonical_name(a) is None and catalog.canonical_name(b) is None:
+            return True  # two data files
+        return a == b
 
     differ = [
         f"{f.name} (run file: {getattr(stored, f.name)!r}, now: {getattr(wanted, f.name)!r})"
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in RESUMABLE_CHANGES and getattr(stored, f.name) != getattr(wanted, f.name)
+        if f.name not in RESUMABLE_CHANGES and not same(f.name)
     ]
     if differ:
         raise VaeError("cannot resume with different options: " + "; ".join(differ))
@@ -116,6 +134,15 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     if resume:
         previous = runfile.read(out)
         check_resume(previous.config, config)
+        done = int(previous.attrs.get("epochs_done", 0))
+        if config.epochs < done:
+            raise VaeError(f"{out} has {done} epochs done; --epochs {config.epochs} cannot resume it "
+                           f"(give --epochs {done} or more)")
+        if config.epochs == done and previous.attrs.get("status") == "complete":
+            # nothing to train: the file, its evaluations and samples stay as they are
+            log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
+                f"(--epochs {done + 1} or more trains on)")
+            return previous
     else:
         previous = None
         if os.path.exists(out):
@@ -130,7 +157,9 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     train_set, test_set = data if data is not None else load_data(config)
     image_shape = tuple(train_set.images.shape[1:])
     if previous is not None and previous.attrs["dataset_checksum"] != train_set.checksum:
-        raise VaeError(f"cannot resume: the training data differs from the run's ({config.dataset})")
+        raise VaeError(f"cannot resume: the training data {config.dataset} differs from the run's "
+                       f"{previous.config.dataset} (SHA-256 {train_set.checksum[:16]}… vs "
+                       f"{previous.attrs['dataset_checksum'][:16]}…)")
     train_images = torch.from_numpy(prepare_images(train_set.images, config)).to(device)  # (N, C, H, W) uint8
     test_images = torch.from_numpy(prepare_images(test_set.images, config)).to(device)
     n_train = train_images.shape[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def _load(name_or_path, split, size, data_dir) -> Dataset:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise VaeError(f"unknown dataset {str(name_or_path)!r}: not one of {', '.join(catalog.NAMES)} "
-                       f"and no such file or folder")
+                       f"and no such file or folder (from {os.getcwd()})")
     return load_path(path, split, size)
 
 
