@@ -214,3 +214,14 @@ def test_json_output_has_no_nan(data_file, tmp_path):
 def test_jsonable():
     assert jsonable({"a": float("nan"), "b": [np.float32(1.5), float("-inf")], "c": np.arange(2), 3: "x"}) == {
         "a": None, "b": [1.5, None], "c": [0, 1], "3": "x"}
+
+
+def test_eval_says_which_levels_its_bits_per_dim_are_of(data_file, tmp_path):
+    run = tmp_path / "four.h5"
+    assert _invoke(["train", "--data", data_file, "--n-bits", "4", *SMALL[:-3], "--epochs", "1", "--quiet",
+                    "--out", run]).exit_code == 0
+    result = _invoke(["eval", run, "--metric", "bpd", "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert "16 levels: bits/dim of that data, not of the 8-bit images" in result.stdout.splitlines()[0]
+    stored = _invoke(["eval", run, "--metric", "bpd", "--json"])
+    assert json.loads(stored.stdout)["results"]["bpd"]["data_levels"] == 16

@@ -464,12 +464,18 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
     for r in results.values():
         r["data"] = f"{data.name}/{data.split}" if not data_path else str(data_path)
         r["data_checksum"] = data.checksum
+        # the levels the model saw: bits/dim are of this data (of the 8-bit data only at n_bits 8)
+        r["data_levels"] = 2 if run.config.binarize else 2**run.config.n_bits
     if not no_store:
         runfile.store_evaluation(run_path, key, results)
     if as_json:
         _echo_json({"run": run_path, "split": key, "results": results})
         return
-    click.echo(f"{run_path}: {run.config.likelihood} on {results[metrics[0]]['data']} ({images.shape[0]} images)")
+    levels = results[metrics[0]]["data_levels"]
+    reduced = "" if levels == 256 else f", {'binarized' if run.config.binarize else f'{levels} levels'}: " \
+                                       "bits/dim of that data, not of the 8-bit images"
+    click.echo(f"{run_path}: {run.config.likelihood} on {results[metrics[0]]['data']} ({images.shape[0]} images"
+               f"{reduced})")
     if "fid" in results:
         r = results["fid"]
         verified = "" if r["inception_verified"] else ", UNVERIFIED weights (override)"
