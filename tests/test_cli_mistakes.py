@@ -225,3 +225,13 @@ def test_eval_says_which_levels_its_bits_per_dim_are_of(data_file, tmp_path):
     assert "16 levels: bits/dim of that data, not of the 8-bit images" in result.stdout.splitlines()[0]
     stored = _invoke(["eval", run, "--metric", "bpd", "--json"])
     assert json.loads(stored.stdout)["results"]["bpd"]["data_levels"] == 16
+
+
+def test_an_objective_that_is_no_elbo_is_not_called_one(data_file, tmp_path):
+    result = _invoke(["train", "--data", data_file, "--likelihood", "bernoulli", *SMALL[:-3], "--epochs", "1",
+                      "--out", tmp_path / "b.h5"])
+    assert result.exit_code == 0, result.output
+    assert "ELBO" not in result.output.replace("not an ELBO", "")
+    assert result.stdout.splitlines()[-2].endswith(
+        "nats/image (not an ELBO: bernoulli on non-binary data is a cross-entropy, not a likelihood "
+        "(train with --binarize))")

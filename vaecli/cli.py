@@ -260,7 +260,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     bundled 5,000 MNIST digits.  Ctrl-C (or SIGTERM) saves a resumable checkpoint.
     """
     from .config import DEFAULT_DATASET, TrainConfig
-    from .train import train
+    from .train import objective_name, train
 
     if dataset and data_path:
         raise click.UsageError("give --dataset or --data, not both")
@@ -303,8 +303,14 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     elif not finished:  # (a finished run: train() said so, and wrote nothing)
         last = summary["last_epoch"]
         if last:
+            what = objective_name(config)
+            note = ""
+            if what != "ELBO":
+                from .evaluate import applicability
+
+                note = f" (not an ELBO: {applicability(config.likelihood, 'elbo', config.binarize)[1]})"
             click.echo(f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
-                       f"test ELBO {last['test_elbo']:.2f} nats/image")
+                       f"test {what} {last['test_elbo']:.2f} nats/image{note}")
         click.echo(f"wrote {out}")
 
 

@@ -541,10 +541,19 @@ def _postfix(epoch, loss, kl, lik, x, raw):
     return text
 
 
+def objective_name(config: TrainConfig) -> str:
+    """"ELBO", or "objective" where the training objective is no ELBO (sigma-image,
+    bernoulli on non-binary data; `vae eval` calls their ELBO not applicable)."""
+    from .evaluate import applicability
+
+    return "ELBO" if applicability(config.likelihood, "elbo", config.binarize)[0] else "objective"
+
+
 def _log_epoch(log, history, config):
     i = -1
-    text = (f"epoch {history['epoch'][i]}: train ELBO {history['train_elbo'][i]:.2f}, "
-            f"test ELBO {history['test_elbo'][i]:.2f} nats (KL {history['test_kl'][i]:.2f})")
+    what = objective_name(config)
+    text = (f"epoch {history['epoch'][i]}: train {what} {history['train_elbo'][i]:.2f}, "
+            f"test {what} {history['test_elbo'][i]:.2f} nats (KL {history['test_kl'][i]:.2f})")
     if not math.isnan(history["sigma"][i]):
         text += f", sigma {history['sigma'][i]:.4f} (beta-equivalent {history['equivalent_beta'][i]:.4g})"
     if history["skipped_steps"][i]:
