@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import registry
+from .backends.torch_backend import gaussian_kl
 from .constants import ACTIVE_UNIT_THRESHOLD
 from .units import bits_per_dim, equivalent_beta
 
@@ -89,7 +90,7 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
         gen.manual_seed(batch_seed(seed, index))
         mu, logvar = model.encode(x)
         std = torch.exp(0.5 * logvar)
-        lik_kl = 0.5 * (mu * mu + torch.exp(logvar) - 1 - logvar).sum(1).double()
+        lik_kl = gaussian_kl(mu, logvar).double()
         rows["kl"].append((index, lik_kl))
         rows["post_means"].append((index, mu.double()))
         need_elbo = want & {"elbo", "bpd", "mse"}
