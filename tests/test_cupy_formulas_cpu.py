@@ -631,6 +631,20 @@ def test_gaussian_bins_narrow_against_sigma_keep_float32_precision(host_launch, 
                                    atol=1e-4 * float(np.abs(exact.grad_raw).max()))
 
 
+@pytest.mark.parametrize("log_scale_raw", [0.0, 6.4], ids=["scale-1", "scale-600"])
+def test_student_t_bins_narrow_against_the_scale_keep_float64_precision(log_scale_raw):
+    """The Student-t PMF (float64 inside, whatever the input dtype): a bin narrow against
+    the scale takes Simpson's rule, as in the reference; the log-CDF difference lost
+    digits there (2.8e-12 relative at scale 600)."""
+    rng = np.random.default_rng(12)
+    n = 256
+    x = rng.integers(1, 255, (n, 1, 1, 1)).astype(np.uint8)
+    raw = np.stack([rng.normal(0.0, 2.0, n), np.full(n, log_scale_raw), np.full(n, 1.0)], axis=1).reshape(n, 3, 1, 1)
+    want = _ref_value("student-t", "log_pmf", x, raw)
+    got = formulas.value("student-t", x, raw, "log_pmf", ns=_numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
 @pytest.mark.parametrize(
     "name", ["sigma", "sigma-image", "gaussian", "gaussian-pixel", "sigma-learned"]
 )

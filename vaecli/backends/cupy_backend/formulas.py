@@ -231,15 +231,17 @@ def normal_hazard(ns: Namespace, t):
     return SQRT_2_OVER_PI / ns.sp.erfcx(-t * SQRT_HALF)
 
 
-def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf):
-    """log(F(upper) - F(lower)) of a CDF F symmetric about 0 over x's bin (value only;
-    the Student-t log_pmf).
+def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf, log_pdf):
+    """log(F(upper) - F(lower)) of a CDF F symmetric about 0, with density f, over x's
+    bin (value only; the Student-t log_pmf).
 
     The first bin (x == 0) is F(upper) and the last (x == L-1) is 1 - F(lower) =
     F(-lower), found by integer equality.  Inside, the bin is moved to the smaller
     tail: (p, q) = (lower, upper), or (-upper, -lower) when its centre is above 0, since
     F(upper) - F(lower) = F(-lower) - F(-upper); then with d = log F(q) - log F(p) >= 0,
-    log mass = log F(q) + log1mexp(d), and no difference of CDFs is ever formed."""
+    log mass = log F(q) + log1mexp(d), and no difference of CDFs is ever formed.  A bin
+    narrow against the scale (width (1 + |centre|) below SIMPSON_MAX_WIDTH) would lose
+    digits in d: there the mass is Simpson's rule, (width/6)(f(p) + 4 f(centre) + f(q))."""
     xp = ns.xp
     first = x == 0
     last = x == levels - 1
@@ -247,9 +249,15 @@ def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf):
     flip = xp.where(first, False, xp.where(last, True, lower + upper > 0))
     p = xp.where(flip, -upper, lower)
     q = xp.where(flip, -lower, upper)
+    width = upper - lower
+    mid = 0.5 * (p + q)
+    narrow = ~edge & (width * (1.0 + xp.abs(mid)) < SIMPSON_MAX_WIDTH[width.dtype.name])
     log_q = log_cdf(q)
-    d = xp.where(edge, xp.inf, log_q - log_cdf(p))
-    return log_q + log1mexp(xp, d)
+    d = xp.where(edge | narrow, xp.inf, log_q - log_cdf(p))
+    log_f = xp.stack((log_pdf(p), log_pdf(mid) + math.log(4.0), log_pdf(q)))
+    top = xp.max(log_f, axis=0)
+    by_simpson = xp.log(width / 6.0) + top + xp.log(xp.sum(xp.exp(log_f - top), axis=0))
+    return xp.where(narrow, by_simpson, log_q + log1mexp(xp, d))
 
 
 def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
@@ -668,7 +676,11 @@ def _student_t(ns, x, raw, o, discrete, u, need_grad):
         def log_cdf(t):
             return student_t_log_cdf(ns, t, df64)
 
-        elem = bin_log_mass(ns, x, lower, upper, levels, log_cdf)
+        def log_pdf(t):  # the standard Student-t density
+            return (sp.gammaln(0.5 * (df64 + 1.0)) - sp.gammaln(0.5 * df64) - 0.5 * xp.log(df64 * math.pi)
+                    - 0.5 * (df64 + 1.0) * xp.log1p(t * t / df64))
+
+        elem = bin_log_mass(ns, x, lower, upper, levels, log_cdf, log_pdf)
         return Evaluation(_per_image(xp, elem), None, None)
     y = _levels_to_unit(x, levels, dtype)
     inv_scale = xp.exp(-log_scale)
