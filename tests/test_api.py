@@ -59,12 +59,73 @@ def test_bad_inputs_give_one_clear_error():
     lik = vaecli.likelihood("categorical")
     with pytest.raises(VaeError, match=r"needs raw decoder output of shape \(4, 256, 6, 6\)"):
         lik.log_prob(_batch(), torch.zeros(4, 255, 6, 6))
-    with pytest.raises(VaeError, match="integer tensor"):
+    with pytest.raises(VaeError, match=r"integer tensor of levels \(uint8, int8, int16, int32 or int64\), got "
+                                       "torch.float32"):
         lik.log_prob(_batch().float(), torch.zeros(4, 256, 6, 6))
     with pytest.raises(VaeError, match="levels 0..15"):
         vaecli.likelihood("categorical", n_bits=4).log_prob(_batch(), torch.zeros(4, 16, 6, 6))
     with pytest.raises(VaeError, match="unknown likelihood 'gauss'"):
         vaecli.likelihood("gauss")
+
+
+def test_floating_x_must_be_dequantized_levels():
+    """Continuous decoders take floating x: dequantized levels in [-1/2, L - 1/2].  Data
+    out of that range (or NaN) is an error, and data within [0, 1], the usual mistake of
+    passing x/255, is warned about."""
+    lik = vaecli.likelihood("gaussian")
+    raw = torch.zeros(4, 1, 6, 6)
+    for bad in (300.0, -0.6, float("nan")):
+        with pytest.raises(VaeError, match=r"floating x must hold dequantized levels in \[-0.5, 255.5\]"):
+            lik.log_prob(torch.full((4, 1, 6, 6), bad), raw)
+    with pytest.warns(UserWarning, match=r"not data scaled to \[0, 1\]"):
+        lik.log_prob(_batch().float() / 255, raw)
+    dequantized = _batch().double() + torch.rand(4, 1, 6, 6, dtype=torch.float64) - 0.5
+    assert torch.isfinite(lik.log_prob(dequantized, raw.double())).all()
+
+
+def test_mean_and_sample_check_raw():
+    with pytest.raises(VaeError, match="categorical needs 256 decoder channels per image channel; got 300"):
+        vaecli.likelihood("categorical").mean(torch.zeros(2, 300, 4, 4))
+    with pytest.raises(VaeError, match=r"raw must have shape \(B, K, H, W\), got \(1, 4, 4\)"):
+        vaecli.likelihood("gaussian").mean(torch.zeros(1, 4, 4))
+    with pytest.raises(VaeError, match="bitwise needs 8 decoder channels"):
+        vaecli.likelihood("bitwise").sample(torch.zeros(2, 7, 4, 4))
+
+
+def test_options_are_checked_when_the_module_is_made():
+    for kwargs, message in [({"name": "gaussian", "sigma": 0.0}, "sigma must be positive"),
+                            ({"name": "logistic", "sigma": 0.1}, "logistic: takes no fixed sigma"),
+                            ({"name": "sigma-learned", "sigma": 0.1}, "sigma-learned: takes no fixed sigma"),
+                            ({"name": "logistic-mixture", "mixtures": 0}, "mixtures must be a positive integer"),
+                            ({"name": "gaussian", "n_bits": True}, "n_bits must be an integer"),
+                            ({"name": "gaussian", "log_sigma_min": float("nan")}, "log_sigma_min must be a finite number or None")]:
+        with pytest.raises(VaeError, match=message):
+            vaecli.likelihood(**kwargs)
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    for name in vaecli.NAMES:
+        lik = vaecli.likelihood(name, mixtures=2)
+        raw = torch.zeros(0, lik.out_channels(1), 4, 4)
+        assert lik.log_prob(torch.zeros(0, 1, 4, 4, dtype=torch.uint8), raw).shape == (0,)
+        assert lik.mean(raw).shape == (0, 1, 4, 4)
+
+
+def test_per_sample_gradients_with_torch_func():
+    """vmap(grad(...)): the CPU range check, which reads values on the host, is left to
+    the caller there, as under torch.compile."""
+    from torch.func import grad, vmap
+
+    lik = vaecli.likelihood("logistic")
+    x, raw = _batch(), torch.randn(4, 2, 6, 6)
+
+    def one(xi, ri):
+        return lik.log_prob(xi[None], ri[None])[0]
+
+    per_sample = vmap(grad(one, argnums=1))(x, raw)
+    whole = raw.clone().requires_grad_(True)
+    lik.log_prob(x, whole).sum().backward()
+    torch.testing.assert_close(per_sample, whole.grad)
 
 
 def test_sigma_image_has_no_pmf():
@@ -109,3 +170,23 @@ def test_cupy_backend_needs_a_device():
 
 def test_bits_per_dim_is_the_one_conversion():
     assert vaecli.bits_per_dim(-math.log(256) * 10, 10) == pytest.approx(8.0)
+
+
+def test_load_run_gives_the_model_vae_eval_evaluates(tmp_path):
+    from fakes import FakeData
+    from vaecli.config import TrainConfig
+    from vaecli.train import train
+
+    rng = np.random.default_rng(0)
+    data = (FakeData(rng.integers(0, 256, (40, 1, 8, 8)).astype(np.uint8)),
+            FakeData(rng.integers(0, 256, (10, 1, 8, 8)).astype(np.uint8), split="test", checksum="1" * 64))
+    run = train(TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2), tmp_path / "r.h5", data=data,
+                progress=False, log=lambda s: None)
+    model = vaecli.load_run(tmp_path / "r.h5", "cpu")
+    assert not model.training
+    assert model.likelihood.sigma == pytest.approx(run.calibration["eval_sigma"])
+    assert model.likelihood.pmf_sigma == pytest.approx(run.calibration["pmf_sigma"])
+    x = torch.from_numpy(data[1].images)
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        assert model.likelihood.log_prob(x, model.decode(mu)).shape == (10,)

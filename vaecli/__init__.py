@@ -25,6 +25,7 @@ __all__ = [
     "Likelihood",
     "gaussian_kl",
     "get_backend",
+    "load_run",
 ]
 
 _LAZY = {
@@ -32,6 +33,7 @@ _LAZY = {
     "Likelihood": "vaecli.api",
     "gaussian_kl": "vaecli.api",
     "get_backend": "vaecli.backends",
+    "load_run": "vaecli.api",
 }
 
 

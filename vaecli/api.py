@@ -79,6 +79,9 @@ class Likelihood(nn.Module):
         self.pmf_sigma = pmf_sigma
         self.mixtures = mixtures
         self.log_sigma_min = log_sigma_min
+        # the options' errors now, not at the first call
+        torch_backend.check_options(name, n_bits=n_bits, sigma=sigma, mixtures=mixtures,
+                                    log_sigma_min=log_sigma_min)
         if name == "sigma-learned":
             self.log_sigma = nn.Parameter(torch.tensor(float(init_log_sigma)))
         else:
@@ -181,3 +184,14 @@ def likelihood(name: str, **options) -> Likelihood:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) in nats per image, summed over latents: (B,)."""
     return torch_backend.gaussian_kl(mu, logvar)
+
+
+def load_run(path, device: str = "auto"):
+    """The trained ``ConvVAE`` of a run file, in eval mode, with its likelihood's
+    evaluation sigmas set (``sigma`` runs): what ``vae eval`` evaluates.  The sigmas are
+    attributes of ``model.likelihood``, not part of ``state_dict()``."""
+    from . import runfile
+    from .train import load_model
+
+    return load_model(runfile.read(path), device)
+

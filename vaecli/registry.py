@@ -168,7 +168,7 @@ def info(name: str) -> LikelihoodInfo:
 
 def num_levels(n_bits: int = DEFAULT_N_BITS) -> int:
     """L = 2**n_bits integer levels."""
-    if not isinstance(n_bits, int) or not 1 <= n_bits <= 16:
+    if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 16:
         raise VaeError(f"n_bits must be an integer from 1 to 16, got {n_bits!r}")
     return 2**n_bits
 

@@ -8,6 +8,7 @@ tensor ``(B, C, H, W)`` of levels ``0 .. L-1``; ``raw`` the decoder output laid 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -54,21 +55,35 @@ class _Options:
     batch_reduce: object  # None, or a differentiable all-reduce (sum) for the global batch MSE
 
 
+# the likelihoods that take a fixed sigma: the plain Gaussian's, and the sigma-VAE's
+# evaluation sigma (the others learn or predict theirs)
+_FIXED_SIGMA = ("gaussian", "sigma", "sigma-image")
+
+
 def _options(name, opts) -> _Options:
     unknown = set(opts) - {"n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min", "batch_reduce"}
     if unknown:
         raise VaeError(f"{name}: unknown option(s) {', '.join(sorted(unknown))}")
     n_bits = opts.get("n_bits", DEFAULT_N_BITS)
     sigma = opts.get("sigma")
-    if sigma is not None and not float(sigma) > 0:
-        raise VaeError(f"{name}: sigma must be positive, got {sigma!r}")
+    if sigma is not None:
+        if name not in _FIXED_SIGMA:
+            raise VaeError(f"{name}: takes no fixed sigma (only {', '.join(_FIXED_SIGMA)} do)")
+        if not float(sigma) > 0 or not math.isfinite(float(sigma)):
+            raise VaeError(f"{name}: sigma must be positive and finite, got {sigma!r}")
+    mixtures = opts.get("mixtures", DEFAULT_MIXTURES)
+    if isinstance(mixtures, bool) or not isinstance(mixtures, int) or mixtures < 1:
+        raise VaeError(f"{name}: mixtures must be a positive integer, got {mixtures!r}")
+    floor = opts.get("log_sigma_min", LOG_SIGMA_MIN)
+    if floor is not None and not math.isfinite(float(floor)):
+        raise VaeError(f"{name}: log_sigma_min must be a finite number or None, got {floor!r}")
     return _Options(
         n_bits=n_bits,
         levels=registry.num_levels(n_bits),
         sigma=None if sigma is None else float(sigma),
         log_sigma=opts.get("log_sigma"),
-        mixtures=opts.get("mixtures", DEFAULT_MIXTURES),
-        log_sigma_min=opts.get("log_sigma_min", LOG_SIGMA_MIN),
+        mixtures=mixtures,
+        log_sigma_min=floor,
         batch_reduce=opts.get("batch_reduce"),
     )
 
@@ -83,27 +98,61 @@ def _check_raw(name, raw):
         )
 
 
+def _host_checkable(x) -> bool:
+    """Whether x's values may be read on the host to check them.  A range check needs
+    them there: on CUDA it would stall the stream, under torch.compile break the graph,
+    and under torch.func transforms (vmap, grad) it cannot be done, so there the caller
+    validates the data once (the trainer does, when it loads the data)."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return (x.device.type == "cpu" and x.numel() > 0 and not torch.compiler.is_compiling()
+            and not (wrapped is not None and wrapped(x)))
+
+
 def _check_x(name, x, raw, o: _Options, continuous_ok=False):
     if continuous_ok and isinstance(x, torch.Tensor) and x.dtype in _FLOAT_DTYPES:
         # dequantized data: continuous levels in [-1/2, L - 1/2] (density only)
         registry.check_shapes(name, x.shape, raw.shape, o.n_bits, o.mixtures)
+        if x.device != raw.device:
+            raise VaeError(f"{name}: x is on {x.device} but raw is on {raw.device}")
+        if _host_checkable(x):
+            lo, hi = float(x.min()), float(x.max())
+            if not (-0.5 <= lo and hi <= o.levels - 0.5):  # NaN fails too
+                raise VaeError(
+                    f"{name}: floating x must hold dequantized levels in [-0.5, {o.levels - 0.5}] "
+                    f"(n_bits={o.n_bits}; not data scaled to [0, 1]), got values from {lo:g} to {hi:g}"
+                )
+            if hi <= 1.0 and o.levels > 2:
+                warnings.warn(f"{name}: floating x is within [{lo:g}, {hi:g}]: x holds dequantized levels in "
+                              f"[-0.5, {o.levels - 0.5}], not data scaled to [0, 1]", stacklevel=4)
         return
     if not isinstance(x, torch.Tensor) or x.dtype not in _INT_DTYPES:
         dtype = getattr(x, "dtype", type(x).__name__)
-        raise VaeError(f"{name}: x must be an integer tensor of levels, got {dtype}")
+        kinds = "uint8, int8, int16, int32 or int64" + (", or floating dequantized levels" if continuous_ok else "")
+        raise VaeError(f"{name}: x must be an integer tensor of levels ({kinds}), got {dtype}")
     registry.check_shapes(name, x.shape, raw.shape, o.n_bits, o.mixtures)
     if x.device != raw.device:
         raise VaeError(f"{name}: x is on {x.device} but raw is on {raw.device}")
-    # A range check needs the values on the host; on CUDA it would stall the stream,
-    # and under torch.compile it would break the graph, so there the caller validates
-    # the data once (the trainer does, when it loads the data).
-    if x.device.type == "cpu" and x.numel() and not torch.compiler.is_compiling():
+    if _host_checkable(x):
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= o.levels:
             raise VaeError(
                 f"{name}: x must hold levels 0..{o.levels - 1} (n_bits={o.n_bits}), "
                 f"got values from {lo} to {hi}"
             )
+
+
+def check_options(name, **opts):
+    """Raise the VaeError that a call with these options would raise, now (for a
+    Likelihood module at construction, rather than at its first use)."""
+    registry.info(name)
+    _options(name, opts)
+
+
+def _check_raw_shape(name, raw, o: _Options):
+    """raw alone (mean and sample): (B, K, H, W) with K channels that describe an image."""
+    if raw.dim() != 4:
+        raise VaeError(f"{name}: raw must have shape (B, K, H, W), got {tuple(raw.shape)}")
+    registry.image_channels_of(name, raw.shape[1], o.n_bits, o.mixtures)
 
 
 def _split(raw, params):  # (B, P*C, H, W) -> P tensors (B, C, H, W)
@@ -368,8 +417,8 @@ def _couple(mu, coeff, y_r, y_g):
     return torch.stack((mu_r, mu_g + a * y_r, mu_b + b * y_r + c * y_g), dim=2)
 
 
-def _sum_dims(t):  # (B, ...) -> (B,)
-    return t.reshape(t.shape[0], -1).sum(1)
+def _sum_dims(t):  # (B, ...) -> (B,); an empty batch gives (0,)
+    return t.flatten(1).sum(1)
 
 
 def _log_prob(name, x, raw, o: _Options, discrete: bool):
@@ -402,12 +451,12 @@ def _log_prob(name, x, raw, o: _Options, discrete: bool):
         return _sum_dims(y * raw - _softplus(raw))  # log sigma(l)^y (1-sigma(l))^(1-y)
     if name == "categorical":
         b, _, h, w = raw.shape
-        logits = raw.view(b, levels, -1, h, w)  # (B, L, C, H, W)
+        logits = raw.view(b, levels, raw.shape[1] // levels, h, w)  # (B, L, C, H, W)
         log_p = torch.log_softmax(logits, dim=1)  # logits - logsumexp
         return _sum_dims(log_p.gather(1, x.long().unsqueeze(1)))
     if name == "bitwise":
         b, _, h, w = raw.shape
-        logits = raw.view(b, o.n_bits, -1, h, w)  # (B, n_bits, C, H, W), MSB first
+        logits = raw.view(b, o.n_bits, raw.shape[1] // o.n_bits, h, w)  # (B, n_bits, C, H, W), MSB first
         shifts = torch.arange(o.n_bits - 1, -1, -1, device=raw.device).view(1, -1, 1, 1, 1)
         bits = ((x.long().unsqueeze(1) >> shifts) & 1).to(raw.dtype)
         return _sum_dims(bits * logits - _softplus(logits))
@@ -472,6 +521,7 @@ def mean(name, raw, **opts):
     registry.info(name)
     o = _options(name, opts)
     _check_raw(name, raw)
+    _check_raw_shape(name, raw, o)
     levels = o.levels
     if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image", "student-t"):
         params = registry.params_per_channel(name, o.n_bits)
@@ -480,12 +530,12 @@ def mean(name, raw, **opts):
         return torch.sigmoid(raw)
     if name == "categorical":
         b, _, h, w = raw.shape
-        probs = torch.softmax(raw.view(b, levels, -1, h, w), dim=1)
+        probs = torch.softmax(raw.view(b, levels, raw.shape[1] // levels, h, w), dim=1)
         level = torch.arange(levels, dtype=raw.dtype, device=raw.device).view(1, -1, 1, 1, 1)
         return (probs * level).sum(1) / (levels - 1)
     if name == "bitwise":
         b, _, h, w = raw.shape
-        probs = torch.sigmoid(raw.view(b, o.n_bits, -1, h, w))
+        probs = torch.sigmoid(raw.view(b, o.n_bits, raw.shape[1] // o.n_bits, h, w))
         weight = 2.0 ** torch.arange(o.n_bits - 1, -1, -1, dtype=raw.dtype, device=raw.device)
         return (probs * weight.view(1, -1, 1, 1, 1)).sum(1) / (levels - 1)
     if name == "logistic":
@@ -548,6 +598,7 @@ def sample(name, raw, *, generator=None, **opts):
     registry.info(name)
     o = _options(name, opts)
     _check_raw(name, raw)
+    _check_raw_shape(name, raw, o)
     levels = o.levels
     if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image"):
         mu, log_sigma = _gaussian_params(name, None, raw, o)
@@ -561,11 +612,11 @@ def sample(name, raw, *, generator=None, **opts):
         return bits.to(torch.uint8 if levels <= 256 else torch.int32) * (levels - 1)
     if name == "categorical":
         b, _, h, w = raw.shape
-        level = _gumbel_argmax(raw.view(b, levels, -1, h, w), 1, generator)
+        level = _gumbel_argmax(raw.view(b, levels, raw.shape[1] // levels, h, w), 1, generator)
         return level.to(torch.uint8 if levels <= 256 else torch.int32)
     if name == "bitwise":
         b, _, h, w = raw.shape
-        logits = raw.view(b, o.n_bits, -1, h, w)
+        logits = raw.view(b, o.n_bits, raw.shape[1] // o.n_bits, h, w)
         bits = (_uniform(logits.shape, raw, generator) < torch.sigmoid(logits)).long()
         shifts = torch.arange(o.n_bits - 1, -1, -1, device=raw.device).view(1, -1, 1, 1, 1)
         level = (bits << shifts).sum(1)
@@ -600,7 +651,7 @@ def sample(name, raw, *, generator=None, **opts):
 
 def gaussian_kl(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over latent dims: (B,)."""
-    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).reshape(mu.shape[0], -1).sum(1)
+    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).flatten(1).sum(1)
 
 
 def log_mean_exp(a, axis=0):
