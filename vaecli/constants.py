@@ -51,3 +51,11 @@ PMF_SIGMA_XTOL = 1e-3
 # difference loses about eps/tau relative, while Simpson's rule on the density errs by
 # about tau^4/2880 relative.  tau balances the two, per floating-point type.
 SIMPSON_MAX_WIDTH = {"float32": 0.2, "float64": 0.003}
+
+# The Student-t density's normalizer lgamma(a + 1/2) - lgamma(a) - 1/2 log(a pi), a = df/2,
+# is a difference of two log-gammas that grow like a log a: in float32 it lost 0.003
+# nats at df = 1e5.  From this a on, the asymptotic series
+# c(a) = lgamma(a + 1/2) - lgamma(a) - 1/2 log a = -1/(8a) + 1/(192a^3) - 1/(640a^5) + 17/(14336a^7)
+# is used instead (its first omitted term is below 1e-11 relative at a = 10 and 1e-17
+# at 40); below it the two log-gammas are small enough to subtract.
+STUDENT_T_SERIES_MIN_HALF_DF = {"float32": 10.0, "float64": 40.0}

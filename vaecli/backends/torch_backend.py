@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..constants import DEFAULT_FIXED_SIGMA, DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
-from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF
+from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF, STUDENT_T_SERIES_MIN_HALF_DF
 from ..errors import VaeError
 
 NAME = "torch"
@@ -35,6 +35,8 @@ _BETACF_TINY = 1e-30  # Lentz's guard against division by zero
 
 # Bins narrow against the scale: Simpson's rule (constants.SIMPSON_MAX_WIDTH)
 _SIMPSON_MAX_WIDTH = {torch.float32: SIMPSON_MAX_WIDTH["float32"], torch.float64: SIMPSON_MAX_WIDTH["float64"]}
+_STUDENT_T_SERIES_MIN_HALF_DF = {torch.float32: STUDENT_T_SERIES_MIN_HALF_DF["float32"],
+                                 torch.float64: STUDENT_T_SERIES_MIN_HALF_DF["float64"]}
 
 
 def available():
@@ -321,14 +323,23 @@ def _betacf(a, b, x):
     return h
 
 
+def _student_t_log_norm(df):
+    """lgamma((df+1)/2) - lgamma(df/2) - 0.5 log(df pi) = c(a) - 0.5 log(2 pi), a = df/2,
+    c(a) = lgamma(a + 1/2) - lgamma(a) - 0.5 log a: by its asymptotic series where the
+    two log-gammas would cancel (constants.STUDENT_T_SERIES_MIN_HALF_DF)."""
+    a = 0.5 * df
+    big = a >= _STUDENT_T_SERIES_MIN_HALF_DF[df.dtype]
+    a_small = torch.where(big, 1.0, a)  # each branch on inputs of its own range
+    inv = 1.0 / torch.where(big, a, 1.0)
+    inv2 = inv * inv
+    series = inv * (-1.0 / 8.0 + inv2 * (1.0 / 192.0 + inv2 * (-1.0 / 640.0 + inv2 * (17.0 / 14336.0))))
+    direct = torch.lgamma(a_small + 0.5) - torch.lgamma(a_small) - 0.5 * torch.log(a_small)
+    return torch.where(big, series, direct) - HALF_LOG_2PI
+
+
 def _student_t_log_pdf(t, df):
     """log density of the standard Student-t with ``df`` degrees of freedom."""
-    return (
-        torch.lgamma(0.5 * (df + 1))
-        - torch.lgamma(0.5 * df)
-        - 0.5 * torch.log(df * math.pi)
-        - 0.5 * (df + 1) * torch.log1p(t * t / df)
-    )
+    return _student_t_log_norm(df) - 0.5 * (df + 1) * torch.log1p(t * t / df)
 
 
 def _student_t_log_cdf(t, df):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
+from ..constants import STUDENT_T_SERIES_MIN_HALF_DF
 from ..units import LN2
 
 # 0.5 * log(2 pi): the normalizer of the standard normal density.
@@ -108,17 +109,25 @@ def normal_log_density(y, mu, log_sigma):
     return -0.5 * z * z - log_sigma - HALF_LOG_2PI
 
 
+def student_t_log_norm(df):
+    """lgamma((df+1)/2) - lgamma(df/2) - 0.5 log(df pi), the log of the Student-t
+    density's normalizer: with a = df/2 it is c(a) - 0.5 log(2 pi), c(a) = lgamma(a + 1/2)
+    - lgamma(a) - 0.5 log a, by its asymptotic series for large a, where the two
+    log-gammas would cancel (STUDENT_T_SERIES_MIN_HALF_DF)."""
+    a = 0.5 * np.asarray(df, dtype=np.float64)
+    big = a >= STUDENT_T_SERIES_MIN_HALF_DF["float64"]
+    a_small = np.where(big, 1.0, a)
+    inv = 1.0 / np.where(big, a, 1.0)
+    series = -inv / 8.0 + inv**3 / 192.0 - inv**5 / 640.0 + 17.0 * inv**7 / 14336.0
+    direct = special.gammaln(a_small + 0.5) - special.gammaln(a_small) - 0.5 * np.log(a_small)
+    return np.where(big, series, direct) - HALF_LOG_2PI
+
+
 def student_t_log_density(y, mu, log_scale, df):
     """log of the Student-t density with location mu, scale s = exp(log_scale), df:
     lgamma((df+1)/2) - lgamma(df/2) - 0.5 log(df pi) - log s - (df+1)/2 log1p(z^2/df)."""
     z = (y - mu) * np.exp(-log_scale)
-    return (
-        special.gammaln(0.5 * (df + 1.0))
-        - special.gammaln(0.5 * df)
-        - 0.5 * np.log(df * np.pi)
-        - log_scale
-        - 0.5 * (df + 1.0) * np.log1p(z * z / df)
-    )
+    return student_t_log_norm(df) - log_scale - 0.5 * (df + 1.0) * np.log1p(z * z / df)
 
 
 def student_t_log_cdf_tail(t, df):

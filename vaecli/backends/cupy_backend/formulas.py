@@ -36,6 +36,7 @@ from ...constants import (
     LOG_SIGMA_MIN,
     SIMPSON_MAX_WIDTH,
     STUDENT_T_MIN_DF,
+    STUDENT_T_SERIES_MIN_HALF_DF,
 )
 from ...errors import VaeError
 
@@ -390,6 +391,26 @@ def _student_t_log_tail_series(ns, log_u, log_1mu, a):
     return a * log_u + 0.5 * log_1mu - xp.log(a) - sp.betaln(a, 0.5) + xp.log(total)
 
 
+def student_t_log_norm(ns: Namespace, df):
+    """(lgamma((df+1)/2) - lgamma(df/2) - 0.5 log(df pi), its derivative in df).  With
+    a = df/2 it is c(a) - 0.5 log(2 pi), c(a) = lgamma(a + 1/2) - lgamma(a) - 0.5 log a, and
+    d/ddf = c'(a)/2, c'(a) = digamma(a + 1/2) - digamma(a) - 1/(2a); for large a by their
+    asymptotic series (STUDENT_T_SERIES_MIN_HALF_DF), where the terms would cancel:
+        c(a) = -1/(8a) + 1/(192a^3) - 1/(640a^5) + 17/(14336a^7),
+        c'(a) = 1/(8a^2) - 1/(64a^4) + 1/(128a^6) - 119/(14336a^8)."""
+    xp, sp = ns.xp, ns.sp
+    a = 0.5 * df
+    big = a >= STUDENT_T_SERIES_MIN_HALF_DF[df.dtype.name]
+    a_small = xp.where(big, 1.0, a)  # each branch on inputs of its own range
+    inv = 1.0 / xp.where(big, a, 1.0)
+    inv2 = inv * inv
+    series = inv * (-1.0 / 8.0 + inv2 * (1.0 / 192.0 + inv2 * (-1.0 / 640.0 + inv2 * (17.0 / 14336.0))))
+    d_series = inv2 * (1.0 / 8.0 + inv2 * (-1.0 / 64.0 + inv2 * (1.0 / 128.0 + inv2 * (-119.0 / 14336.0))))
+    direct = sp.gammaln(a_small + 0.5) - sp.gammaln(a_small) - 0.5 * xp.log(a_small)
+    d_direct = sp.digamma(a_small + 0.5) - sp.digamma(a_small) - 0.5 / a_small
+    return xp.where(big, series, direct) - HALF_LOG_2PI, 0.5 * xp.where(big, d_series, d_direct)
+
+
 def student_t_log_cdf(ns: Namespace, t, df):
     """log F(t) of the standard Student-t (float64 in, float64 out).
 
@@ -452,7 +473,6 @@ class Evaluation:
 
 def check_inputs(ns: Namespace, name, x, raw, o: Options, check_range=None):
     """Shapes, dtypes and (on numpy, or when asked) the range of x, as VaeErrors."""
-    xp = ns.xp
     registry.info(name)
     if str(raw.dtype) not in ("float32", "float64"):
         raise VaeError(
@@ -652,7 +672,7 @@ def _gaussian_family(ns, name, x, raw, o, discrete, u, need_grad):
 
 
 def _student_t(ns, x, raw, o, discrete, u, need_grad):
-    xp, sp = ns.xp, ns.sp
+    xp = ns.xp
     levels, dtype = o.levels, raw.dtype
     parts = _split(raw, 3)
     r_mu, r_ls, r_df = parts[:, 0], parts[:, 1], parts[:, 2]
@@ -676,9 +696,10 @@ def _student_t(ns, x, raw, o, discrete, u, need_grad):
         def log_cdf(t):
             return student_t_log_cdf(ns, t, df64)
 
+        log_norm64 = student_t_log_norm(ns, df64)[0]
+
         def log_pdf(t):  # the standard Student-t density
-            return (sp.gammaln(0.5 * (df64 + 1.0)) - sp.gammaln(0.5 * df64) - 0.5 * xp.log(df64 * math.pi)
-                    - 0.5 * (df64 + 1.0) * xp.log1p(t * t / df64))
+            return log_norm64 - 0.5 * (df64 + 1.0) * xp.log1p(t * t / df64)
 
         elem = bin_log_mass(ns, x, lower, upper, levels, log_cdf, log_pdf)
         return Evaluation(_per_image(xp, elem), None, None)
@@ -686,13 +707,8 @@ def _student_t(ns, x, raw, o, discrete, u, need_grad):
     inv_scale = xp.exp(-log_scale)
     z = (y - mu) * inv_scale
     z2 = z * z
-    elem = (
-        sp.gammaln(0.5 * (df + 1.0))
-        - sp.gammaln(0.5 * df)
-        - 0.5 * xp.log(df * math.pi)
-        - log_scale
-        - 0.5 * (df + 1.0) * xp.log1p(z2 / df)
-    )
+    log_norm, d_log_norm = student_t_log_norm(ns, df)
+    elem = log_norm - log_scale - 0.5 * (df + 1.0) * xp.log1p(z2 / df)
     value = _per_image(xp, elem)
     if not need_grad:
         return Evaluation(value, None, None)
@@ -700,13 +716,7 @@ def _student_t(ns, x, raw, o, discrete, u, need_grad):
     denom = df + z2
     g_mu = (df + 1.0) * z / denom * inv_scale  # d/dmu of -(df+1)/2 log1p(z^2/df)
     g_ls = -1.0 + (df + 1.0) * z2 / denom  # d/dlog s
-    g_df = 0.5 * (
-        sp.digamma(0.5 * (df + 1.0))
-        - sp.digamma(0.5 * df)
-        - 1.0 / df
-        - xp.log1p(z2 / df)
-        + (df + 1.0) * z2 / (df * denom)
-    )
+    g_df = d_log_norm + 0.5 * (-xp.log1p(z2 / df) + (df + 1.0) * z2 / (df * denom))
     grad = xp.stack(
         [
             ub * g_mu * mu * sigmoid(xp, -r_mu),
@@ -795,7 +805,6 @@ def _mixture(ns, x, raw, o, u, need_grad):
     xp = ns.xp
     levels, dtype = o.levels, raw.dtype
     logits, means, r_ls, coef = mixture_parts(raw, o)
-    c = means.shape[2]
     log_w = logits - logsumexp(xp, logits, axis=1)  # (B, K, H, W)
     inv_scale, d_ls = softclip_inv_scale(xp, r_ls, o.log_sigma_min)
     y = _levels_to_unit(x, levels, dtype)[:, None]  # (B, 1, C, H, W)
