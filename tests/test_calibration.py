@@ -123,8 +123,9 @@ def test_training_stores_it_and_evaluation_uses_it(tmp_path):
     runfile.seal(tmp_path / "s.h5")
     older = load_model(runfile.read(tmp_path / "s.h5"), "cpu")
     assert older.likelihood.pmf_sigma is None
-    assert evaluate(older, torch.from_numpy(_data()[1].images), ["bpd"])["bpd"]["pmf_sigma"] == \
-        pytest.approx(cal["eval_sigma"])
+    fallback = evaluate(older, torch.from_numpy(_data()[1].images), ["bpd"])["bpd"]
+    assert fallback["pmf_sigma"] == pytest.approx(cal["eval_sigma"])
+    assert fallback["pmf_sigma_source"] == "eval sigma (no PMF sigma stored; vae calibrate stores one)"
 
 
 def test_calibrate_command_upgrades_a_run_and_drops_stale_results(tmp_path, monkeypatch):

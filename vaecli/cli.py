@@ -497,7 +497,8 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
         if metric == "nll":
             extra = f"  ({r['bpd']:.4f} bits/dim discrete, K={r['iw_samples']})"
         if metric in ("bpd", "nll") and "pmf_sigma" in r:
-            extra += f"  (PMF sigma {r['pmf_sigma']:.4f})"
+            source = f": the {r['pmf_sigma_source']}" if "pmf_sigma_source" in r else ""
+            extra += f"  (PMF sigma {r['pmf_sigma']:.4f}{source})"
         if metric == "elbo" and "decoder_sigma" in r:
             extra = f"  (sigma {r['decoder_sigma']:.4f}, equivalent beta {r['equivalent_beta']:.4g})"
         value = f"{r['value']:.0f}" if metric == "active-units" else f"{r['value']:.4f} ± {r['stderr']:.4f}"

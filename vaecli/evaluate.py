@@ -182,4 +182,6 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
         for metric in ("bpd", "nll"):
             if results.get(metric, {}).get("applicable"):
                 results[metric]["pmf_sigma"] = lik.pmf_sigma if lik.pmf_sigma is not None else lik.sigma
+                if lik.pmf_sigma is None:  # a run file from before the PMF sigma: say so
+                    results[metric]["pmf_sigma_source"] = "eval sigma (no PMF sigma stored; vae calibrate stores one)"
     return results
