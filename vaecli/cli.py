@@ -875,7 +875,8 @@ def fid_command(set_a, set_b, inception, allow_unknown_weights, max_images, batc
     """FID and KID between two image sets.
 
     A and B are dataset names (NAME or NAME:SPLIT, split defaults to test), data files
-    (.npz, .npy, .h5) including `vae sample` outputs, or folders of images.
+    (.npz, .npy, .h5; FILE:SPLIT for a file with splits) including `vae sample`
+    outputs, or folders of images (of one size).
     """
     from . import fid
     from .train import distributed_setup

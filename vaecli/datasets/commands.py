@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from ..clicommon import CONTEXT, VaeGroup
-from .catalog import NAMES
+from .catalog import ALIASES, NAMES
 
 
 @click.group("data", cls=VaeGroup, context_settings=CONTEXT)
@@ -32,7 +32,7 @@ def _sizes(row) -> str:
 
 @data.command("list", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--dir", "data_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--dir", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Also look in this folder (and its <name>/ sub-folders) first.")
 def list_command(as_json, data_dir):
     """List the named datasets and where each was found."""
@@ -55,13 +55,14 @@ def list_command(as_json, data_dir):
 
 
 @data.command("download", context_settings=CONTEXT)
-@click.argument("name", type=click.Choice(NAMES))
+@click.argument("name", type=click.Choice(NAMES + tuple(ALIASES), case_sensitive=False))
 @click.option("--dir", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Download into DIR/<name>/ (default: $VAECLI_CACHE or ~/.cache/vaecli).")
 def download_command(name, cache_dir):
     """Download NAME's official files and verify their SHA-256."""
-    from .catalog import download
+    from .catalog import canonical_name, download
 
+    name = canonical_name(name)
     if name == "mnist5k":
         click.echo("mnist5k is bundled with vaecli; nothing to download")
         return

@@ -118,6 +118,10 @@ def to_images(array, where: str) -> np.ndarray:
     if kind not in "ui":
         raise VaeError(f"{where}: images have dtype {a.dtype}; need integers 0..255 (uint8)")
     if a.ndim == 3:
+        if a.shape[2] in IMAGE_CHANNELS and a.shape[1] != a.shape[2]:
+            raise VaeError(f"{where}: shape {a.shape} looks like one (H, W, C) image, not {a.shape[0]} images "
+                           f"of {a.shape[1]}x{a.shape[2]}; store images as (N, H, W), (N, C, H, W) or "
+                           f"(N, H, W, C) (one image: add a first axis of 1)")
         a = a[:, None]
     elif a.ndim == 4:
         first, last = a.shape[1] in IMAGE_CHANNELS, a.shape[3] in IMAGE_CHANNELS

@@ -445,8 +445,11 @@ def read_image(path) -> np.ndarray:
     image_module = _pil()
     where = str(path)
     try:
-        with image_module.open(path) as im:
-            im.load()
+        with image_module.open(path) as opened:
+            opened.load()
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(opened)  # as a viewer shows it (a camera's rotation tag)
             mode = im.mode
             if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 raise VaeError(f"{where}: {mode} images (16-bit or float) are not supported; need 8-bit")
@@ -465,7 +468,9 @@ def read_image(path) -> np.ndarray:
 def image_files(folder) -> list[Path]:
     folder = Path(folder)
     try:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # hidden files are not images of the set (macOS writes ._NAME beside each file)
+        return sorted(p for p in folder.iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     except OSError as exc:
         raise VaeError(f"cannot read folder {folder}: {exc.strerror or oneline(exc)}") from None
 

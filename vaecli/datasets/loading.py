@@ -280,6 +280,7 @@ def _load_image_folder(folder: Path, size: int | None) -> Dataset:
             img = resize(img[None], size)[0]
         elif images and img.shape != images[0].shape:
             raise VaeError(f"{path}: {img.shape[2]}x{img.shape[1]} but {paths[0].name} is "
-                           f"{images[0].shape[2]}x{images[0].shape[1]}; pass size to resize them all")
+                           f"{images[0].shape[2]}x{images[0].shape[1]}; the images of a folder must share "
+                           f"one size (vae train --image-size N resizes them)")
         images.append(img)
     return Dataset(images=np.stack(images), labels=None, name=folder.name, split="all", source=str(folder))
