@@ -180,6 +180,62 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, signa
         np.testing.assert_array_equal(resumed.history[k], full.history[k])
 
 
+@pytest.mark.parametrize("where", ["epoch end", "checkpoint"])
+def test_a_second_interrupt_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, where):
+    """Two quick Ctrl-Cs: the second lands anywhere (here between an epoch's bookkeeping
+    and its count, or while the first's checkpoint is written).  Nothing is written
+    then: the last checkpoint stands as it was, and resuming from it is exact.  (A
+    checkpoint of the half-counted epoch resumed onto another trajectory.)"""
+    import signal
+
+    import vaecli.train as train_module
+    from vaecli import runfile as runfile_module
+
+    data = _data()
+    full = train(_config(epochs=3), tmp_path / "full.h5", data=data, progress=False)
+    part = tmp_path / "part.h5"
+    real_test, real_write = train_module._test_elbo, runfile_module.write
+    state = {"tests": 0}
+
+    def test_elbo_then_two_signals(*args, **kwargs):
+        state["tests"] += 1
+        if state["tests"] == 2:  # epoch 2's end: its data order is advanced, epochs_done not yet
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real_test(*args, **kwargs)
+
+    def write_then_signal(path, **kwargs):
+        if kwargs["attrs"]["status"] == "interrupted":
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C while the first one's checkpoint is written
+        return real_write(path, **kwargs)
+
+    if where == "epoch end":
+        monkeypatch.setattr(train_module, "_test_elbo", test_elbo_then_two_signals)
+    else:
+        import vaecli.step as step_module
+
+        calls, step_kl = {"n": 0}, step_module.gaussian_kl
+
+        def kl_then_interrupt(mu, logvar):
+            calls["n"] += 1
+            if calls["n"] == 5:  # epoch 2, second step
+                signal.raise_signal(signal.SIGINT)
+            return step_kl(mu, logvar)
+
+        monkeypatch.setattr(step_module, "gaussian_kl", kl_then_interrupt)
+        monkeypatch.setattr(runfile_module, "write", write_then_signal)
+    with pytest.raises(VaeError, match=r"interrupted twice: stopped at once, without saving; .*part.h5 holds the "
+                                       r"last checkpoint \(epoch 1 complete\) unchanged; continue with --resume"):
+        train(_config(epochs=3), part, data=data, progress=False)
+    saved = runfile.read(part)
+    assert int(saved.attrs["epochs_done"]) == 1 and saved.attrs["status"] == "training"
+    monkeypatch.undo()
+    resumed = train(_config(epochs=3), part, data=data, resume=True, progress=False)
+    for k in full.model:
+        np.testing.assert_array_equal(resumed.model[k], full.model[k])
+    np.testing.assert_array_equal(resumed.history["test_elbo"], full.history["test_elbo"])
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 32, 32)])
 @pytest.mark.parametrize("likelihood", ["sigma", "logistic-mixture", "categorical"])
 def test_model_sizes_itself(shape, likelihood):

@@ -354,9 +354,16 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
         bar.close()
         if world > 1:  # the ranks stopped at the same step: the checkpoint holds the global sums
             sums.all_reduce()
-        checkpoint("interrupted")
+        try:
+            with interrupted:  # a second signal while this checkpoint is written: _Abort, below
+                checkpoint("interrupted")
+        except _Abort:
+            _aborted(out)
         raise VaeError(f"interrupted at epoch {epochs_done + 1}, step {step_in_epoch}/{steps_per_epoch}; "
                        f"saved {out}; continue with --resume") from None
+    except _Abort:
+        bar.close()
+        _aborted(out)
     bar.close()
     if config.epochs == 0 or (previous is not None and epochs_done == int(previous.attrs["epochs_done"])):
         checkpoint("complete")
@@ -368,16 +375,31 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
     return runfile.read(out)
 
 
+def _aborted(out):
+    """After a second interrupt: nothing written now; the last checkpoint stands (atomic writes)."""
+    status = runfile.read(out).attrs if os.path.exists(out) else None
+    where = (f"{out} holds the last checkpoint (epoch {int(status['epochs_done'])} complete) unchanged; "
+             "continue with --resume" if status is not None else "no checkpoint had been written yet")
+    raise VaeError(f"interrupted twice: stopped at once, without saving; {where}") from None
+
+
 class _NonFinite(Exception):
     def __init__(self, epoch, step):
         super().__init__(epoch, step)
         self.epoch, self.step = epoch, step
 
 
+class _Abort(BaseException):
+    """A second SIGINT or SIGTERM: stop at once, without writing a checkpoint (it could
+    land anywhere, even inside a step or between an epoch's bookkeeping and its count,
+    and a checkpoint of that state would resume onto another trajectory)."""
+
+
 class _InterruptFlag:
     """Turns the first SIGINT or SIGTERM into a flag checked after each step (so the
     step in flight finishes and the checkpoint is consistent).  In one process a
-    second signal interrupts at once.  Under torchrun (``patient``) the launcher
+    second signal stops at once (:class:`_Abort`), keeping the last checkpoint as it
+    is.  Under torchrun (``patient``) the launcher
     passes the terminal's Ctrl-C on to the ranks again, so repeats are ignored: the
     ranks stop together at the next agreed step, and the launcher's SIGKILL after its
     grace period stays the hard stop."""
@@ -391,7 +413,7 @@ class _InterruptFlag:
 
     def _handler(self, signum, frame):
         if self.flag and not self.patient:
-            raise KeyboardInterrupt
+            raise _Abort
         self.flag = True
 
     def __enter__(self):
