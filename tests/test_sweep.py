@@ -17,6 +17,11 @@ def test_grid_sweeps_beta_for_the_fixed_gaussian_only():
     assert ("gaussian", 0.1, 1) in g and ("sigma", 1.0, 0) in g
     assert len(g) == 2 * 2 + 1 * 2
     assert run_name("gaussian", 0.001, 2) == "gaussian-beta0.001-seed2.h5"
+    assert run_name("gaussian", 1.0, 0) == "gaussian-beta1-seed0.h5"
+    # betas that print alike with %g get files of their own; a beta given twice is one run
+    assert run_name("gaussian", 0.1000001, 0) != run_name("gaussian", 0.1, 0)
+    assert list(grid(["gaussian"], [0.1, 0.1000001, 0.1], [0, 0])) == [("gaussian", 0.1, 0),
+                                                                      ("gaussian", 0.1000001, 0)]
 
 
 def test_sweep_then_compare_and_plot(tmp_path):
@@ -50,3 +55,46 @@ def test_the_rate_distortion_plot_labels_each_setting_once_at_its_mean():
     kl, mse, n = labels["sigma"]
     assert (kl, n) == (15.0, 2) and abs(mse - 0.02) < 1e-12  # geometric mean on the log axis
     assert labels["gaussian b=1"] == pytest.approx((5.0, 0.1, 1), rel=1e-12)
+
+
+def _data(path, seed=0):
+    yy, xx = np.mgrid[:8, :8]
+    cx, cy = np.random.default_rng(seed).uniform(2, 6, (2, 80, 1, 1))
+    np.savez(path, images=(255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 3)).round().astype(np.uint8)[:, None])
+    return path
+
+
+SMALL = ["--likelihood", "sigma", "--epochs", "1", "--batch-size", "32", "--latent-dim", "2", "--device", "cpu",
+         "--metric", "elbo", "--metric", "nll", "--iw-samples", "2"]
+
+
+def test_a_sweep_never_mixes_runs_of_other_settings(tmp_path):
+    """Complete runs in the directory are skipped only when made with the same
+    settings and data; a new K re-evaluates the NLL; more epochs train on."""
+    data, other = _data(tmp_path / "d.npz"), _data(tmp_path / "e.npz", seed=1)
+    out = tmp_path / "sweep"
+    base = ["sweep", "--out-dir", str(out)]
+    assert CliRunner().invoke(main, [*base, "--dataset", str(data), *SMALL]).exit_code == 0
+    run = out / "sigma-beta1-seed0.h5"
+    for change, message in [(["--batch-size", "16"], "batch_size (run file: 32, now: 16)"),
+                            (["--latent-dim", "3"], "latent_dim (run file: 2, now: 3)")]:
+        result = CliRunner().invoke(main, [*base, "--dataset", str(data), *SMALL, *change])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, [*base, "--dataset", str(other), *SMALL])
+    assert result.exit_code == 1 and "was trained on other data than" in result.output
+    result = CliRunner().invoke(main, [*base, "--dataset", str(data), *SMALL, "--iw-samples", "3"])
+    assert result.exit_code == 0 and "done, skipped" in result.output
+    info = json.loads(CliRunner().invoke(main, ["info", str(run), "--json"]).stdout)
+    assert info["evaluations"]["test"]["nll"]["iw_samples"] == 3  # evaluated again with the K asked
+    result = CliRunner().invoke(main, [*base, "--dataset", str(data), *SMALL, "--epochs", "2"])
+    assert result.exit_code == 0 and ": resuming" in result.output
+    assert json.loads(CliRunner().invoke(main, ["info", str(run), "--json"]).stdout)["epochs_done"] == 2
+    result = CliRunner().invoke(main, [*base, "--dataset", str(data), *SMALL])  # --epochs 1 again
+    assert result.exit_code == 1 and "has 2 epochs, more than --epochs 1" in result.output
+
+
+def test_sweep_fid_options(tmp_path):
+    data = _data(tmp_path / "d.npz")
+    result = CliRunner().invoke(main, ["sweep", "--out-dir", str(tmp_path / "s"), "--dataset", str(data), *SMALL,
+                                       "--metric", "fid"])
+    assert result.exit_code == 2 and "--metric fid needs --fid-samples N" in result.output

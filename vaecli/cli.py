@@ -809,9 +809,12 @@ def sweep_command(out_dir, likelihoods, betas, seeds, dataset, epochs, batch_siz
 
     base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, batch_size=batch_size, lr=lr,
                        latent_dim=latent_dim, mixtures=mixtures, device=device)
+    if "fid" in metrics and not fid_samples:
+        raise click.UsageError("--metric fid needs --fid-samples N (the prior samples FID is computed on)")
     metrics = [m for m in (metrics or ("elbo", "bpd", "kl", "mse", "active-units")) if m != "fid"]
     paths = sweep(out_dir, base, likelihoods or registry.NAMES, betas or PAPER_BETAS, seeds or (0,), metrics,
-                  fid_samples=fid_samples, inception=inception, iw_samples=iw_samples, log=click.echo)
+                  fid_samples=fid_samples, inception=inception, allow_unknown_weights=allow_unknown_weights,
+                  iw_samples=iw_samples, log=click.echo)
     click.echo(f"{len(paths)} runs in {out_dir}; see `vae compare {out_dir}`")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import runfile
 from .config import TrainConfig
+from .errors import VaeError
 
 PAPER_BETAS = (0.001, 0.01, 0.1, 1.0, 10.0)  # the sigma-VAE paper's beta sweep (SVHN)
 
@@ -15,14 +16,22 @@ PAPER_BETAS = (0.001, 0.01, 0.1, 1.0, 10.0)  # the sigma-VAE paper's beta sweep 
 def grid(likelihoods, betas, seeds):
     """(likelihood, beta, seed) triples: betas sweep the fixed-variance `gaussian`
     only; every other decoder is trained with beta = 1 (its sigma does the balancing)."""
-    for name in likelihoods:
+    betas = list(dict.fromkeys(float(b) for b in betas))  # a beta given twice is one run
+    for name in dict.fromkeys(likelihoods):
         for beta in (betas if name == "gaussian" else (1.0,)):
-            for seed in seeds:
-                yield name, float(beta), int(seed)
+            for seed in dict.fromkeys(int(s) for s in seeds):
+                yield name, beta, seed
+
+
+def _beta_text(beta: float) -> str:
+    """beta in a file name: the short form (0.1, 1, 10) where it is exact, else every
+    digit, so that two betas never share a file."""
+    short = f"{beta:g}"
+    return short if float(short) == beta else repr(beta)
 
 
 def run_name(likelihood, beta, seed) -> str:
-    return f"{likelihood}-beta{beta:g}-seed{seed}.h5"
+    return f"{likelihood}-beta{_beta_text(beta)}-seed{seed}.h5"
 
 
 def run_paths(directory) -> list:
@@ -30,13 +39,23 @@ def run_paths(directory) -> list:
     return sorted(str(p) for p in Path(directory).glob("*.h5") if not p.name.startswith("."))
 
 
+def _stale(metric, stored, iw_samples) -> bool:
+    """Whether a stored evaluation is missing or was made with another K (nll)."""
+    if stored is None:
+        return True
+    return metric == "nll" and stored.get("applicable", True) not in (False, 0) and \
+        int(stored.get("iw_samples", iw_samples)) != iw_samples
+
+
 def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, fid_samples=0, inception=None,
-          iw_samples=100, log=print, progress=False):
-    """Train and evaluate the grid; returns the run file paths."""
+          allow_unknown_weights=False, iw_samples=100, log=print, progress=False):
+    """Train and evaluate the grid; returns the run file paths.  A run file already in
+    the directory is continued (or skipped when complete) only if it was made with the
+    same settings; otherwise the sweep stops with one line, as `vae train --resume` does."""
     import torch
 
     from .evaluate import evaluate
-    from .train import load_model, load_split, prepare_images, train
+    from .train import check_resume, load_model, load_split, prepare_images, train
 
     os.makedirs(directory, exist_ok=True)
     paths = []
@@ -44,28 +63,47 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
     for name, beta, seed in grid(likelihoods, betas, seeds):
         path = os.path.join(directory, run_name(name, beta, seed))
         config = base.replace(likelihood=name, beta=beta, seed=seed)
-        status = runfile.read(path).attrs.get("status") if os.path.exists(path) else None
-        if status == "complete":
+        previous = runfile.read(path) if os.path.exists(path) else None
+        if previous is not None:
+            try:
+                check_resume(previous.config, config)
+            except VaeError as exc:
+                raise VaeError(f"{path} was made with other settings ({str(exc).split(': ', 1)[1]}); "
+                               "use another --out-dir, or the settings it was made with") from None
+            done = int(previous.attrs.get("epochs_done", 0))
+            if done > config.epochs:
+                raise VaeError(f"{path} has {done} epochs, more than --epochs {config.epochs}; use another "
+                               f"--out-dir, or --epochs {done} or more")
+        if previous is not None and previous.attrs.get("status") == "complete" \
+                and int(previous.attrs["epochs_done"]) == config.epochs:
             log(f"{path}: done, skipped")
         else:
-            log(f"{path}: {'resuming' if status else 'training'}")
-            train(config, path, resume=status is not None, progress=progress, log=lambda s: None)
+            log(f"{path}: {'resuming' if previous is not None else 'training'}")
+            try:
+                train(config, path, resume=previous is not None, progress=progress, log=lambda s: None)
+            except VaeError as exc:
+                raise VaeError(str(exc).replace("continue with --resume",
+                                                "rerun the same vae sweep command to continue")) from None
         paths.append(path)
         run = runfile.read(path)
-        todo = [m for m in metrics if m != "fid" and m not in run.evaluations.get("test", {})]
+        stored = run.evaluations.get("test", {})
+        todo = [m for m in metrics if m != "fid" and _stale(m, stored.get(m), iw_samples)]
+        want_fid = fid_samples and "fid" not in stored
+        if test is None:
+            test = load_split(base.dataset, "test", base.image_size)
+        if test.checksum != run.attrs.get("test_checksum", test.checksum):  # a run of the directory's
+            raise VaeError(f"{path} was trained on other data than {base.dataset} (test split SHA-256 "
+                           f"{run.attrs['test_checksum'][:16]}…, here {test.checksum[:16]}…); use another "
+                           "--out-dir")
         if todo:
-            if test is None:
-                test = load_split(base.dataset, "test", base.image_size)
             model = load_model(run, base.device)
             images = torch.from_numpy(prepare_images(test.images, run.config))
             results = evaluate(model, images, todo, iw_samples=iw_samples, binarized=run.config.binarize)
             runfile.store_evaluation(path, "test", results)
-        if fid_samples and "fid" not in runfile.read(path).evaluations.get("test", {}):
+        if want_fid:
             from . import fid
 
-            if test is None:
-                test = load_split(base.dataset, "test", base.image_size)
             model = load_model(run, base.device)
-            extractor = fid.FeatureExtractor(inception, next(model.parameters()).device)
+            extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
             runfile.store_evaluation(path, "test", {"fid": fid.model_fid(model, test, extractor, fid_samples)})
     return paths
