@@ -197,6 +197,44 @@ def test_ctrl_c_stops_the_ranks_together_and_the_run_resumes_on_its_trajectory(t
         np.testing.assert_allclose(b.history[k], a.history[k], rtol=ELBO_RTOL, err_msg=k)
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_a_signal_to_the_launcher_alone_stops_the_ranks(tmp_path, data_file, signame):
+    """`kill PID` (SIGTERM, what schedulers send) to `vae train --nproc 2` itself, not
+    its process group: it passes it to torchrun, and the ranks checkpoint and stop.  A
+    SIGKILL of the launcher cannot be caught: torchrun gets SIGTERM from the kernel
+    (PR_SET_PDEATHSIG), so no rank runs on as an orphan."""
+    out = tmp_path / "run.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "vaecli", "train", "--data", str(data_file), "--epochs", "200",
+                             "--batch-size", "4", "--latent-dim", "2", "--width", "2", "--quiet", "--out", str(out),
+                             "--nproc", "2"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not out.exists() and time.time() < deadline:  # the first epoch's checkpoint
+            time.sleep(0.05)
+        assert out.exists(), "no checkpoint within 300 s"
+        proc.send_signal(getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=120)
+        if signame == "SIGTERM":
+            assert proc.returncode == 1, stderr[-2000:]
+            assert stderr.strip().splitlines()[-1].startswith("Error: data-parallel training interrupted after epoch ")
+        deadline = time.time() + 90  # torchrun's grace period for its ranks is 30 s
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)  # anything left of the launcher's process group?
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("ranks or torchrun still running 90 s after the launcher stopped")
+        assert runfile.read(out).attrs["status"] in ("interrupted", "training")  # a readable checkpoint
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_distributed_fid_of_two_image_sets_equals_one_process(tmp_path, data_file, weights):
     other = tmp_path / "other.npz"
     np.savez(other, images=np.random.default_rng(1).integers(0, 256, (10, 1, 8, 8)).astype(np.uint8))

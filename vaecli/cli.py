@@ -328,10 +328,17 @@ def _launch_data_parallel(nproc, out, what="training"):
             args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "vaecli", *args]
-    proc = subprocess.Popen(cmd)
-    # Ctrl-C reaches torchrun and the ranks too: they stop together and checkpoint, so
-    # this process only waits for them (a handler, not SIG_IGN, which children inherit)
-    old = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+
+    def forward(signum, frame):
+        # Ctrl-C in a terminal reaches torchrun and the ranks too (one process group):
+        # they stop together and checkpoint, so SIGINT is only waited for.  A SIGTERM
+        # (a scheduler's, or kill PID) reaches this process alone: torchrun gets it.
+        if signum == signal.SIGTERM:
+            proc.send_signal(signal.SIGTERM)
+
+    # a handler, not SIG_IGN, which children would inherit
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         returncode = proc.wait()
     finally:
@@ -349,6 +356,18 @@ def _launch_data_parallel(nproc, out, what="training"):
         where = f"the last checkpoint in {out} is intact" if os.path.exists(out) else "no checkpoint was written"
         raise VaeError(f"data-parallel training failed: a worker exited with code {returncode} "
                        f"(its error is above); {where}; continue with --resume")
+
+
+def _die_with_parent():
+    """In the torchrun child, before it starts (Linux): SIGTERM it when this launcher
+    dies, even by SIGKILL, so that torchrun stops its ranks instead of leaving them
+    running as orphans.  Elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _run_status(path):
