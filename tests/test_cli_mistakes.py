@@ -58,13 +58,13 @@ def _one_line_error(result, code=1):
 
 @pytest.mark.parametrize("command", [
     ["sample", "RUN", "-o", "RUN"], ["sample", "RUN", "-o", "RUN", "--format", "npz"],
-    ["reconstruct", "RUN", "-o", "RUN", "-n", "2"], ["plot", "RUN", "-o", "RUN"],
+    ["reconstruct", "RUN", "-o", "RUN", "-n", "2"], ["plot", "RUN", "-o", "RUN.png"],
 ])
 def test_an_output_that_is_the_run_file_is_refused_and_the_run_kept(finished, tmp_path, command):
-    run = tmp_path / "run.h5"
+    run = tmp_path / ("run.png" if "RUN.png" in command else "run.h5")  # plot: a run file named .png
     shutil.copy(finished, run)
     before = _digest(run)
-    message = _one_line_error(_invoke([run if a == "RUN" else a for a in command]))
+    message = _one_line_error(_invoke([run if a in ("RUN", "RUN.png") else a for a in command]))
     assert f"-o {run} is the run file {run}: writing it would replace the run" in message
     assert _digest(run) == before
 
@@ -235,3 +235,34 @@ def test_an_objective_that_is_no_elbo_is_not_called_one(data_file, tmp_path):
     assert result.stdout.splitlines()[-2].endswith(
         "nats/image (not an ELBO: bernoulli on non-binary data is a cross-entropy, not a likelihood "
         "(train with --binarize))")
+
+
+def test_compare_formats(finished, data_file, tmp_path):
+    """CSV with one kind of line end, a | in a path escaped in markdown, a missing sigma
+    empty (null in JSON), the status shown, and a split no run has said so."""
+    weird = tmp_path / "we|ird"
+    weird.mkdir()
+    shutil.copy(finished, weird / "run.h5")
+    bern = tmp_path / "bern.h5"
+    assert _invoke(["train", "--data", data_file, "--likelihood", "bernoulli", *SMALL[:-3], "--epochs", "1",
+                    "--quiet", "--out", bern]).exit_code == 0
+    csv_out = _invoke(["compare", weird, bern, "--format", "csv"]).stdout
+    assert "\r" not in csv_out and csv_out.splitlines()[0].startswith("run,status,likelihood")
+    table = _invoke(["compare", weird, bern]).stdout.splitlines()
+    assert len({line.count("|") - line.count("\\|") for line in table}) == 1  # as many columns on every line
+    assert "we\\|ird" in table[2]
+    bern_row = next(line for line in table if "bern.h5" in line)
+    cells = [c.strip() for c in bern_row.strip("|").split(" | ")]
+    header = [c.strip() for c in table[0].strip("|").split(" | ")]
+    assert cells[header.index("status")] == "complete" and cells[header.index("sigma")] == ""
+    assert cells[header.index("test_elbo")] == "n/a"  # bernoulli on 8-bit data: no ELBO
+    rows = _strict_json(_invoke(["compare", bern, "--format", "json"]).stdout)
+    assert rows[0]["sigma"] is None
+    result = _invoke(["compare", bern, "--split", "tset"])
+    assert "none of these runs has evaluations of the split 'tset'" in result.output
+
+
+def test_plots_are_png_by_name(finished, tmp_path):
+    result = _invoke(["plot", finished, "-o", tmp_path / "rd.svg"])
+    assert result.exit_code == 2 and "plots are written as PNG; give a name ending in .png" in result.output
+    assert not (tmp_path / "rd.svg").exists()

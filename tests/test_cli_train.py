@@ -101,11 +101,11 @@ def test_reconstruct_plot_compare(run_file, tmp_path):
     assert _invoke(["plot", str(run_file), "-o", str(tmp_path / "c.png")]).exit_code == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     table = _invoke(["compare", str(run_file), str(run_file), "--format", "markdown"]).stdout.splitlines()
-    assert table[0].startswith("| run | likelihood") and len(table) == 4
+    assert table[0].startswith("| run | status | likelihood") and len(table) == 4
     rows = json.loads(_invoke(["compare", str(run_file), "--format", "json"]).stdout)
     assert rows[0]["likelihood"] == "sigma"
     csv = _invoke(["compare", str(run_file), "--format", "csv"]).stdout.splitlines()
-    assert csv[0].startswith("run,likelihood")
+    assert csv[0].startswith("run,status,likelihood")
 
 
 def test_resume_more_epochs(run_file, tmp_path, data_file):

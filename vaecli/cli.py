@@ -353,9 +353,10 @@ def _launch_data_parallel(nproc, out, what="training"):
         if status["status"] == "interrupted":
             raise VaeError(f"data-parallel training interrupted after epoch {status['epochs_done']} + "
                            f"{status['step_in_epoch']} steps; saved {out}; continue with --resume")
-        where = f"the last checkpoint in {out} is intact" if os.path.exists(out) else "no checkpoint was written"
+        where = (f"the last checkpoint in {out} is intact; continue with --resume" if os.path.exists(out)
+                 else "no checkpoint was written")
         raise VaeError(f"data-parallel training failed: a worker exited with code {returncode} "
-                       f"(its error is above); {where}; continue with --resume")
+                       f"(its error is above); {where}")
 
 
 def _die_with_parent():
@@ -737,6 +738,8 @@ def plot_command(run_paths, out, kind):
     """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
     from . import plots, runfile
 
+    if not out.lower().endswith(".png"):
+        raise click.BadParameter(f"{out}: plots are written as PNG; give a name ending in .png", param_hint="-o")
     paths = _expand_runs(run_paths)
     _check_out(out, paths)
     runs = [runfile.read(p) for p in paths]
@@ -756,39 +759,50 @@ def compare_command(run_paths, fmt, split):
     """One table of several runs' configs, last epoch and stored evaluations."""
     import csv
     import io
+    import math
 
     from . import runfile
+    from .train import objective_name
 
-    rows = []
+    def number(v):  # None for a missing or non-finite value: empty in tables, null in JSON
+        return None if v is None or not math.isfinite(float(v)) else float(v)
+
+    rows, seen_split = [], False
     for p in _expand_runs(run_paths):
         run = runfile.read(p)
         c, h = run.config, run.history
-        row = {"run": p, "likelihood": c.likelihood, "beta": c.beta, "epochs": int(run.attrs.get("epochs_done", 0)),
-               "dataset": run.attrs["dataset"], "seed": c.seed,
-               "test_elbo": float(h["test_elbo"][-1]) if len(h.get("test_elbo", [])) else None,
-               "sigma": run.eval_sigma if run.eval_sigma is not None else
-               (float(h["sigma"][-1]) if len(h.get("sigma", [])) else None)}
+        last_elbo = number(h["test_elbo"][-1]) if len(h.get("test_elbo", [])) else None
+        row = {"run": p, "status": run.attrs.get("status"), "likelihood": c.likelihood, "beta": c.beta,
+               "epochs": int(run.attrs.get("epochs_done", 0)), "dataset": run.attrs["dataset"], "seed": c.seed,
+               # the training objective of sigma-image and non-binary bernoulli is no ELBO
+               "test_elbo": last_elbo if objective_name(c) == "ELBO" or last_elbo is None else "n/a",
+               "sigma": number(run.eval_sigma if run.eval_sigma is not None else
+                               (h["sigma"][-1] if len(h.get("sigma", [])) else None))}
         if run.calibration.get("pmf_sigma") is not None:
             row["pmf_sigma"] = float(run.calibration["pmf_sigma"])
+        seen_split = seen_split or split in run.evaluations
         for metric, r in run.evaluations.get(split, {}).items():
             row[metric] = r["value"] if r.get("applicable", True) not in (False, 0) else "n/a"
             if metric == "nll" and "bpd" in r:
                 row["nll_bpd"] = r["bpd"]
         rows.append(row)
+    if not seen_split:
+        click.echo(f"note: none of these runs has evaluations of the split {split!r} (vae eval stores them)",
+                   err=True)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if fmt == "json":
         _echo_json(rows)
     elif fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns)
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        click.echo(buf.getvalue().rstrip())
+        click.echo(buf.getvalue().rstrip("\n"))
     else:
         def cell(v):
             if isinstance(v, float):
                 return f"{v:.4g}" if abs(v) < 1e-2 else f"{v:.4f}" if abs(v) < 100 else f"{v:.2f}"
-            return "" if v is None else str(v)
+            return "" if v is None else str(v).replace("|", "\\|")  # a | would start a column
         click.echo("| " + " | ".join(columns) + " |")
         click.echo("|" + "---|" * len(columns))
         for r in rows:
