@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from vaecli import runfile
+from vaecli import VaeError, runfile
 from vaecli.sweep import run_paths
 
 
@@ -46,12 +46,17 @@ def _cell(values, fmt):
 
 
 def main(directory):
+    paths = run_paths(directory)
+    if not paths:
+        raise VaeError(f"{directory}: no run files (*.h5) here")
     groups = defaultdict(list)
+    order = {}  # name -> (likelihood, beta): rows sort by decoder, then beta as a number
     details = {}
-    for path in run_paths(directory):
+    for path in paths:
         run = runfile.read(path)
         c, ev = run.config, run.evaluations.get("test", {})
         name = c.likelihood + (f" β={c.beta:g}" if c.likelihood == "gaussian" else "")
+        order[name] = (c.likelihood, c.beta)
         if c.likelihood == "sigma":
             sigma = run.eval_sigma
         elif len(run.history.get("sigma", [])):
@@ -76,7 +81,7 @@ def main(directory):
     print(f"| decoder | seeds | test ELBO (nats) | bits/dim | IW-NLL bits/dim (K={k}) | KL (nats) | MSE "
           f"| FID ({fid}) | σ (density) | σ (PMF) | β of SSE + β·KL |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in sorted(groups):
+    for name in sorted(groups, key=order.__getitem__):
         rows = groups[name]
 
         def col(key, fmt):
@@ -118,4 +123,7 @@ def _paired_fid(groups):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python scripts/study_table.py SWEEP_DIR")
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    except VaeError as exc:  # a damaged run file, an empty directory: one line, exit 1
+        sys.exit(f"Error: {exc}")

@@ -34,3 +34,36 @@ def test_floor_share_pixel_densities_sum_to_the_decoders_log_prob(name):
 def test_floor_share_refuses_a_decoder_without_a_per_pixel_scale():
     with pytest.raises(SystemExit, match="no per-pixel scale"):
         _script("floor_share").pixel_log_density("sigma", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+def _run_study_table(directory):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(SCRIPTS / "study_table.py"), str(directory)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_study_table_sorts_betas_as_numbers_and_fails_in_one_line(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from vaecli.cli import main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).integers(0, 256, (60, 1, 8, 8), dtype=np.uint8))
+    sweep = tmp_path / "sweep"
+    result = CliRunner().invoke(main, ["sweep", "--out-dir", str(sweep), "--dataset", str(data), "--likelihood",
+                                       "gaussian", "--beta", "10", "--beta", "2", "--epochs", "1", "--batch-size",
+                                       "32", "--latent-dim", "2", "--device", "cpu", "--metric", "elbo"])
+    assert result.exit_code == 0, result.output
+    table = _run_study_table(sweep)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split(" | ")[0] for line in table.stdout.splitlines()[2:] if line.startswith("| gaussian")]
+    assert rows == ["| gaussian β=2", "| gaussian β=10"]
+    (sweep / "damaged.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    table = _run_study_table(sweep)
+    assert table.returncode == 1 and "Traceback" not in table.stderr
+    assert table.stderr.strip().startswith("Error: ") and "damaged.h5" in table.stderr
+    empty = _run_study_table(tmp_path / "nothing")
+    assert empty.returncode == 1 and "no run files (*.h5) here" in empty.stderr
