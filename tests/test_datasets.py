@@ -558,6 +558,17 @@ def test_npz_layouts_and_splits(tmp_path):
     assert load(tmp_path / "arr.npz").images.dtype == np.uint8
 
 
+def test_a_stray_x_key_is_no_split(tmp_path):
+    g = rng(21)
+    x = g.integers(0, 256, (5, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "stats.npz", x=x, x_mean=x.mean(0))
+    ds = load(tmp_path / "stats.npz", "train")  # the one image array, held out as usual
+    assert ds.split == "all" and (ds.images[:, 0] == x).all()
+    np.savez(tmp_path / "keras.npz", x_train=x, x_test=x[:2])
+    with pytest.raises(VaeError, match=r"no 'val' split \(the file has test, train\)"):
+        load(tmp_path / "keras.npz", "val")
+
+
 def test_npy_and_h5(tmp_path):
     import h5py
 

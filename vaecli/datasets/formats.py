@@ -492,13 +492,17 @@ def _pick(keys, candidates):
     return next((k for k in candidates if k in keys), None)
 
 
+KNOWN_SPLITS = ("train", "test", "val", "valid", "validation")
+
+
 def _splits_in(keys) -> list[str]:
-    """The split names that per-split keys in ``keys`` announce."""
+    """The split names that per-split keys in ``keys`` announce.  ``x_NAME`` counts only
+    for a usual split name or with its ``y_NAME``: ``x_mean`` beside ``x`` is no split."""
     found = set()
     for k in keys:
         if k.endswith(("_images", "/images")):
             found.add(k[: -len("_images")])
-        elif k.startswith("x_"):
+        elif k.startswith("x_") and (k[2:] in KNOWN_SPLITS or f"y_{k[2:]}" in keys):
             found.add(k[2:])
     return sorted(found)
 
