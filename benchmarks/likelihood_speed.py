@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 
 import torch
@@ -160,7 +161,12 @@ def main():
         variants.append(("cupy", False))
     graphs = (False, True) if args.graph and device.type == "cuda" else (False,)
     variants = [(backend, compiled, graph) for backend, compiled in variants for graph in graphs]
-    rows = []
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"likelihood forward+backward, B={args.batch}, {args.channels}x{args.size}x{args.size}, {gpu}, "
+          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, torch {torch.__version__}")
+    print("| likelihood | variant | ms | floor ms | time/floor | speed-up vs eager |")
+    print("|---|---|---|---|---|---|")
+    rows, eager = [], {}
     for name in names:
         timed, default = _with_policies(variants, name, args.policies)
         for backend, compiled, graph, policy in timed:
@@ -172,29 +178,24 @@ def main():
                     seconds, moved = bench(name, backend, device, args.batch, args.channels, args.size,
                                            args.iters, compiled, graph)
             except Exception as exc:  # a benchmark row reports, it does not stop the table
-                rows.append({"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]})
-                continue
-            floor = moved / bandwidth
-            rows.append({"likelihood": name, "variant": label, "ms": seconds * 1e3, "floor_ms": floor * 1e3,
-                         "fraction_of_floor": floor / seconds})
-    eager = {r["likelihood"]: r["ms"] for r in rows if r["variant"] == "torch eager" and "ms" in r}
-    for r in rows:
-        if "ms" in r and r["likelihood"] in eager:
-            r["speedup_vs_eager"] = eager[r["likelihood"]] / r["ms"]
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nlikelihood forward+backward, B={args.batch}, {args.channels}x{args.size}x{args.size}, {gpu}, "
-          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, torch {torch.__version__}")
-    print("| likelihood | variant | ms | floor ms | time/floor | speed-up vs eager |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['likelihood']} | {r['variant']} | error: {r['error']} | | | |")
-        else:
-            print(f"| {r['likelihood']} | {r['variant']} | {r['ms']:.3f} | {r['floor_ms']:.4f} | "
-                  f"{r['ms'] / r['floor_ms']:.1f} | {r.get('speedup_vs_eager', float('nan')):.1f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": gpu, "bandwidth": bandwidth, "rows": rows, "args": vars(args)}, f, indent=2)
+                row = {"likelihood": name, "variant": label, "error": f"{type(exc).__name__}: {exc}"[:120]}
+                print(f"| {name} | {label} | error: {row['error']} | | | |")
+            else:
+                floor = moved / bandwidth
+                row = {"likelihood": name, "variant": label, "ms": seconds * 1e3, "floor_ms": floor * 1e3,
+                       "fraction_of_floor": floor / seconds}
+                if label == "torch eager":  # the first row of each likelihood
+                    eager[name] = row["ms"]
+                if name in eager:
+                    row["speedup_vs_eager"] = eager[name] / row["ms"]
+                print(f"| {name} | {label} | {row['ms']:.3f} | {row['floor_ms']:.4f} | "
+                      f"{row['ms'] / row['floor_ms']:.1f} | {row.get('speedup_vs_eager', float('nan')):.1f} |",
+                      flush=True)
+            rows.append(row)
+            if args.json:  # after every row, atomically: a run stopped at its time limit keeps what it measured
+                with open(f"{args.json}.tmp", "w") as f:
+                    json.dump({"device": gpu, "bandwidth": bandwidth, "rows": rows, "args": vars(args)}, f, indent=2)
+                os.replace(f"{args.json}.tmp", args.json)
 
 
 if __name__ == "__main__":

@@ -10,23 +10,37 @@
 #   3. the likelihood benchmark (torch eager, CuPy fused under each gradient policy,
 #      torch.compile with BENCH_COMPILE=1; each also replayed from a CUDA graph),
 #   4. the CuPy tests and `vae verify` on both GPU backends,
-#   5. training throughput of the compiled step (not compile+bf16: its capture failed on
-#      an H200 with torch 2.11; such a step is now captured uncompiled, which step 1's
-#      tests check, so its row would time the bf16 step again after a compile),
-#   6. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
+#   5. bf16 against float32: paired seeds' test ELBO after PREC_EPOCHS epochs, in one
 #      process, as many of PREC_PAIRS pairs as fit in 60 s (the seed alone moves the
 #      ELBO by several percent, docs/performance.md; benchmarks/precision_study.py),
-#   7. the precision study's rounding control (float32 against float32 with channels-last
-#      convolutions, 30 s), the main job on the GPU with each backend, evaluation
-#      throughput, FID features,
+#   6. the precision study's rounding control (float32 against float32 with channels-last
+#      convolutions, 30 s),
+#   7. training throughput of the compiled step (not compile+bf16: its capture failed on
+#      an H200 with torch 2.11; such a step is now captured uncompiled, which step 1's
+#      tests check, so its row would time the bf16 step again after a compile), the main
+#      job on the GPU with each backend, evaluation throughput, FID features,
 # then the summary and, last, the table of issue 8's targets (scripts/gpu_targets.py).
 # Logs go to $OUT (or /tmp/gpu_check).  ONLY='regex' runs just
 # the steps whose names match it (grep -E), for a second call that completes a first.
+# PACK_TO=DIR: at the end (also after an error) the logs are packed into
+# DIR/gpu_check.tgz, with steps.txt and targets.md beside it: the device tool returns
+# at most 8 files from its $OUT, and this run writes about 27.  On the device:
+#   PACK_TO=$OUT OUT=/tmp/gpu_check BUDGET_S=550 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/gpu_check}"
 mkdir -p "$out"
+pack() {
+  if [ -n "${PACK_TO:-}" ]; then
+    mkdir -p "$PACK_TO"
+    tar czf "$PACK_TO/gpu_check.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+    cp "$out/steps.txt" "$PACK_TO/" 2>/dev/null
+    cp "$out/targets.md" "$PACK_TO/" 2>/dev/null
+  fi
+  return 0
+}
+trap pack EXIT
 seed="${SEED:-$RANDOM}"
 budget="${BUDGET_S:-550}"
 repeat="${REPEAT:-15}"  # training throughput: passes over mnist5k's 4,000 images per epoch
@@ -48,13 +62,14 @@ step() {
   if [ -n "${ONLY:-}" ] && ! grep -qE "$ONLY" <<< "$name"; then
     echo "$name: not selected (ONLY=$ONLY)" | tee -a "$out/steps.txt"; return
   fi
-  left=$(( t0 + budget - 20 - $(date +%s) ))
+  left=$(( t0 + budget - 35 - $(date +%s) ))  # 20 s for the summary, 15 s for timeout's -k
   t=$(( cap < left ? cap : left ))
   if [ "$t" -lt 15 ]; then
     echo "$name: skipped (budget spent)" | tee -a "$out/steps.txt"; return
   fi
   s0=$(date +%s)
-  timeout "$t" bash -o pipefail -c "$cmd"
+  # SIGTERM first (a training run checkpoints after the step in flight), SIGKILL 15 s later
+  timeout -k 15 "$t" bash -o pipefail -c "$cmd"
   rc=$?
   echo "$name: rc $rc in $(( $(date +%s) - s0 )) s (limit $t s)" | tee -a "$out/steps.txt"
   [ "$rc" -eq 0 ] || status=1
@@ -77,10 +92,6 @@ step "pytest cupy" 150 \
   "python3 -m pytest -q -p no:cacheprovider -rfE tests/test_cupy_gpu.py > '$out/pytest_cupy_full.txt' 2>&1; rc=\$?; tail -12 '$out/pytest_cupy_full.txt' > '$out/pytest_cupy.txt'; exit \$rc"
 step "verify torch cuda" 60 "python3 -m vaecli verify --backend torch --device cuda --seed $seed --json > '$out/verify_torch_cuda.json'"
 step "verify cupy" 60 "python3 -m vaecli verify --backend cupy --seed $seed --json > '$out/verify_cupy.json'"
-step "train throughput, compiled" 150 \
-  "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
-     --repeat $repeat --variant compile --json '$out/train_throughput_compiled.json' \
-     2>&1 | tee '$out/train_throughput_compiled.txt'"
 # bf16 against float32 (target: within 0.5% of the test ELBO): PREC_PAIRS paired seeds of
 # PREC_EPOCHS epochs in one process, each model evaluated in float32; as many pairs as fit
 step "precision study" 80 \
@@ -92,6 +103,11 @@ step "rounding control" 45 \
   "python3 benchmarks/precision_study.py --device cuda --seeds ${PREC_PAIRS:-24} --epochs ${PREC_EPOCHS:-10} \
      --pair float32 channels_last --time-limit 30 --json '$out/rounding_control.json' 2>&1 \
      | tee '$out/rounding_control.txt'"
+# the compiled step: a reference row of the targets table, so after the bf16 study and its control
+step "train throughput, compiled" 120 \
+  "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
+     --repeat $repeat --variant compile --json '$out/train_throughput_compiled.json' \
+     2>&1 | tee '$out/train_throughput_compiled.txt'"
 # the main job on the GPU: the sigma-VAE with the likelihood in torch and in the CuPy kernels
 for backend in torch cupy; do
   step "main job $backend" 60 \

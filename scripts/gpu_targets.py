@@ -139,11 +139,12 @@ def precision_rows(study, control=None) -> list:
     name = "bf16 within 0.5% of float32's test ELBO"
     summary = (study or {}).get("summary")
     if not summary or study.get("pair", ["float32", "bf16"]) != ["float32", "bf16"]:
-        return [(name, NOT_MEASURED, "n/a")]
-    rows = [_paired_row(name, summary, study["epochs"])]
-    if study.get("summary_bpd"):
-        rows.append(_paired_row("for reference: bf16's bits/dim within 0.5% of float32's", study["summary_bpd"],
-                                study["epochs"]))
+        rows = [(name, NOT_MEASURED, "n/a")]
+    else:
+        rows = [_paired_row(name, summary, study["epochs"])]
+        if study.get("summary_bpd"):
+            rows.append(_paired_row("for reference: bf16's bits/dim within 0.5% of float32's",
+                                    study["summary_bpd"], study["epochs"]))
     if control and control.get("summary") and control.get("pair") == ["float32", "channels_last"]:
         rows.append(_paired_row("for reference: float32 with channels-last convolutions (rounding alone), "
                                 "test ELBO", control["summary"], control["epochs"]))

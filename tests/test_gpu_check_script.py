@@ -31,8 +31,9 @@ def test_gpu_check_calls_each_benchmark_with_the_json_the_targets_table_reads(tm
     (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'Stand-in GPU, 0.0, 1 MiB'\n")
     for shim in bin_dir.iterdir():
         shim.chmod(0o755)
+    packed = tmp_path / "device-out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", REAL_PYTHON=sys.executable,
-               COMMAND_LOG=str(log), OUT=str(out), SEED="7")
+               COMMAND_LOG=str(log), OUT=str(out), SEED="7", PACK_TO=str(packed))
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,3 +57,13 @@ def test_gpu_check_calls_each_benchmark_with_the_json_the_targets_table_reads(tm
     assert all(line.startswith("|") for line in lines[table_at + 1:])
     assert lines[-1] == "| bf16 within 0.5% of float32's test ELBO | not measured | n/a |"
     assert (out / "targets.md").read_text().splitlines()[0] == lines[table_at]
+    # the bf16 study and its control run before the compiled step, a reference row only
+    order = [s.split(":")[0] for s in steps]
+    assert order.index("rounding control") < order.index("train throughput, compiled")
+    # the device tool returns at most 8 files: PACK_TO gets the logs in one archive
+    import tarfile
+
+    assert sorted(p.name for p in packed.iterdir()) == ["gpu_check.tgz", "steps.txt", "targets.md"]
+    with tarfile.open(packed / "gpu_check.tgz") as tar:
+        names = tar.getnames()
+    assert f"{out.name}/steps.txt" in names and f"{out.name}/targets.md" in names and len(names) > 8

@@ -114,3 +114,12 @@ def test_a_precision_study_of_another_pair_is_not_the_bf16_target(tmp_path):
         "summary": {"pairs": 6, "mean": 0.1, "sd": 0.2, "stderr": 0.08, "ci95": [-0.1, 0.3],
                     "verdict": "within ±0.5%"}}))
     assert _row(gpu_targets.targets_table(tmp_path), "bf16 within")[1:] == ["not measured", "n/a"]
+
+
+def test_the_rounding_control_is_shown_when_the_bf16_study_did_not_run(tmp_path):
+    (tmp_path / "rounding_control.json").write_text(json.dumps({"epochs": 10, "pair": ["float32", "channels_last"],
+        "summary": {"pairs": 4, "mean": 0.2, "sd": 1.5, "stderr": 0.75, "ci95": [-2.2, 2.6],
+                    "verdict": "not resolved"}}))
+    table = gpu_targets.targets_table(tmp_path)
+    assert _row(table, "bf16 within")[1:] == ["not measured", "n/a"]
+    assert _row(table, "for reference: float32 with channels-last")[1].startswith("+0.20% (sd 1.50%)")
