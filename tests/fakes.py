@@ -29,3 +29,20 @@ def cupy_device():
     except Exception as exc:  # a driver/runtime mismatch reads as "no device"
         return None, f"CUDA is not usable from cupy ({exc})"
     return cupy, ""
+
+
+def blob_images(n: int, size: int = 12, seed: int = 0, width: float = 6.0) -> np.ndarray:
+    """n grayscale Gaussian blobs at random centres, uint8 (n, 1, size, size): small
+    images with structure a VAE learns in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    cx, cy = rng.uniform(3, size - 3, (2, n, 1, 1))
+    return (255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / width)).round().astype(np.uint8)[:, None]
+
+
+def write_blobs(directory, n: int, seed: int = 0):
+    """``blob_images(n, seed=seed)`` saved as ``directory/blobs.npz``; returns its path."""
+    path = directory / "blobs.npz"
+    np.savez(path, images=blob_images(n, seed=seed))
+    return path
+

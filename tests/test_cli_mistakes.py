@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from vaecli import runfile
 from vaecli.cli import main
+from fakes import write_blobs
 from vaecli.clicommon import jsonable
 
 pytest.importorskip("torch")
@@ -18,14 +19,7 @@ pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    size = 12
-    yy, xx = np.mgrid[:size, :size]
-    cx, cy = rng.uniform(3, size - 3, (2, 120, 1, 1))
-    images = (255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 6.0)).round().astype(np.uint8)[:, None]
-    path = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(path, images=images)
-    return path
+    return write_blobs(tmp_path_factory.mktemp("data"), 120, seed=1)
 
 
 SMALL = ["--epochs", "2", "--batch-size", "32", "--latent-dim", "4", "--width", "4", "--quiet"]

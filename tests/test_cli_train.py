@@ -10,20 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from vaecli.cli import main
+from fakes import write_blobs
 
 pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    size = 12
-    yy, xx = np.mgrid[:size, :size]
-    cx, cy = rng.uniform(3, size - 3, (2, 160, 1, 1))
-    images = (255 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 6.0)).round().astype(np.uint8)[:, None]
-    path = tmp_path_factory.mktemp("data") / "blobs.npz"
-    np.savez(path, images=images)
-    return path
+    return write_blobs(tmp_path_factory.mktemp("data"), 160, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -115,29 +115,26 @@ def check_seal(path) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def atomic_h5(path, copy_from=None):
-    """Open a temporary HDF5 file beside ``path`` for writing (a copy of
-    ``copy_from`` if given), then flush, fsync and rename it over ``path``."""
-    import h5py
-
+def _beside(path) -> tuple[str, str]:
+    """(path, its directory), the directory checked to exist."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise VaeError(f"cannot write {path}: directory {directory} does not exist")
+    return path, directory
+
+
+@contextlib.contextmanager
+def _replacing(path, suffix=""):
+    """A temporary file beside ``path`` (its name, created empty) for the body to fill;
+    then it gets the umask's mode and is renamed over ``path``, and the directory is
+    synced.  Any OSError is one VaeError, and the temporary file never stays."""
+    path, directory = _beside(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix, dir=directory)
         os.close(fd)
-        if copy_from is not None:
-            shutil.copyfile(copy_from, tmp)
-        if copy_from is not None:
-            with h5py.File(tmp, "r+") as f:
-                yield f
-        else:
-            with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
-                yield f
-        seal(tmp)  # also flushes to disk
+        yield tmp
         os.chmod(tmp, public_mode())
         os.replace(tmp, path)
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -152,6 +149,23 @@ def atomic_h5(path, copy_from=None):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_h5(path, copy_from=None):
+    """Open a temporary HDF5 file beside ``path`` for writing (a copy of
+    ``copy_from`` if given), then flush, fsync and rename it over ``path``."""
+    import h5py
+
+    with _replacing(path, suffix=".h5") as tmp:
+        if copy_from is not None:
+            shutil.copyfile(copy_from, tmp)
+            with h5py.File(tmp, "r+") as f:
+                yield f
+        else:
+            with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
+                yield f
+        seal(tmp)  # also flushes to disk
+
+
 def public_mode() -> int:
     """The mode a plain open() would give a new file (0o666 less the umask): the
     temporary files behind atomic writes are made 0o600, and keep it through the rename."""
@@ -163,10 +177,7 @@ def public_mode() -> int:
 def check_writable(path):
     """Raise a VaeError now, before any work, if a file could not be written atomically
     at ``path`` (a temporary file beside it is made and removed)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise VaeError(f"cannot write {path}: directory {directory} does not exist")
+    path, directory = _beside(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".h5", dir=directory)
         os.close(fd)
@@ -177,24 +188,11 @@ def check_writable(path):
 
 def atomic_write_bytes(path, data: bytes):
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise VaeError(f"cannot write {path}: directory {directory} does not exist")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=directory)
-        with os.fdopen(fd, "wb") as f:
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, public_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise VaeError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
