@@ -260,3 +260,15 @@ def test_plots_are_png_by_name(finished, tmp_path):
     result = _invoke(["plot", finished, "-o", tmp_path / "rd.svg"])
     assert result.exit_code == 2 and "plots are written as PNG; give a name ending in .png" in result.output
     assert not (tmp_path / "rd.svg").exists()
+
+
+def test_eval_records_what_its_noise_depends_on_and_takes_any_seed(finished, tmp_path):
+    result = _invoke(["eval", finished, "--metric", "elbo", "--seed", str(2**62), "--batch-size", "17",
+                      "--elbo-samples", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)["results"]["elbo"]
+    assert (r["seed"], r["batch_size"], r["elbo_samples"]) == (2**62, 17, 2)
+    stored = runfile.read(finished).evaluations["test"]["elbo"]
+    assert int(stored["seed"]) == 2**62 and int(stored["batch_size"]) == 17
+    assert _invoke(["eval", finished, "--seed", "-1"]).exit_code == 2
+    assert _invoke(["eval", finished, "--seed", str(2**63)]).exit_code == 2

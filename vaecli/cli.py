@@ -21,6 +21,9 @@ from .config import MEMORY_FORMATS
 from .constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
 from .errors import VaeError
 
+SEED = click.IntRange(0, 2**63 - 1)  # what torch's generators and the run file's int64 attributes hold
+
+
 @click.group(cls=VaeGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="vae")
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
@@ -89,7 +92,7 @@ def likelihoods_command(as_json, channels):
     show_default=True,
     help="Device of the torch backend (cupy always runs on CUDA).",
 )
-@click.option("--seed", type=int, default=None, help="Seed of the random inputs [default: fresh, printed].")
+@click.option("--seed", type=SEED, default=None, help="Seed of the random inputs [default: fresh, printed].")
 @click.option(
     "--channels",
     "channels",
@@ -223,7 +226,7 @@ def _check_out(out, inputs):
               help="Channels of the first conv layer (w, 2w, 4w).")
 @click.option("--image-size", type=click.IntRange(8), default=None,
               help="Resize datasets that support it (svhn, celeba).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False), default="run.h5", show_default=True,
               help="The run file to write.")
@@ -428,7 +431,7 @@ def _run_summary(run):
 @_inception_options
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the posterior and prior samples.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the posterior and prior samples.")
 @click.option("--no-store", is_flag=True, help="Do not write the results into the run file.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Evaluate with this many processes (starts torchrun); results equal one process's.")
@@ -488,8 +491,13 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
             r["processes"] = world
     key = f"data:{data.checksum[:16]}" if data_path else split
     for r in results.values():
-        r["data"] = f"{data.name}/{data.split}" if not data_path else str(data_path)
+        if data_path:
+            r["data"] = str(data_path) if data.split == "all" else f"{data_path}:{data.split}"
+        else:
+            r["data"] = f"{data.name}/{data.split}"
         r["data_checksum"] = data.checksum
+        # what the Monte Carlo noise depends on: with these the number is reproduced exactly
+        r["seed"], r["batch_size"], r["elbo_samples"] = seed, batch_size, elbo_samples
         # the levels the model saw: bits/dim are of this data (of the 8-bit data only at n_bits 8)
         r["data_levels"] = 2 if run.config.binarize else 2**run.config.n_bits
     if not no_store:
@@ -535,7 +543,7 @@ def eval_command(run_path, metrics, split, data_path, iw_samples, elbo_samples, 
               help="Scale of the prior: z ~ N(0, T^2 I).")
 @click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
               help="Picture the decoder mean, or draw from the decoder distribution.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True, help="PNG enlargement.")
 def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, scale):
@@ -815,7 +823,7 @@ def compare_command(run_paths, fmt, split):
               help="Decoders to train [default: all eleven].")
 @click.option("--beta", "betas", multiple=True, type=FiniteFloat(min=0),
               help="Betas of the fixed-variance gaussian [default: the paper's 0.001 0.01 0.1 1 10].")
-@click.option("--seed", "seeds", multiple=True, type=int, help="Seeds [default: 0].")
+@click.option("--seed", "seeds", multiple=True, type=SEED, help="Seeds [default: 0].")
 @click.option("--dataset", default=None, help="Dataset name [default: mnist5k].")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
@@ -902,7 +910,7 @@ def weights_path(inception, allow_unknown_weights):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--kid-subset-size", type=click.IntRange(2), default=1000, show_default=True)
 @click.option("--kid-subsets", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the KID subsets.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the KID subsets.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Processes on this machine (starts torchrun): each extracts the features of every N-th batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -46,7 +46,7 @@ def _log_normal(z, mu, logvar):  # (..., Z) -> (...,) log N(z; mu, exp(logvar))
 def batch_seed(seed: int, batch_index: int) -> int:
     """The seed of one evaluation batch's noise: a batch draws the same numbers on
     whichever process evaluates it, so a sharded evaluation equals a single one."""
-    return seed * 1_000_003 + batch_index
+    return (seed * 1_000_003 + batch_index) % 2**63  # any int --seed: torch takes seeds below 2^64
 
 
 def _batches(images, batch_size, device, rank=0, world=1):
