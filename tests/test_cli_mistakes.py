@@ -272,3 +272,24 @@ def test_eval_records_what_its_noise_depends_on_and_takes_any_seed(finished, tmp
     assert int(stored["seed"]) == 2**62 and int(stored["batch_size"]) == 17
     assert _invoke(["eval", finished, "--seed", "-1"]).exit_code == 2
     assert _invoke(["eval", finished, "--seed", str(2**63)]).exit_code == 2
+
+
+def test_a_sigma_stored_with_a_decoder_that_takes_none_still_loads(finished, tmp_path):
+    """Older vaecli stored --sigma with any decoder and ignored it; such run files still
+    load and evaluate; vae train now refuses the option there."""
+    import h5py
+
+    from vaecli.config import TrainConfig
+
+    result = _invoke(["train", "--likelihood", "gaussian-pixel", "--sigma", "0.5", "--out", tmp_path / "x.h5"])
+    assert result.exit_code == 2 and "--sigma is for gaussian" in result.output
+    run = tmp_path / "old.h5"
+    assert _invoke(["train", "--data", runfile.read(finished).config.dataset, "--likelihood", "gaussian-pixel",
+                    *SMALL[:-3], "--epochs", "1", "--quiet", "--out", run]).exit_code == 0
+    config = runfile.read(run).config.replace(sigma=0.5)  # as the older vaecli wrote it
+    with h5py.File(run, "r+") as f:
+        f.attrs["config"] = config.to_json()
+    runfile.seal(run)
+    assert isinstance(runfile.read(run).config, TrainConfig) and runfile.read(run).config.sigma == 0.5
+    result = _invoke(["eval", run, "--metric", "bpd", "--no-store"])
+    assert result.exit_code == 0, result.output

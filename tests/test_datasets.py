@@ -260,6 +260,19 @@ def test_mnist_and_fashion_mnist_files_are_told_apart_by_their_labels(tmp_path):
     assert not row["mnist"]["found"] and row["fashion-mnist"]["where"] == str(tmp_path / "fashion")
 
 
+def test_a_corrupt_gzip_labels_file_is_one_line_not_a_traceback(tmp_path):
+    g = rng(6)
+    write_idx_split(tmp_path / "mnist", "train", g.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+                    np.arange(4, dtype=np.uint8))
+    labels = tmp_path / "mnist" / "train-labels-idx1-ubyte.gz"
+    blob = bytearray(labels.read_bytes())
+    blob[10:16] = b"\xff" * 6  # inside the deflate stream
+    labels.write_bytes(bytes(blob))
+    with pytest.raises(VaeError, match="train-labels-idx1-ubyte.gz"):
+        load("mnist", "train", data_dir=tmp_path)
+    assert {r["name"]: r for r in list_local(tmp_path)}["mnist"]["found"] in (True, False)  # listed, no traceback
+
+
 def test_fashion_mnist_system_folder_is_found(tmp_path, monkeypatch):
     g = rng(4)
     write_idx_split(tmp_path / "usr-share", "t10k", g.integers(0, 256, (3, 28, 28), dtype=np.uint8),

@@ -267,6 +267,9 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
 
     if dataset and data_path:
         raise click.UsageError("give --dataset or --data, not both")
+    if sigma is not None and likelihood not in registry.FIXED_SIGMA:
+        raise click.UsageError(f"--sigma is for gaussian (its fixed sigma) and sigma/sigma-image (the evaluation "
+                               f"sigma); {likelihood} learns or predicts its own")
     values = dict(
         # a data file by its absolute path, so that the run file finds it from anywhere
         dataset=os.path.abspath(data_path) if data_path else dataset or DEFAULT_DATASET, likelihood=likelihood,

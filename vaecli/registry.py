@@ -166,6 +166,11 @@ def info(name: str) -> LikelihoodInfo:
         ) from None
 
 
+# the likelihoods that take a fixed sigma: the plain Gaussian's, and the sigma-VAE's
+# evaluation sigma (the others learn or predict theirs)
+FIXED_SIGMA = ("gaussian", "sigma", "sigma-image")
+
+
 def num_levels(n_bits: int = DEFAULT_N_BITS) -> int:
     """L = 2**n_bits integer levels."""
     if isinstance(n_bits, bool) or not isinstance(n_bits, int) or not 1 <= n_bits <= 16:

@@ -168,9 +168,15 @@ def atomic_h5(path, copy_from=None):
 
 def public_mode() -> int:
     """The mode a plain open() would give a new file (0o666 less the umask): the
-    temporary files behind atomic writes are made 0o600, and keep it through the rename."""
-    umask = os.umask(0)
-    os.umask(umask)
+    temporary files behind atomic writes are made 0o600, and keep it through the rename.
+    The umask is read from /proc (Linux); setting it to read it back, the only other
+    way, would change it for a moment for every thread of the process."""
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
 
 

@@ -88,8 +88,11 @@ def build_model(config: TrainConfig, image_shape, device) -> ConvVAE:
     c, h, w = image_shape
     if h != w:
         raise VaeError(f"the convolutional VAE needs square images, got {h}x{w}")
+    # a sigma stored with a decoder that takes none (accepted, and ignored, before
+    # vaecli checked it) is left out, so that such run files still load
+    sigma = config.sigma if config.likelihood in registry.FIXED_SIGMA else None
     lik = Likelihood(
-        config.likelihood, backend=config.backend, n_bits=config.n_bits, sigma=config.sigma,
+        config.likelihood, backend=config.backend, n_bits=config.n_bits, sigma=sigma,
         mixtures=config.mixtures, log_sigma_min=config.log_sigma_min,
     )
     return ConvVAE(c, h, lik, latent_dim=config.latent_dim, width=config.width).to(device)
@@ -140,8 +143,9 @@ def train(config: TrainConfig, out: str, *, resume: bool = False, progress: bool
                            f"(give --epochs {done} or more)")
         if config.epochs == done and previous.attrs.get("status") == "complete":
             # nothing to train: the file, its evaluations and samples stay as they are
-            log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
-                f"(--epochs {done + 1} or more trains on)")
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank says so
+                log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
+                    f"(--epochs {done + 1} or more trains on)")
             return previous
     else:
         previous = None

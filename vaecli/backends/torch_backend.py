@@ -57,9 +57,6 @@ class _Options:
     batch_reduce: object  # None, or a differentiable all-reduce (sum) for the global batch MSE
 
 
-# the likelihoods that take a fixed sigma: the plain Gaussian's, and the sigma-VAE's
-# evaluation sigma (the others learn or predict theirs)
-_FIXED_SIGMA = ("gaussian", "sigma", "sigma-image")
 
 
 def _options(name, opts) -> _Options:
@@ -69,8 +66,8 @@ def _options(name, opts) -> _Options:
     n_bits = opts.get("n_bits", DEFAULT_N_BITS)
     sigma = opts.get("sigma")
     if sigma is not None:
-        if name not in _FIXED_SIGMA:
-            raise VaeError(f"{name}: takes no fixed sigma (only {', '.join(_FIXED_SIGMA)} do)")
+        if name not in registry.FIXED_SIGMA:
+            raise VaeError(f"{name}: takes no fixed sigma (only {', '.join(registry.FIXED_SIGMA)} do)")
         if not float(sigma) > 0 or not math.isfinite(float(sigma)):
             raise VaeError(f"{name}: sigma must be positive and finite, got {sigma!r}")
     mixtures = opts.get("mixtures", DEFAULT_MIXTURES)

@@ -33,6 +33,7 @@ import hashlib
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -282,7 +283,7 @@ def _idx_head(path: Path, count: int) -> bytes | None:
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
             data = stream.read(8 + count)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # unreadable or corrupt: not a match here; loading says why
         return None
     return data[8:] if len(data) == 8 + count else None
 
@@ -382,7 +383,7 @@ def _idx_count(path: Path) -> int | None:
             stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
             header = stream.read(8)
         magic, count = struct.unpack(">II", header)
-    except (OSError, EOFError, struct.error, ValueError):
+    except (OSError, EOFError, struct.error, ValueError, zlib.error):
         return None
     return count if magic in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC) else None
 
