@@ -263,7 +263,7 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     bundled 5,000 MNIST digits.  Ctrl-C (or SIGTERM) saves a resumable checkpoint.
     """
     from .config import DEFAULT_DATASET, TrainConfig
-    from .train import objective_name, train
+    from .train import train
 
     if dataset and data_path:
         raise click.UsageError("give --dataset or --data, not both")
@@ -309,12 +309,10 @@ def train_command(dataset, data_path, likelihood, backend, beta, sigma, mixtures
     elif not finished:  # (a finished run: train() said so, and wrote nothing)
         last = summary["last_epoch"]
         if last:
-            what = objective_name(config)
-            note = ""
-            if what != "ELBO":
-                from .evaluate import applicability
+            from .evaluate import applicability
 
-                note = f" (not an ELBO: {applicability(config.likelihood, 'elbo', config.binarize)[1]})"
+            is_elbo, why = applicability(config.likelihood, "elbo", config.binarize)
+            what, note = ("ELBO", "") if is_elbo else ("objective", f" (not an ELBO: {why})")
             click.echo(f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
                        f"test {what} {last['test_elbo']:.2f} nats/image{note}")
         click.echo(f"wrote {out}")
