@@ -52,6 +52,10 @@ BACKENDS = {
     "cupy": "vaecli.backends.cupy_backend",
 }
 
+# The backends a model's likelihood can run on (the reference is the oracle only):
+# every caller (CLI choices, TrainConfig, the Likelihood module, verify) reads this.
+LIKELIHOOD_BACKENDS = ("torch", "cupy")
+
 # What to install when a backend's import fails.
 _INSTALL_HINT = {
     "reference": "pip install numpy scipy",
