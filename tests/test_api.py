@@ -190,3 +190,83 @@ def test_load_run_gives_the_model_vae_eval_evaluates(tmp_path):
     with torch.no_grad():
         mu, _ = model.encode(x)
         assert model.likelihood.log_prob(x, model.decode(mu)).shape == (10,)
+
+
+def test_dir_lists_the_lazy_entry_points_without_importing_them():
+    import subprocess
+    import sys
+
+    code = ("import sys, vaecli; names = dir(vaecli); "
+            "print(all(n in names for n in ('likelihood', 'gaussian_kl', 'Likelihood', 'get_backend', "
+            "'load_run')), names == sorted(names), 'torch' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "False", "False"]
+
+
+def test_bernoulli_warns_once_on_non_binary_data():
+    import warnings
+
+    x8 = _batch()  # 8-bit levels
+    raw = torch.zeros(4, 1, 6, 6)
+    lik = vaecli.likelihood("bernoulli")
+    with pytest.warns(UserWarning, match="bernoulli: x holds levels other than 0 and 255.*cross-entropy, "
+                                         "not a normalized likelihood.*binarize"):
+        lik.log_prob(x8, raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lik.log_prob(x8, raw)  # once per module
+        lik.log_pmf(x8, raw)
+        binary = (x8 >= 128).to(torch.uint8) * 255
+        fresh = vaecli.likelihood("bernoulli")
+        fresh.log_prob(binary, raw)
+        fresh.log_pmf(binary, raw)
+        vaecli.likelihood("bernoulli", n_bits=4).log_prob(binary // 17, raw)  # levels 0 and 15
+        vaecli.likelihood("logistic").log_prob(x8, torch.zeros(4, 2, 6, 6))  # only bernoulli warns
+    with pytest.warns(UserWarning, match="levels other than 0 and 255"):
+        fresh.log_pmf(x8, raw)  # binary batches do not stop the check
+    with pytest.warns(UserWarning, match="levels other than 0 and 255"):
+        vaecli.likelihood("bernoulli")(x8, raw)  # forward is log_prob
+
+
+def test_bernoulli_check_is_left_out_under_torch_func():
+    import warnings
+
+    from torch.func import grad, vmap
+
+    lik = vaecli.likelihood("bernoulli")
+    x, raw = _batch(), torch.randn(4, 1, 6, 6)
+
+    def one(xi, ri):
+        return lik.log_prob(xi[None], ri[None])[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vmap(grad(one, argnums=1))(x, raw)
+
+
+def test_raw_layout_of_the_rgb_mixture_as_documented():
+    """docs/likelihoods.md, "Raw decoder outputs": RGB with K = 10 components, component
+    k's logit is raw channel k, its R, G, B means 10 + 3k + c, its raw log-scales
+    40 + 3k + c and its coupling coefficients a, b, c 70 + 3k + j."""
+    lik = vaecli.likelihood("logistic-mixture", mixtures=10)
+    assert lik.out_channels(3) == 100 and lik.out_channels(1) == 30
+    k = 4
+    raw = torch.zeros(1, 100, 1, 1, dtype=torch.float64)
+    raw[0, k] = 100.0  # component 4 takes all the weight
+    raw[0, 22:25, 0, 0] = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
+    assert lik.mean(raw).flatten().tolist() == pytest.approx([0.2, 0.3, 0.4])
+    raw[0, 82:85, 0, 0] = torch.atanh(torch.tensor([0.5, 0.25, -0.5], dtype=torch.float64))
+    m_g = 0.3 + 0.5 * 0.2
+    assert lik.mean(raw).flatten().tolist() == pytest.approx([0.2, m_g, 0.4 + 0.25 * 0.2 - 0.5 * m_g])
+    # the log-scales: raising channel 52 + c lowers only channel c's mass at its mean
+    x = torch.tensor([51, 102, 64], dtype=torch.uint8).view(1, 3, 1, 1)  # near the coupled means
+    raw[0, 82:85] = 0.0
+    raw[0, 22:25, 0, 0] = x.flatten().double() / 255
+    raw[0, 40:70] = -5.0  # narrow logistics: most of the mass in x's bin
+    base = float(lik.log_prob(x, raw))
+    for c in range(3):
+        wider = raw.clone()
+        wider[0, 52 + c] = 0.0
+        other = raw.clone()
+        other[0, 49 + c] = 0.0  # component 3's log-scale: no weight, no effect
+        assert float(lik.log_prob(x, wider)) < base - 1 and float(lik.log_prob(x, other)) == pytest.approx(base)

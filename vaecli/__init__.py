@@ -1,7 +1,8 @@
 """vaecli: variational autoencoders with calibrated decoders.
 
 ``import vaecli`` is light: it loads neither torch nor cupy.  The torch-facing API
-(:func:`likelihood`, :class:`Likelihood`) is imported on first use.
+(:func:`likelihood`, :class:`Likelihood`) is imported on first use, and ``dir(vaecli)``
+(tab completion) lists it without importing it.
 
     >>> import vaecli
     >>> lik = vaecli.likelihood("sigma")          # a torch.nn.Module
@@ -43,3 +44,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'vaecli' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -14,6 +14,8 @@ Values are nats per image, summed over all dimensions; ``x`` is the integer batc
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -25,6 +27,11 @@ from .errors import VaeError
 from .units import equivalent_beta
 
 _LIKELIHOOD_BACKENDS = ("torch", "cupy")
+_PARAMETER_DTYPES = (torch.float32, torch.float64)
+# Batches of a bernoulli module whose x is read on a GPU for non-binary levels: each
+# read waits for the device, so only the first (on the CPU every batch, until the
+# warning, as the range check reads x there anyway).
+_BINARY_CHECKS_ON_DEVICE = 1
 
 
 class Likelihood(nn.Module):
@@ -45,6 +52,16 @@ class Likelihood(nn.Module):
     mixtures: components of ``logistic-mixture``.
     log_sigma_min: softclip floor of every log-scale (None disables it).
     init_log_sigma: initial raw log sigma of ``sigma-learned``.
+    device, dtype: where and in which floating dtype ``sigma-learned`` makes its
+        ``log_sigma`` parameter, as torch modules take them (default: the CPU and
+        ``torch.get_default_dtype()``); the other likelihoods own no tensors.  Make a
+        float64 model with ``dtype=torch.float64``: ``.double()`` afterwards converts
+        a float32 parameter, whose ``init_log_sigma`` is already rounded to float32.
+
+    ``raw`` is laid out as docs/likelihoods.md, "Raw decoder outputs", says.
+    ``bernoulli`` warns (a UserWarning, once per module) when ``log_prob`` or
+    ``log_pmf`` is given levels other than 0 and L-1: on such data it is a
+    cross-entropy, not a normalized likelihood.
     """
 
     def __init__(
@@ -58,10 +75,15 @@ class Likelihood(nn.Module):
         mixtures: int = DEFAULT_MIXTURES,
         log_sigma_min: float | None = LOG_SIGMA_MIN,
         init_log_sigma: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.info = registry.info(name)
         self.name = name
+        if dtype is not None and dtype not in _PARAMETER_DTYPES:
+            raise VaeError(f"{name}: likelihoods compute in float32 or float64, got dtype={dtype}")
+        factory_kwargs = {"device": device, "dtype": dtype}
         if backend not in _LIKELIHOOD_BACKENDS:
             raise VaeError(
                 f"unknown likelihood backend {backend!r}; choose one of: {', '.join(_LIKELIHOOD_BACKENDS)}"
@@ -83,11 +105,13 @@ class Likelihood(nn.Module):
         torch_backend.check_options(name, n_bits=n_bits, sigma=sigma, mixtures=mixtures,
                                     log_sigma_min=log_sigma_min)
         if name == "sigma-learned":
-            self.log_sigma = nn.Parameter(torch.tensor(float(init_log_sigma)))
+            self.log_sigma = nn.Parameter(torch.tensor(float(init_log_sigma), **factory_kwargs))
         else:
             self.log_sigma = None
         # data-parallel training sets a differentiable all-reduce here (torch backend)
         self.batch_reduce = None
+        # bernoulli: x is read for levels other than 0 and L-1 until it warns once
+        self._binary_checks_left = _BINARY_CHECKS_ON_DEVICE if name == "bernoulli" else 0
 
     # ------------------------------------------------------------------ facts
     def out_channels(self, image_channels: int) -> int:
@@ -134,14 +158,41 @@ class Likelihood(nn.Module):
     def log_prob(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """log p(x | raw), nats per image (B,): the density of y = x/(L-1) for the
         continuous decoders, the PMF for the discrete ones."""
-        return self._functions().log_prob(self.name, x, raw, **self.options())
+        value = self._functions().log_prob(self.name, x, raw, **self.options())
+        self._warn_if_not_binary(x)
+        return value
 
     def log_pmf(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """The discretized PMF over the L levels, nats per image (B,); comparable
         across all decoders (bits/dim: vaecli.bits_per_dim(log_pmf - kl, D))."""
         if self.info.training_only:
             raise VaeError(f"{self.name}: {self.info.pmf_note}; no PMF is defined")
-        return self._functions().log_pmf(self.name, x, raw, **self.pmf_options())
+        value = self._functions().log_pmf(self.name, x, raw, **self.pmf_options())
+        self._warn_if_not_binary(x)
+        return value
+
+    def _warn_if_not_binary(self, x: torch.Tensor):
+        """bernoulli: warn once if x holds levels other than 0 and L-1.  Reading x is a
+        device sync, so it is done only until the warning (CPU) or for the first batch
+        (GPU), and never while torch.compile traces, a CUDA graph is captured or
+        torch.func transforms x (vmap, grad)."""
+        if self._binary_checks_left <= 0 or x.numel() == 0:
+            return
+        wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+        if torch.compiler.is_compiling() or (wrapped is not None and wrapped(x)):
+            return
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            return
+        if x.device.type != "cpu":
+            self._binary_checks_left -= 1
+        top = 2**self.n_bits - 1
+        if bool(((x != 0) & (x != top)).any()):
+            self._binary_checks_left = 0
+            warnings.warn(
+                f"bernoulli: x holds levels other than 0 and {top}; on such data bernoulli's "
+                "y*l - softplus(l) is a cross-entropy, not a normalized likelihood (its ELBO and "
+                "bits/dim are no bounds); binarize the data to levels 0 and "
+                f"{top} (vae train --binarize does it at 128)", UserWarning, stacklevel=3)
 
     def forward(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x, raw)
@@ -158,7 +209,9 @@ class Likelihood(nn.Module):
         """The decoder sigma now in use as a float (None for non-Gaussian decoders
         and for gaussian-pixel, whose sigma varies per pixel).  ``sigma`` without a
         fixed evaluation sigma needs the batch (x, raw) it is computed from;
-        ``sigma-image`` gives the batch mean of its per-image sigmas."""
+        ``sigma-image`` gives the batch mean of its per-image sigmas.  It is computed
+        in raw's dtype, as log_prob computes it; without raw, in the dtype of
+        ``sigma-learned``'s parameter, or in float64 from a fixed sigma option."""
         if not self.info.gaussian_family or self.name == "gaussian-pixel":
             return None
         with torch.no_grad():
@@ -167,6 +220,13 @@ class Likelihood(nn.Module):
                 raise VaeError(f"{self.name}: sigma comes from a batch; pass x and raw")
             opts = self.options()
             opts.pop("batch_reduce", None)  # a local estimate: no collective from one rank's display
+            if raw is None:
+                # no batch: sigma needs no x, and is computed in the parameter's dtype
+                # (sigma-learned) or in float64 from the fixed sigma option
+                x = None
+                dtype = torch.float64 if self.log_sigma is None else self.log_sigma.dtype
+                device = None if self.log_sigma is None else self.log_sigma.device
+                raw = torch.zeros(1, self.out_channels(1), 1, 1, dtype=dtype, device=device)
             log_sigma = torch_backend.gaussian_log_sigma(self.name, x, raw, **opts)
             return float(torch.exp(log_sigma).mean())
 
