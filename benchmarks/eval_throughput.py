@@ -33,7 +33,7 @@ import torch
 from vaecli import datasets
 from vaecli.config import TrainConfig
 from vaecli.evaluate import evaluate
-from vaecli.train import build_model, resolve_device
+from vaecli.runs import build_model, resolve_device
 from vaecli.units import bits_per_dim
 
 

@@ -6,7 +6,7 @@
 Issue 8 asks that training under ``--precision bf16`` land within 0.5% of float32's
 test ELBO on the bundled data.  One pair of runs cannot show that: the seed alone moves
 the 10-epoch test ELBO on mnist5k by several percent (docs/performance.md).  This runs
-``vaecli.train.train`` for seeds 0..N-1 under each precision (same seed: same
+``vaecli.training.train`` for seeds 0..N-1 under each precision (same seed: same
 initialisation, batch order and noise), in one process with the data loaded once, and
 evaluates every trained model the same way, in float32 with ``vaecli.evaluate``
 (``vae eval --metric elbo --metric bpd``: the run's calibrated sigma, ``--elbo-samples``
@@ -48,7 +48,8 @@ from train_throughput import _spread  # noqa: E402
 from vaecli import datasets  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
-from vaecli.train import load_model, prepare_images, resolve_device, train  # noqa: E402
+from vaecli.runs import load_model, prepare_images, resolve_device
+from vaecli.training import train  # noqa: E402
 
 # the configurations a study can pair, by name: TrainConfig options
 VARIANTS = {"float32": {}, "bf16": {"precision": "bf16"}, "channels_last": {"memory_format": "channels_last"}}

@@ -7,7 +7,7 @@ Inside a captured CUDA graph a step costs its kernels' run time plus a launch ga
 a few microseconds for each kernel, and a small VAE's step is hundreds of small
 kernels (docs/performance.md), so the number of kernels is one of the few costs of the
 step that can be counted without a GPU.  This runs vaecli's training step
-(`vaecli.step.TrainStep`, eager, float32, the paper's ConvVAE on 1x28x28) on the CPU
+(`vaecli.training.step.TrainStep`, eager, float32, the paper's ConvVAE on 1x28x28) on the CPU
 under a TorchDispatchMode and counts the ATen operations it dispatches, leaving out
 those that only return a view of their input (no kernel), by phase: forward (model,
 likelihood, KL), backward, and the bookkeeping after it (finiteness check, Adam, the
@@ -91,8 +91,8 @@ def count(likelihood: str, batch: int) -> dict:
     from vaecli.api import gaussian_kl
     from vaecli.backends import torch_backend
     from vaecli.config import TrainConfig
-    from vaecli.step import EpochSums, NonFiniteGuard, TrainStep, make_optimizer
-    from vaecli.train import build_model
+    from vaecli.training.step import EpochSums, NonFiniteGuard, TrainStep, make_optimizer
+    from vaecli.runs import build_model
 
     torch.manual_seed(0)
     config = TrainConfig(likelihood=likelihood)
@@ -100,7 +100,7 @@ def count(likelihood: str, batch: int) -> dict:
     opt = make_optimizer(model.parameters(), 1e-3)
     step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cpu", levels=256)
     x = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8)
-    eps = torch.randn(batch, config.latent_dim)
+    eps = torch.randn(batch, config.model_options["latent_dim"])
     sums, guard = EpochSums("cpu"), NonFiniteGuard(2, "cpu")
     step(x, x, eps, batch, sums, guard)  # Adam's state exists from here on
 
@@ -123,8 +123,8 @@ def count(likelihood: str, batch: int) -> dict:
         torch.Tensor.backward = real_backward
 
     raw = torch.randn(batch, model.likelihood.out_channels(1), 28, 28, requires_grad=True)
-    mu = torch.randn(batch, config.latent_dim, requires_grad=True)
-    logvar = torch.randn(batch, config.latent_dim, requires_grad=True)
+    mu = torch.randn(batch, config.model_options["latent_dim"], requires_grad=True)
+    logvar = torch.randn(batch, config.model_options["latent_dim"], requires_grad=True)
     try:
         with alone:
             (-(model.likelihood.log_prob(x, raw) - gaussian_kl(mu, logvar)).sum()).backward()

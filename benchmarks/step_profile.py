@@ -5,7 +5,7 @@
         --memory-format channels_last] [--likelihood sigma] [--steps 50] [--profile]
         [--json FILE]
 
-vaecli's training step (`vaecli.step.TrainStep`: forward, likelihood, backward, fused
+vaecli's training step (`vaecli.training.step.TrainStep`: forward, likelihood, backward, fused
 Adam, the device-side sums; captured in a CUDA graph on CUDA, as `vae train` does) on
 the paper's ConvVAE with mnist5k batches (1x28x28), timed over ``--steps`` steps after
 the warm-up and capture (CUDA events; wall clock on the CPU), for each batch size,
@@ -37,8 +37,8 @@ import torch
 
 from vaecli import datasets
 from vaecli.config import TrainConfig
-from vaecli.step import GRAPH_WARMUP_STEPS, EpochSums, NonFiniteGuard, TrainStep, make_optimizer
-from vaecli.train import build_model
+from vaecli.training.step import GRAPH_WARMUP_STEPS, EpochSums, NonFiniteGuard, TrainStep, make_optimizer
+from vaecli.runs import build_model
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -60,7 +60,7 @@ def make_step(device, batch, precision, memory_format, likelihood, images, graph
     def run_one():
         idx = torch.randint(0, data.shape[0], (batch,), generator=gen, device=device)
         x = data[idx].contiguous(memory_format=fmt)
-        eps = torch.randn(batch, config.latent_dim, generator=gen, device=device)
+        eps = torch.randn(batch, config.model_options["latent_dim"], generator=gen, device=device)
         return step(x, x, eps, batch, sums, guard)
 
     return step, run_one

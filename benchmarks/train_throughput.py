@@ -5,7 +5,7 @@
          --variant channels_last --variant channels_last+bf16]
         [--repeat 15] [--seeds 2]
 
-vaecli: `vaecli.train.train` (data resident on the device, batches indexed there, the
+vaecli: `vaecli.training.train` (data resident on the device, batches indexed there, the
 sigma-VAE likelihood), timed per epoch from its own history (training steps plus the
 test-ELBO pass; checkpoint writes excluded).  On CUDA its default step is captured in
 a CUDA graph; the `eager` variant turns that off.  Baseline: the loop most VAE code uses
@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from vaecli import datasets
 from vaecli.config import TrainConfig
-from vaecli.train import build_model, resolve_device, train
+from vaecli.runs import build_model, resolve_device
+from vaecli.training import train
 
 
 def baseline_epoch_seconds(images, test, batch, device, epochs, workers):
@@ -104,7 +105,7 @@ VARIANTS = {  # name -> TrainConfig options
 
 
 def vaecli_epoch_seconds(batch, device, epochs, variant, data, seed=0):
-    """Best epoch time (epochs 2..N) and the last test ELBO of `vaecli.train.train`."""
+    """Best epoch time (epochs 2..N) and the last test ELBO of `vaecli.training.train`."""
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), seed=seed, **VARIANTS[variant])
         run = train(config, os.path.join(tmp, "r.h5"), progress=False, log=lambda s: None, data=data)

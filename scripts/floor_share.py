@@ -23,7 +23,7 @@ import torch
 from vaecli import datasets, runfile
 from vaecli.backends import torch_backend
 from vaecli.constants import LOG_SIGMA_MIN
-from vaecli.train import load_model
+from vaecli.runs import load_model
 
 NEAR_FLOOR = 0.05  # a log-scale within this of the floor counts as "at the floor"
 

@@ -7,7 +7,7 @@ import numpy as np
 
 @dataclasses.dataclass
 class FakeData:
-    """What `vaecli.train.train(data=...)` needs of a dataset split."""
+    """What `vaecli.training.train(data=...)` needs of a dataset split."""
 
     images: np.ndarray
     name: str = "fake"

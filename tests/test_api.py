@@ -175,12 +175,12 @@ def test_bits_per_dim_is_the_one_conversion():
 def test_load_run_gives_the_model_vae_eval_evaluates(tmp_path):
     from fakes import FakeData
     from vaecli.config import TrainConfig
-    from vaecli.train import train
+    from vaecli.training import train
 
     rng = np.random.default_rng(0)
     data = (FakeData(rng.integers(0, 256, (40, 1, 8, 8)).astype(np.uint8)),
             FakeData(rng.integers(0, 256, (10, 1, 8, 8)).astype(np.uint8), split="test", checksum="1" * 64))
-    run = train(TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2), tmp_path / "r.h5", data=data,
+    run = train(TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=2, width=2)), tmp_path / "r.h5", data=data,
                 progress=False, log=lambda s: None)
     model = vaecli.load_run(tmp_path / "r.h5", "cpu")
     assert not model.training

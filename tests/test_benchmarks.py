@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vaecli.step import EpochSums, NonFiniteGuard  # noqa: E402
+from vaecli.training.step import EpochSums, NonFiniteGuard  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ROOT = BENCHMARKS.parent

@@ -12,12 +12,13 @@ from click.testing import CliRunner  # noqa: E402
 
 import vaecli  # noqa: E402
 from vaecli import VaeError, runfile  # noqa: E402
-from vaecli.calibration import pmf_sigma  # noqa: E402
+from vaecli.training.calibration import pmf_sigma  # noqa: E402
 from vaecli.cli import main  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
 from vaecli.reference import log_pmf as reference_log_pmf  # noqa: E402
-from vaecli.train import load_model, train  # noqa: E402
+from vaecli.runs import load_model
+from vaecli.training import train  # noqa: E402
 from fakes import FakeData  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def _data():
 
 
 def test_training_stores_it_and_evaluation_uses_it(tmp_path):
-    config = TrainConfig(epochs=1, batch_size=32, latent_dim=4, width=4, seed=3)
+    config = TrainConfig(epochs=1, batch_size=32, model_options=dict(latent_dim=4, width=4), seed=3)
     run = train(config, tmp_path / "s.h5", data=_data(), progress=False)
     cal = run.calibration
     assert cal["pmf_sigma"] > 0 and cal["pmf_images"] == 96 and "maximum-likelihood" in cal["pmf_method"]
@@ -129,9 +130,9 @@ def test_training_stores_it_and_evaluation_uses_it(tmp_path):
 
 
 def test_calibrate_command_upgrades_a_run_and_drops_stale_results(tmp_path, monkeypatch):
-    import vaecli.train as train_module
+    import vaecli.runs as train_module
 
-    config = TrainConfig(epochs=1, batch_size=32, latent_dim=4, width=4, seed=3)
+    config = TrainConfig(epochs=1, batch_size=32, model_options=dict(latent_dim=4, width=4), seed=3)
     out = tmp_path / "s.h5"
     train(config, out, data=_data(), progress=False)
     stored = runfile.read(out).calibration["pmf_sigma"]
@@ -150,7 +151,7 @@ def test_calibrate_command_upgrades_a_run_and_drops_stale_results(tmp_path, monk
 
 
 def test_calibrate_refuses_what_has_no_evaluation_sigma(tmp_path):
-    config = TrainConfig(epochs=1, batch_size=32, latent_dim=4, width=4, seed=3, likelihood="logistic")
+    config = TrainConfig(epochs=1, batch_size=32, model_options=dict(latent_dim=4, width=4), seed=3, likelihood="logistic")
     train(config, tmp_path / "l.h5", data=_data(), progress=False)
     result = CliRunner().invoke(main, ["calibrate", str(tmp_path / "l.h5")])
     assert result.exit_code != 0

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from vaecli import runfile
 from vaecli.cli import main
 from fakes import write_blobs
-from vaecli.clicommon import jsonable
+from vaecli.cli.common import jsonable
 
 pytest.importorskip("torch")
 
@@ -89,7 +89,7 @@ def test_resume_keeps_the_runs_options_and_changes_only_those_given(finished, tm
                       "--epochs", "3", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     config = json.loads(result.stdout)["config"]
-    assert (config["batch_size"], config["latent_dim"], config["width"]) == (32, 4, 4)
+    assert (config["batch_size"], config["model_options"]) == (32, {"latent_dim": 4, "width": 4})
     assert config["dataset"] == str(data_file)  # stored absolutely
     message = _one_line_error(_invoke(["train", "--out", run, "--resume", "--lr", "0.1", "--epochs", "4"]))
     assert message == ("Error: cannot resume with different options: lr (run file: 0.001, now: 0.1)")

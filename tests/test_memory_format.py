@@ -6,10 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from test_train import _config, _data  # noqa: E402
-from vaecli import VaeError, step as step_module, train as train_module  # noqa: E402
+from vaecli import VaeError
+from vaecli.training import loop as train_module, step as step_module  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
-from vaecli.step import make_optimizer, match_layouts  # noqa: E402
-from vaecli.train import train  # noqa: E402
+from vaecli.training.step import make_optimizer, match_layouts  # noqa: E402
+from vaecli.training import train  # noqa: E402
 
 
 def _layouts_seen(monkeypatch):

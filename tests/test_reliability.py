@@ -19,7 +19,7 @@ h5py = pytest.importorskip("h5py")
 from vaecli import VaeError, runfile  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from fakes import FakeData  # noqa: E402
-from vaecli.train import train  # noqa: E402
+from vaecli.training import train  # noqa: E402
 
 KILLS = 8  # SIGKILLs per run of the test
 
@@ -32,7 +32,7 @@ def _data(n=64, size=8):
 
 
 def _config(**kw):
-    return TrainConfig(**{**dict(epochs=2, batch_size=16, latent_dim=2, width=2, seed=1), **kw})
+    return TrainConfig(**{**dict(epochs=2, batch_size=16, model_options=dict(latent_dim=2, width=2), seed=1), **kw})
 
 
 # --------------------------------------------------------------------- SIGKILL
@@ -143,19 +143,19 @@ def test_stale_temporaries_of_the_same_run_are_removed(tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_counted_then_stop_training(tmp_path, monkeypatch):
-    import vaecli.step as step_module
+    import vaecli.training.step as step_module
 
-    real_kl = step_module.gaussian_kl
+    real_kl = step_module.total_kl
     calls = {"n": 0}
 
-    def kl_with_nans(mu, logvar):
+    def kl_with_nans(groups):
         calls["n"] += 1
-        kl = real_kl(mu, logvar)
+        kl = real_kl(groups)
         # 2 steps an epoch.  Epoch 1: step 2 non-finite (skipped); epoch 2: step 1 fine,
         # then every step: the third in a row is epoch 3's second step
         return kl * float("nan") if calls["n"] == 2 or calls["n"] > 3 else kl
 
-    monkeypatch.setattr(step_module, "gaussian_kl", kl_with_nans)
+    monkeypatch.setattr(step_module, "total_kl", kl_with_nans)
     out = tmp_path / "run.h5"
     with pytest.raises(VaeError, match=r"sigma: 3 non-finite steps in a row \(loss or gradient\) at epoch 3, "
                                        r"step 2; training stopped; the last good checkpoint, .*run.h5 "
@@ -172,9 +172,9 @@ def test_nonfinite_steps_are_skipped_counted_then_stop_training(tmp_path, monkey
 def test_nonfinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
     """An infinite gradient in one parameter, once, with the loss finite: that step is
     skipped (and counted), training completes."""
-    import vaecli.train as train_module
+    import vaecli.runs as runs_module
 
-    real_build = train_module.build_model
+    real_build = runs_module.build_model
     calls = {"n": 0}
 
     def inf_once(grad):
@@ -186,7 +186,7 @@ def test_nonfinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
         next(model.decoder.parameters()).register_hook(inf_once)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", build)
+    monkeypatch.setattr(runs_module, "build_model", build)
     run = train(_config(epochs=1), tmp_path / "run.h5", data=_data(), progress=False)
     assert calls["n"] > 1  # the hook saw every step's gradient
     assert run.history["skipped_steps"][0] == 1 and run.attrs["status"] == "complete"

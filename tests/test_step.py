@@ -7,16 +7,16 @@ torch = pytest.importorskip("torch")
 
 from vaecli import VaeError  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
-from vaecli.step import (  # noqa: E402
+from vaecli.training.step import (  # noqa: E402
     EpochSums, NonFiniteGuard, TrainStep, capture_failure, fused_state, make_optimizer,
 )
-from vaecli.train import build_model, train  # noqa: E402
+from vaecli.runs import build_model, train  # noqa: E402
 from fakes import FakeData  # noqa: E402
 
 
 def _model(precision="float32", likelihood="sigma"):
     torch.manual_seed(0)
-    config = TrainConfig(likelihood=likelihood, latent_dim=4, width=4, precision=precision)
+    config = TrainConfig(likelihood=likelihood, model_options=dict(latent_dim=4, width=4), precision=precision)
     model = build_model(config, (1, 12, 12), torch.device("cpu"))
     opt = make_optimizer(model.parameters(), 1e-3)
     step = TrainStep(model, model, opt, beta=1.0, world=1, precision=precision, device="cpu", levels=256)
@@ -99,7 +99,7 @@ def test_bf16_training_tracks_float32(tmp_path):
     data = (FakeData(make(256)), FakeData(make(64), split="test", checksum="1" * 64))
     elbo = {}
     for precision in ("float32", "bf16"):
-        config = TrainConfig(epochs=3, batch_size=32, latent_dim=4, width=8, seed=3, precision=precision)
+        config = TrainConfig(epochs=3, batch_size=32, model_options=dict(latent_dim=4, width=8), seed=3, precision=precision)
         run = train(config, tmp_path / f"{precision}.h5", data=data, progress=False)
         elbo[precision] = run.history["test_elbo"][-1]
         assert run.config.precision == precision
@@ -139,7 +139,7 @@ def test_compiled_forward_follows_the_eager_trajectory(tmp_path):
     data = (FakeData(x), FakeData(x[:16], split="test", checksum="1" * 64))
     elbo = {}
     for compiled in (False, True):
-        config = TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2, seed=1, compile=compiled)
+        config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=2, width=2), seed=1, compile=compiled)
         run = train(config, tmp_path / f"c{compiled}.h5", data=data, progress=False)
         elbo[compiled] = run.history["test_elbo"][-1]
     # the same float32 arithmetic, fused differently: equal to rounding
@@ -174,7 +174,7 @@ def test_no_graph_off_cuda_and_the_run_file_says_so(tmp_path):
     assert step.graph_state == "off" and step.graph is None  # CPU: asked for, not applicable
     x = np.random.default_rng(2).integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
     data = (FakeData(x), FakeData(x[:8], split="test", checksum="1" * 64))
-    config = TrainConfig(epochs=1, batch_size=16, latent_dim=2, width=2, device="cpu")
+    config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=2, width=2), device="cpu")
     assert config.cuda_graph is True  # the default
     run = train(config, tmp_path / "r.h5", data=data, progress=False)
     assert run.attrs["cuda_graph"] == "off"
@@ -219,7 +219,7 @@ def test_the_captured_step_trains_exactly_like_the_eager_one(tmp_path, monkeypat
     data = (FakeData(_blobs(200)), FakeData(_blobs(40, seed=1), split="test", checksum="1" * 64))
     runs = {}
     for graph in (False, True):
-        config = TrainConfig(epochs=2, batch_size=32, latent_dim=4, width=8, seed=4, device="cuda",
+        config = TrainConfig(epochs=2, batch_size=32, model_options=dict(latent_dim=4, width=8), seed=4, device="cuda",
                              cuda_graph=graph, **options)  # 200 = 6 * 32 + 8: a partial batch each epoch
         path = tmp_path / f"g{graph}.h5"
         train(config, path, data=data, progress=False)
@@ -234,7 +234,7 @@ def test_the_captured_step_trains_exactly_like_the_eager_one(tmp_path, monkeypat
 @cuda
 def test_a_captured_step_skips_a_nonfinite_batch_on_the_device():
     torch.manual_seed(0)
-    config = TrainConfig(latent_dim=4, width=4, device="cuda")
+    config = TrainConfig(model_options=dict(latent_dim=4, width=4), device="cuda")
     model = build_model(config, (1, 12, 12), torch.device("cuda"))
     opt = make_optimizer(model.parameters(), 1e-3)
     step = TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cuda", levels=256,
@@ -260,7 +260,7 @@ def test_a_failed_capture_trains_on_and_leaves_the_cuda_generator_usable():
     says why, goes on eagerly, and the default CUDA generator still draws (and still
     reproduces from a seed) afterwards."""
     torch.manual_seed(0)
-    config = TrainConfig(latent_dim=4, width=4, device="cuda")
+    config = TrainConfig(model_options=dict(latent_dim=4, width=4), device="cuda")
     model = build_model(config, (1, 12, 12), torch.device("cuda"))
     forward = model.forward
 
@@ -297,7 +297,7 @@ def test_a_compiled_step_that_fails_its_capture_is_captured_uncompiled_on_the_de
     models = {}
     for graph in (False, True):
         torch.manual_seed(0)
-        config = TrainConfig(latent_dim=4, width=4, device="cuda")
+        config = TrainConfig(model_options=dict(latent_dim=4, width=4), device="cuda")
         model = build_model(config, (1, 12, 12), torch.device("cuda"))
         opt = make_optimizer(model.parameters(), 1e-3)
         logged = []
@@ -340,7 +340,7 @@ def test_a_capture_failure_names_the_first_error_of_its_chain():
 def test_no_recompile_while_a_compiled_step_is_captured():
     """Inside the capture a compiled function may run what it compiled, not compile
     anew (that raises, naming the guard); uncompiled steps are left alone."""
-    from vaecli.step import _no_recompile
+    from vaecli.training.step import _no_recompile
 
     double = torch.compile(lambda t: t * 2, backend="eager")
     double(torch.ones(3))

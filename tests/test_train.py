@@ -12,7 +12,8 @@ from vaecli import VaeError, runfile  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
 from fakes import FakeData  # noqa: E402
-from vaecli.train import load_model, train  # noqa: E402
+from vaecli.runs import load_model
+from vaecli.training import train  # noqa: E402
 
 
 
@@ -29,7 +30,7 @@ def _data(n_train=96, n_test=32, size=12, c=1, seed=0):
 
 
 def _config(**kw):
-    base = dict(epochs=2, batch_size=32, latent_dim=4, width=4, seed=3)
+    base = dict(epochs=2, batch_size=32, model_options=dict(latent_dim=4, width=4), seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -152,27 +153,27 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, signa
     to an uninterrupted run."""
     import signal
 
-    import vaecli.step as step_module
+    import vaecli.training.step as step_module
 
     data = _data()
     full = train(_config(epochs=2), tmp_path / "full.h5", data=data, progress=False)
 
     calls = {"n": 0}
-    real_kl = step_module.gaussian_kl
+    real_kl = step_module.total_kl
 
-    def kl_then_interrupt(mu, logvar):
+    def kl_then_interrupt(groups):
         calls["n"] += 1
         if calls["n"] == 4:  # 3 training steps in epoch 1, then epoch 2's first step
             signal.raise_signal(getattr(signal, signame))
-        return real_kl(mu, logvar)
+        return real_kl(groups)
 
-    monkeypatch.setattr(step_module, "gaussian_kl", kl_then_interrupt)
+    monkeypatch.setattr(step_module, "total_kl", kl_then_interrupt)
     part = tmp_path / "part.h5"
     with pytest.raises(VaeError, match=r"interrupted at epoch 2, step 1/3; saved .*--resume"):
         train(_config(epochs=2), part, data=data, progress=False)
     saved = runfile.read(part)
     assert saved.attrs["status"] == "interrupted" and saved.progress["step_in_epoch"] == 1
-    monkeypatch.setattr(step_module, "gaussian_kl", real_kl)
+    monkeypatch.setattr(step_module, "total_kl", real_kl)
     resumed = train(_config(epochs=2), part, data=data, resume=True, progress=False)
     for k in full.model:
         np.testing.assert_array_equal(resumed.model[k], full.model[k])
@@ -188,7 +189,7 @@ def test_a_second_interrupt_stops_at_once_and_keeps_the_last_checkpoint(tmp_path
     checkpoint of the half-counted epoch resumed onto another trajectory.)"""
     import signal
 
-    import vaecli.train as train_module
+    import vaecli.training.loop as train_module
     from vaecli import runfile as runfile_module
 
     data = _data()
@@ -212,17 +213,17 @@ def test_a_second_interrupt_stops_at_once_and_keeps_the_last_checkpoint(tmp_path
     if where == "epoch end":
         monkeypatch.setattr(train_module, "_test_elbo", test_elbo_then_two_signals)
     else:
-        import vaecli.step as step_module
+        import vaecli.training.step as step_module
 
-        calls, step_kl = {"n": 0}, step_module.gaussian_kl
+        calls, step_kl = {"n": 0}, step_module.total_kl
 
-        def kl_then_interrupt(mu, logvar):
+        def kl_then_interrupt(groups):
             calls["n"] += 1
             if calls["n"] == 5:  # epoch 2, second step
                 signal.raise_signal(signal.SIGINT)
-            return step_kl(mu, logvar)
+            return step_kl(groups)
 
-        monkeypatch.setattr(step_module, "gaussian_kl", kl_then_interrupt)
+        monkeypatch.setattr(step_module, "total_kl", kl_then_interrupt)
         monkeypatch.setattr(runfile_module, "write", write_then_signal)
     with pytest.raises(VaeError, match=r"interrupted twice: stopped at once, without saving; .*part.h5 holds the "
                                        r"last checkpoint \(epoch 1 complete\) unchanged; continue with --resume"):
@@ -239,19 +240,19 @@ def test_a_second_interrupt_stops_at_once_and_keeps_the_last_checkpoint(tmp_path
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 32, 32)])
 @pytest.mark.parametrize("likelihood", ["sigma", "logistic-mixture", "categorical"])
 def test_model_sizes_itself(shape, likelihood):
-    from vaecli.train import build_model
+    from vaecli.runs import build_model
 
-    config = _config(likelihood=likelihood, latent_dim=20, width=8, mixtures=2)
+    config = _config(likelihood=likelihood, model_options=dict(latent_dim=20, width=8), mixtures=2)
     model = build_model(config, shape, torch.device("cpu"))
     x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
-    raw, mu, logvar = model(x)
-    assert mu.shape == logvar.shape == (2, 20)
+    raw, (group,) = model(x, torch.randn(2, model.latent_size))
+    assert group.mean.shape == group.logvar.shape == group.z.shape == (2, 20)
     assert raw.shape == (2, model.likelihood.out_channels(shape[0]), *shape[1:])
     assert torch.isfinite(model.likelihood.log_prob(x, raw)).all()
 
 
 def test_model_refuses_sizes_it_cannot_mirror():
-    from vaecli.train import build_model
+    from vaecli.runs import build_model
 
     with pytest.raises(VaeError, match="divisible by 4"):
         build_model(_config(), (1, 30, 30), torch.device("cpu"))

@@ -34,7 +34,7 @@ _LAZY = {
     "Likelihood": "vaecli.api",
     "gaussian_kl": "vaecli.api",
     "get_backend": "vaecli.backends",
-    "load_run": "vaecli.api",
+    "load_run": "vaecli.runs",
 }
 
 

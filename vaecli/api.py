@@ -20,13 +20,12 @@ import torch
 from torch import nn
 
 from . import registry
-from .backends import get_backend
+from .backends import LIKELIHOOD_BACKENDS, get_backend
 from .backends import torch_backend
 from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
 from .errors import VaeError
 from .units import equivalent_beta
 
-_LIKELIHOOD_BACKENDS = ("torch", "cupy")
 _PARAMETER_DTYPES = (torch.float32, torch.float64)
 # Batches of a bernoulli module whose x is read on a GPU for non-binary levels: each
 # read waits for the device, so only the first (on the CPU every batch, until the
@@ -84,9 +83,9 @@ class Likelihood(nn.Module):
         if dtype is not None and dtype not in _PARAMETER_DTYPES:
             raise VaeError(f"{name}: likelihoods compute in float32 or float64, got dtype={dtype}")
         factory_kwargs = {"device": device, "dtype": dtype}
-        if backend not in _LIKELIHOOD_BACKENDS:
+        if backend not in LIKELIHOOD_BACKENDS:
             raise VaeError(
-                f"unknown likelihood backend {backend!r}; choose one of: {', '.join(_LIKELIHOOD_BACKENDS)}"
+                f"unknown likelihood backend {backend!r}; choose one of: {', '.join(LIKELIHOOD_BACKENDS)}"
             )
         if backend == "cupy":
             ok, why = get_backend("cupy").available()
@@ -244,14 +243,3 @@ def likelihood(name: str, **options) -> Likelihood:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) in nats per image, summed over latents: (B,)."""
     return torch_backend.gaussian_kl(mu, logvar)
-
-
-def load_run(path, device: str = "auto"):
-    """The trained ``ConvVAE`` of a run file, in eval mode, with its likelihood's
-    evaluation sigmas set (``sigma`` runs): what ``vae eval`` evaluates.  The sigmas are
-    attributes of ``model.likelihood``, not part of ``state_dict()``."""
-    from . import runfile
-    from .train import load_model
-
-    return load_model(runfile.read(path), device)
-

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import registry
+from . import models, registry
+from .backends import LIKELIHOOD_BACKENDS
 from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
 from .errors import VaeError
 
@@ -28,8 +29,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    latent_dim: int = 20
-    width: int = 32  # channels of the first conv layer (32-64-128 by default)
+    model: str = models.DEFAULT_MODEL  # a name from vaecli.models
+    model_options: dict = field(default_factory=dict)  # that model's options (completed with its defaults)
     seed: int = 0
     device: str = "auto"
     binarize: bool = False
@@ -44,16 +45,16 @@ class TrainConfig:
     def __post_init__(self):
         registry.info(self.likelihood)
         registry.num_levels(self.n_bits)
+        object.__setattr__(self, "model_options", models.parse_options(self.model, self.model_options))
         checks = [
-            (self.backend in ("torch", "cupy"), f"backend must be torch or cupy, got {self.backend!r}"),
+            (self.backend in LIKELIHOOD_BACKENDS,
+             f"backend must be {' or '.join(LIKELIHOOD_BACKENDS)}, got {self.backend!r}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.sigma is None or self.sigma > 0, f"sigma must be > 0, got {self.sigma}"),
             (self.mixtures >= 1, f"mixtures must be >= 1, got {self.mixtures}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
-            (self.latent_dim >= 1, f"latent dim must be >= 1, got {self.latent_dim}"),
-            (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
             (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
             (self.memory_format in MEMORY_FORMATS,
@@ -82,6 +83,9 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         data = json.loads(text)
+        if "model" not in data:  # schema 1: the conv model, its two options at the top level
+            data["model"] = "conv"
+            data["model_options"] = {k: data.pop(k) for k in ("latent_dim", "width") if k in data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

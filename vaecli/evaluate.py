@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from . import registry
-from .backends.torch_backend import gaussian_kl
 from .constants import ACTIVE_UNIT_THRESHOLD
+from .models.protocol import draw_noise, log_weight, posterior_means, repeat_features, total_kl
+from .training.calibration import needs_calibration
 from .units import bits_per_dim, equivalent_beta
 
 METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
@@ -37,10 +38,6 @@ def applicability(likelihood: str, metric: str, binarized: bool = False):
     if metric == "elbo" and likelihood == "bernoulli" and not binarized:
         return False, "bernoulli on non-binary data is a cross-entropy, not a likelihood (train with --binarize)"
     return True, ""
-
-
-def _log_normal(z, mu, logvar):  # (..., Z) -> (...,) log N(z; mu, exp(logvar))
-    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -86,32 +83,32 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     want = set(metrics)
     same_pmf = not registry.info(lik.name).continuous  # log_prob is the PMF itself
     rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf", "post_means")}
+    # the KL is that of the ELBO's posterior samples (analytic per group, averaged over the samples)
+    need_elbo = want & {"elbo", "bpd", "mse", "kl"}
     for index, x in _batches(images, batch_size, device, rank, world):
         gen.manual_seed(batch_seed(seed, index))
-        mu, logvar = model.encode(x)
-        std = torch.exp(0.5 * logvar)
-        lik_kl = gaussian_kl(mu, logvar).double()
-        rows["kl"].append((index, lik_kl))
-        rows["post_means"].append((index, mu.double()))
-        need_elbo = want & {"elbo", "bpd", "mse"}
+        features = model.encode(x)
+        if "active-units" in want:
+            rows["post_means"].append((index, posterior_means(model, features).double()))
         if need_elbo:
-            rec = torch.zeros_like(lik_kl)
-            rec_pmf = torch.zeros_like(lik_kl)
-            sq = torch.zeros_like(lik_kl)
+            rec = kl = rec_pmf = sq = torch.zeros(x.shape[0], dtype=torch.float64, device=device)
             for _ in range(elbo_samples):
-                z = mu + std * torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
-                raw = model.decode(z)
+                out = model.posterior(features, draw_noise(model, x.shape[0], gen))
+                raw = out.raw
+                kl = kl + total_kl(out.groups).double()
                 log_px = None
                 if "elbo" in want and applicability(lik.name, "elbo", binarized)[0]:
                     log_px = lik.log_prob(x, raw).double()
-                    rec += log_px
+                    rec = rec + log_px
                 if "bpd" in want and applicability(lik.name, "bpd", binarized)[0]:
-                    rec_pmf += log_px if same_pmf and log_px is not None else lik.log_pmf(x, raw).double()
+                    rec_pmf = rec_pmf + (log_px if same_pmf and log_px is not None else lik.log_pmf(x, raw).double())
                 if "mse" in want:
                     y = x.double() / (levels - 1)
-                    sq += ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
-            rows["elbo"].append((index, rec / elbo_samples - lik_kl))
-            rows["elbo_pmf"].append((index, rec_pmf / elbo_samples - lik_kl))
+                    sq = sq + ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
+            kl = kl / elbo_samples
+            rows["kl"].append((index, kl))
+            rows["elbo"].append((index, rec / elbo_samples - kl))
+            rows["elbo_pmf"].append((index, rec_pmf / elbo_samples - kl))
             rows["mse"].append((index, sq / elbo_samples))
         if "nll" in want and applicability(lik.name, "nll", binarized)[0]:
             # the K samples are decoded `chunk` at a time for the whole batch: one
@@ -122,14 +119,14 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             log_w, log_w_pmf = [], []
             for start in range(0, iw_samples, chunk):
                 c = min(chunk, iw_samples - start)
-                z = mu + std * torch.randn((c, *mu.shape), generator=gen, device=device, dtype=mu.dtype)  # (c, B, Z)
-                raw = model.decode(z.reshape(c * b, -1))
+                eps = draw_noise(model, b, gen, leading=(c,)).reshape(c * b, -1)  # row i*B + b: image b
+                out = model.posterior(repeat_features(features, c), eps)
                 xs = x.expand(c, *x.shape).reshape(c * b, *x.shape[1:])
-                prior_minus_q = (_log_normal(z, torch.zeros_like(z), torch.zeros_like(z)) - _log_normal(z, mu, logvar)).double()
-                log_w.append(lik.log_prob(xs, raw).double().view(c, b) + prior_minus_q)
+                prior_minus_q = log_weight(out.groups).double().view(c, b)
+                log_w.append(lik.log_prob(xs, out.raw).double().view(c, b) + prior_minus_q)
                 # a discrete decoder's log_prob is its PMF: one evaluation serves both bounds
                 log_w_pmf.append(log_w[-1] if same_pmf else
-                                 lik.log_pmf(xs, raw).double().view(c, b) + prior_minus_q)
+                                 lik.log_pmf(xs, out.raw).double().view(c, b) + prior_minus_q)
             k = float(iw_samples)
             rows["iw"].append((index, torch.logsumexp(torch.cat(log_w), 0) - math.log(k)))
             rows["iw_pmf"].append((index, torch.logsumexp(torch.cat(log_w_pmf), 0) - math.log(k)))
@@ -171,14 +168,17 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             active = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
             results[metric] = {"value": active, "stderr": 0.0, "unit": f"of {means.shape[1]} latent dims",
                                "n": n, "applicable": True, "threshold": ACTIVE_UNIT_THRESHOLD}
-    per_pixel_or_batch = lik.name in ("gaussian-pixel", "sigma-image") or (lik.name == "sigma" and lik.sigma is None)
-    sigma = None if per_pixel_or_batch else lik.current_sigma()
+    info, calibrated = lik.info, needs_calibration(lik.name)
+    # one sigma for the whole evaluation: a fixed or learned one, or a calibrated one
+    one_sigma = info.gaussian_family and "log_sigma" not in info.params and (
+        info.separable == "pixel" or (calibrated and lik.sigma is not None))
+    sigma = lik.current_sigma() if one_sigma else None
     if sigma is not None:
         for r in results.values():
             if r.get("applicable"):
                 r["decoder_sigma"] = sigma
                 r["equivalent_beta"] = equivalent_beta(sigma)
-    if lik.name == "sigma" and lik.sigma is not None:  # the sigma the discrete numbers used
+    if calibrated and lik.sigma is not None:  # the sigma the discrete numbers used
         for metric in ("bpd", "nll"):
             if results.get(metric, {}).get("applicable"):
                 results[metric]["pmf_sigma"] = lik.pmf_sigma if lik.pmf_sigma is not None else lik.sigma

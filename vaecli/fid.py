@@ -299,7 +299,8 @@ def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_F
     import torch
 
     from .evaluate import batch_seed
-    from .train import mean_to_uint8
+    from .models.protocol import draw_noise
+    from .runs import mean_to_uint8
 
     mu_ref, sigma_ref, n_ref = reference_statistics(extractor, reference, cache, batch_size, progress, rank, world)
     device = next(model.parameters()).device
@@ -308,8 +309,7 @@ def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_F
     @torch.no_grad()
     def generate(index, start, stop):
         gen.manual_seed(batch_seed(seed, index))
-        z = torch.randn(stop - start, model.latent_dim, generator=gen, device=device)
-        return mean_to_uint8(model.likelihood.mean(model.decode(z)))
+        return mean_to_uint8(model.likelihood.mean(model.generate(draw_noise(model, stop - start, gen), 1.0)))
 
     feats = sharded_features(generate, n_samples, extractor, batch_size, progress, rank, world)
     score = frechet(statistics(feats, extractor.device), (mu_ref, sigma_ref), extractor.device)
@@ -317,3 +317,37 @@ def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_F
             "n_generated": n_samples, "n_reference": n_ref, "reference": f"{reference.name}/{reference.split}",
             "reference_checksum": reference.checksum, "generated_from": "likelihood mean of z ~ N(0, I), uint8",
             "preprocessing": PREPROCESSING, **{k: v for k, v in extractor.record.items() if k != "inception_path"}}
+
+
+def image_set(spec: str, size=None):
+    """A data path, or a dataset NAME[:SPLIT] (split defaults to test)."""
+    from . import datasets
+
+    if os.path.exists(spec):
+        return datasets.load(spec, "test", size=size)
+    name, _, split = spec.partition(":")
+    return datasets.load(name, split or "test", size=size)
+
+
+def compare_sets(set_a: str, set_b: str, device, *, inception=None, allow_unknown_weights=False, max_images=None,
+                 batch_size=50, kid_subset_size=1000, kid_subsets=100, seed=0, progress=None, rank=0,
+                 world=1) -> dict:
+    """FID and KID between two image sets (see `vae fid --help`), with what they were
+    computed from (on rank 0; None on the other ranks)."""
+    extractor = FeatureExtractor(inception, device, allow_unknown_weights)
+    sets = [image_set(s) for s in (set_a, set_b)]
+    feats = []
+    for spec, data in zip((set_a, set_b), sets):
+        images = data.images[:max_images] if max_images else data.images
+        with progress(f"features {spec}", len(images)) as update:
+            feats.append(sharded_features(lambda index, start, stop: images[start:stop], len(images),
+                                          extractor, batch_size, update, rank, world))
+    if rank != 0:
+        return None  # every rank holds all the features; rank 0 computes the numbers
+    score = frechet(statistics(feats[0], device), statistics(feats[1], device), device)
+    kid_mean, kid_std = kid(feats[0], feats[1], kid_subset_size, kid_subsets, seed, device)
+    m = min(kid_subset_size, len(feats[0]), len(feats[1]))
+    return {"fid": score, "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": m, "kid_subsets": kid_subsets,
+            "n_a": len(feats[0]), "n_b": len(feats[1]), "a": set_a, "b": set_b,
+            "checksum_a": sets[0].checksum, "checksum_b": sets[1].checksum,
+            "preprocessing": PREPROCESSING, "processes": world, **extractor.record}

@@ -54,3 +54,30 @@ def write_png(path, picture: np.ndarray):
 def upscale(picture: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement, so small digits are visible."""
     return picture.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else picture
+
+
+def row_pairs(upper: np.ndarray, lower: np.ndarray, per_row: int, rows: int) -> np.ndarray:
+    """Tiles of ``rows`` pairs of rows: ``per_row`` images of ``upper`` above as many of ``lower``."""
+    return np.concatenate([np.concatenate([upper[r * per_row:(r + 1) * per_row], lower[r * per_row:(r + 1) * per_row]])
+                           for r in range(rows)])
+
+
+def write_samples(path, fmt: str, levels: np.ndarray, attrs: dict, scale: int = 2):
+    """uint8 images (N, C, H, W) as a PNG grid, an .npz or an HDF5 file, written atomically at ``path``."""
+    from . import runfile
+
+    if fmt == "png":
+        write_png(path, upscale(grid(levels), scale))
+    elif fmt == "npz":
+        import io
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, images=levels, temperature=attrs.get("temperature", 1.0))
+        runfile.atomic_write_bytes(path, buffer.getvalue())  # at the path exactly (numpy would add .npz)
+    elif fmt == "h5":
+        with runfile.atomic_h5(path) as f:
+            d = f.create_dataset("images", data=levels, compression="gzip")
+            for k, v in attrs.items():
+                d.attrs[k] = v
+    else:
+        raise VaeError(f"unknown sample format {fmt!r}; use png, npz or h5")

@@ -52,10 +52,9 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
     """Train and evaluate the grid; returns the run file paths.  A run file already in
     the directory is continued (or skipped when complete) only if it was made with the
     same settings; otherwise the sweep stops with one line, as `vae train --resume` does."""
-    import torch
-
-    from .evaluate import evaluate
-    from .train import check_resume, load_model, load_split, prepare_images, train
+    from .runs import evaluate_run, load_split
+    from .training import train
+    from .training.state import check_resume, is_finished
 
     os.makedirs(directory, exist_ok=True)
     paths = []
@@ -74,8 +73,7 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
             if done > config.epochs:
                 raise VaeError(f"{path} has {done} epochs, more than --epochs {config.epochs}; use another "
                                f"--out-dir, or --epochs {done} or more")
-        if previous is not None and previous.attrs.get("status") == "complete" \
-                and int(previous.attrs["epochs_done"]) == config.epochs:
+        if is_finished(previous, config):
             log(f"{path}: done, skipped")
         else:
             log(f"{path}: {'resuming' if previous is not None else 'training'}")
@@ -95,15 +93,10 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
             raise VaeError(f"{path} was trained on other data than {base.dataset} (test split SHA-256 "
                            f"{run.attrs['test_checksum'][:16]}…, here {test.checksum[:16]}…); use another "
                            "--out-dir")
-        if todo:
-            model = load_model(run, base.device)
-            images = torch.from_numpy(prepare_images(test.images, run.config))
-            results = evaluate(model, images, todo, iw_samples=iw_samples, binarized=run.config.binarize)
-            runfile.store_evaluation(path, "test", results)
-        if want_fid:
-            from . import fid
-
-            model = load_model(run, base.device)
-            extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
-            runfile.store_evaluation(path, "test", {"fid": fid.model_fid(model, test, extractor, fid_samples)})
+        wanted = todo + (["fid"] if want_fid else [])
+        if wanted:
+            key, results, _ = evaluate_run(run, wanted, device=base.device, iw_samples=iw_samples,
+                                           fid_samples=fid_samples, inception=inception,
+                                           allow_unknown_weights=allow_unknown_weights)
+            runfile.store_evaluation(path, key, results)
     return paths

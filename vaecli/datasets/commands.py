@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ..clicommon import CONTEXT, VaeGroup
+from ..cli.common import CONTEXT, VaeGroup
 from .catalog import ALIASES, NAMES
 
 

@@ -5,6 +5,8 @@ Encoder: conv 3x3 stride 1 (w channels), conv 4x4 stride 2 (2w), conv 5x5 stride
 of a ``latent_dim``-dimensional Gaussian.  Decoder: the mirror image, a linear layer
 then (no activation, as in the paper's code) transposed convs 6x6/2 (2w), 6x6/2 (w) and 5x5/1 to the likelihood's
 ``out_channels``.  Works for any square size divisible by 4 (28, 32, 64, ...).
+
+One latent group, standard normal prior (vaecli.models.protocol).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import Likelihood
-from .errors import VaeError
+from ..api import Likelihood
+from ..errors import VaeError
+from .protocol import LatentGroup, Pass
 
 
 class ConvVAE(nn.Module):
@@ -24,6 +27,7 @@ class ConvVAE(nn.Module):
             raise VaeError(f"the convolutional VAE needs a square image size of at least 8 and divisible by 4, "
                            f"got {image_size}")
         self.image_channels, self.image_size, self.latent_dim = image_channels, image_size, latent_dim
+        self.latent_size = latent_dim
         w = width
         self.feature_shape = (4 * w, image_size // 4, image_size // 4)
         features = 4 * w * (image_size // 4) ** 2
@@ -52,11 +56,24 @@ class ConvVAE(nn.Module):
         """Latents (B, Z) -> raw decoder output (B, out_channels, H, W)."""
         return self.decoder(self.from_latent(z).view(-1, *self.feature_shape))
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
-        """One-sample reparameterized pass: (raw, mu, logvar); ``eps`` (B, Z) is the
-        standard normal noise (drawn here when not given)."""
-        mu, logvar = self.encode(x)
-        if eps is None:
-            eps = torch.randn_like(mu)
+    def posterior(self, features, eps: torch.Tensor) -> Pass:
+        """z = mu + sigma eps from the posterior (mu, logvar) = ``features``, decoded."""
+        mu, logvar = features
         z = mu + torch.exp(0.5 * logvar) * eps
-        return self.decode(z), mu, logvar
+        return Pass(self.decode(z), (LatentGroup(z, mu, logvar),))
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Pass:
+        """The training pass: encode, sample with the standard normal noise ``eps`` (B, Z), decode."""
+        return self.posterior(self.encode(x), eps)
+
+    def generate(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Raw decoder output of z = temperature * eps, z from the prior N(0, T^2 I)."""
+        return self.decode(temperature * eps)
+
+
+def build(image_shape, likelihood: Likelihood, options) -> ConvVAE:
+    """The registered factory (vaecli.models): a ConvVAE for square images."""
+    c, h, w = image_shape
+    if h != w:
+        raise VaeError(f"the convolutional VAE needs square images, got {h}x{w}")
+    return ConvVAE(c, h, likelihood, latent_dim=options.latent_dim, width=options.width)

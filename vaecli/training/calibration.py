@@ -20,12 +20,70 @@ import math
 import numpy as np
 import torch
 
-from .backends import torch_backend
-from .constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
-                        PMF_SIGMA_XTOL)
-from .units import bits_per_dim
+from .. import registry
+from ..backends import torch_backend
+from ..constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
+                         PMF_SIGMA_XTOL)
+from ..errors import VaeError
+from ..models.protocol import draw_noise
+from ..units import bits_per_dim
 
 _BATCH = 500
+
+
+def needs_calibration(likelihood: str) -> bool:
+    """Whether the likelihood is evaluated with sigmas fixed from training data: one
+    whose log_prob couples the images of a batch (the sigma-VAE's batch sigma*) cannot
+    score a test image on its own, so evaluation fixes its sigma from training."""
+    return registry.info(likelihood).separable == "batch"
+
+
+def softclipped_sigma(mse: float, floor) -> float:
+    """exp(softclip(0.5 log mse, floor)): the analytic sigma* of a given MSE."""
+    t = 0.5 * math.log(max(mse, 1e-300))
+    if floor is not None:
+        t = floor + math.log1p(math.exp(t - floor)) if t - floor < 30 else t
+    return math.exp(t)
+
+
+def epoch_sigma(lik, train_mse: float, log_sigma_min):
+    """The decoder sigma to log after an epoch: sqrt(MSE) of the epoch's training batches
+    for the analytic sigmas, the current one for fixed and learned sigmas, None where
+    there is no one sigma (per-pixel sigma, non-Gaussian decoders) or no finite step yet."""
+    info = lik.info
+    if not info.gaussian_family or "log_sigma" in info.params:  # no sigma, or one per pixel
+        return None
+    if info.separable in ("batch", "image"):  # sigma* = sqrt(MSE), of the batch or of each image
+        return softclipped_sigma(train_mse, log_sigma_min) if train_mse > 0 else None
+    return lik.current_sigma()
+
+
+def calibrate(model, train_images, *, train_mse: float, epoch: int, seed: int, n_bits: int,
+              log_sigma_min) -> dict:
+    """The evaluation sigmas of a likelihood that needs them (else {}): the density's
+    sigma* = sqrt(MSE) of the last epoch's training batches, and the PMF's
+    maximum-likelihood sigma (:func:`pmf_sigma`)."""
+    if not needs_calibration(model.likelihood.name) or not train_mse > 0:
+        return {}
+    values = {
+        "eval_sigma": softclipped_sigma(train_mse, log_sigma_min), "mse": train_mse, "epoch": epoch,
+        "method": "sqrt of the mean squared error over all training batches of the last "
+                  "epoch (running average while the model trained), softclipped at "
+                  f"log_sigma_min={log_sigma_min}",
+    }
+    values.update(pmf_sigma(model, train_images, seed=seed, n_bits=n_bits, log_sigma_min=log_sigma_min))
+    return values
+
+
+def apply(model, calibration: dict, path: str):
+    """Set the stored evaluation sigmas on the model's likelihood (where it needs them)."""
+    if not needs_calibration(model.likelihood.name):
+        return
+    if calibration.get("eval_sigma") is None:
+        raise VaeError(f"{path}: no evaluation sigma stored yet (train for at least one epoch)")
+    model.likelihood.sigma = float(calibration["eval_sigma"])
+    if calibration.get("pmf_sigma") is not None:  # files before it fall back to eval_sigma
+        model.likelihood.pmf_sigma = float(calibration["pmf_sigma"])
 
 
 @torch.no_grad()
@@ -45,9 +103,8 @@ def pmf_sigma(model, images: torch.Tensor, *, seed: int, n_bits: int, log_sigma_
     gen = torch.Generator(device=images.device).manual_seed(seed)
     raws = []
     for start in range(0, x_all.shape[0], _BATCH):
-        mu, logvar = model.encode(x_all[start : start + _BATCH])
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
-        raws.append(model.decode(z).double())
+        x = x_all[start : start + _BATCH]
+        raws.append(model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen)).raw.double())
     model.train(was_training)
     dims = int(np.prod(x_all.shape[1:]))
     total = x_all.shape[0] * dims

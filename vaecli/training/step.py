@@ -38,8 +38,8 @@ import warnings
 
 import torch
 
-from .api import gaussian_kl
-from .errors import VaeError
+from ..errors import VaeError
+from ..models.protocol import total_kl
 
 PRECISIONS = ("float32", "bf16")
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN autotuning, Adam state
@@ -257,10 +257,10 @@ class TrainStep:
         # notes ask (the cache is cleared when the context exits either way)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
                             cache_enabled=not self.graph_wanted):
-            raw, mu, logvar = self.stepper(x_in, eps)
-        raw, mu, logvar = raw.float(), mu.float(), logvar.float()  # likelihood and KL in float32
+            out = self.stepper(x_in, eps)
+        raw = out.raw.float()  # likelihood and KL in float32
         log_px = lik.log_prob(x_in, raw)  # (B,) nats
-        kl = gaussian_kl(mu, logvar)  # (B,) nats
+        kl = total_kl(out.groups)  # (B,) nats, the sum over the latent groups
         return raw, log_px, kl
 
     def _step(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):

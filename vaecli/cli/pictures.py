@@ -1,0 +1,93 @@
+"""`vae sample`, `vae reconstruct` and `vae plot`: pictures of a run."""
+
+from __future__ import annotations
+
+import click
+
+from .common import CONTEXT, RUN_FILE, RUNS, SEED, FiniteFloat, check_out, expand_runs
+
+SAMPLE_BATCH = 1000  # prior samples decoded at a time by `vae sample`
+
+
+@click.command("sample", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("-n", "num", type=click.IntRange(1), default=64, show_default=True)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["png", "npz", "h5", "run"]), default=None,
+              help="png grid, npz/h5 arrays, or 'run' (store in the run file) [default: from -o].")
+@click.option("--temperature", type=FiniteFloat(min=0), default=1.0, show_default=True,
+              help="Scale of the prior: z ~ N(0, T^2 I).")
+@click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="Picture the decoder mean, or draw from the decoder distribution.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True, help="PNG enlargement.")
+def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, scale):
+    """Draw images from the prior of a trained run."""
+    import torch
+
+    from .. import images as pictures
+    from .. import runfile
+    from ..runs import load_model, prior_pictures
+
+    run = runfile.read(run_path)
+    fmt = fmt or (out.rsplit(".", 1)[-1].lower() if "." in out else "png")
+    if fmt not in ("png", "npz", "h5", "run"):
+        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|npz|h5|run")
+    if fmt != "run":
+        check_out(out, [run_path])
+    runfile.check_writable(run_path if fmt == "run" else out)  # before the work, not after
+    model = load_model(run, device)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    levels = prior_pictures(model, num, gen, temperature=temperature, mode=mode, batch=SAMPLE_BATCH)
+    if fmt == "run":
+        name = f"prior_{mode}_t{temperature:g}_s{seed}"
+        runfile.store_samples(run_path, name, levels, {"temperature": temperature, "mode": mode, "seed": seed})
+        out = f"{run_path} (samples/{name})"
+    else:
+        pictures.write_samples(out, fmt, levels, {"temperature": temperature, "mode": mode, "seed": seed}, scale)
+    click.echo(f"wrote {num} samples to {out}")
+
+
+@click.command("reconstruct", context_settings=CONTEXT)
+@click.argument("run_path", metavar="RUN", type=RUN_FILE)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="recon.png", show_default=True)
+@click.option("-n", "num", type=click.IntRange(1), default=16, show_default=True, help="Images per row pair.")
+@click.option("--rows", type=click.IntRange(1), default=2, show_default=True, help="Pairs of rows.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True)
+def reconstruct_command(run_path, out, num, rows, split, device, scale):
+    """Picture data (upper row) above its reconstruction (lower row, decoder mean on the posterior-mean path)."""
+    from .. import images as pictures
+    from .. import runfile
+    from ..runs import reconstructions
+
+    run = runfile.read(run_path)
+    check_out(out, [run_path])
+    runfile.check_writable(out)
+    shown, recon = reconstructions(run, num * rows, split, device)
+    tiles = pictures.row_pairs(shown, recon, num, rows)
+    pictures.write_png(out, pictures.upscale(pictures.grid(tiles, rows=2 * rows), scale))
+    click.echo(f"wrote {out}")
+
+
+@click.command("plot", context_settings=CONTEXT)
+@click.argument("run_paths", metavar="RUN|DIR...", nargs=-1, required=True, type=RUNS)
+@click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="curves.png", show_default=True)
+@click.option("--kind", type=click.Choice(["curves", "rate-distortion"]), default="curves", show_default=True,
+              help="Training curves, or KL (rate) against MSE (distortion), one point per run, FID as colour.")
+def plot_command(run_paths, out, kind):
+    """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
+    from .. import plots, runfile
+
+    if not out.lower().endswith(".png"):
+        raise click.BadParameter(f"{out}: plots are written as PNG; give a name ending in .png", param_hint="-o")
+    paths = expand_runs(run_paths)
+    check_out(out, paths)
+    runs = [runfile.read(p) for p in paths]
+    (plots.training_curves if kind == "curves" else plots.rate_distortion)(runs, out)
+    click.echo(f"wrote {out}")
+
+
+COMMANDS = (sample_command, reconstruct_command, plot_command)

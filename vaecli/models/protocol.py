@@ -1,0 +1,134 @@
+"""What training, evaluation and sampling need from a model.
+
+A vaecli model is a ``torch.nn.Module`` with a ``likelihood`` (a
+:class:`vaecli.api.Likelihood`) and four methods.  Noise is always passed in, never
+drawn inside the model: one image's pass takes a flat vector of ``latent_size``
+standard-normal numbers, which the model splits among its latent groups.  That is
+what lets the library make every run reproducible, shard a batch over processes with
+the same noise as one process, and capture the whole step in a CUDA graph.
+
+``encode(x) -> features``
+    The deterministic part of inference for uint8 levels ``x`` (B, C, H, W): a tensor
+    or a tuple of tensors, each with the batch first (the library repeats them along
+    the batch for importance sampling).
+``posterior(features, eps) -> Pass``
+    Sample every latent group from the posterior with the noise ``eps`` (B,
+    latent_size) and decode: the raw likelihood outputs and, per group, the sample and
+    the parameters of its posterior and prior.  ``eps = 0`` gives the posterior-mean
+    path (reconstructions, active units).
+``forward(x, eps) -> Pass``
+    ``posterior(encode(x), eps)``: the training pass.
+``generate(eps, temperature) -> raw``
+    Decode latents drawn from the prior with the noise ``eps`` (B, latent_size) scaled
+    by ``temperature`` (a number, or one per group).
+
+The library computes everything else from a :class:`Pass`: the KL per group (analytic,
+in float32 even under bf16 autocast), its sum, and the importance weight
+log p(z) - log q(z | x).  Models therefore never hold the objective, and a calibrated
+decoder works the same in every model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class LatentGroup(NamedTuple):
+    """One group of latents of one pass: the sample and the diagonal Gaussians it came
+    from.  Shapes are (B, ...) each; ``prior_mean`` and ``prior_logvar`` are None for
+    the standard normal prior."""
+
+    z: torch.Tensor
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    prior_mean: torch.Tensor | None = None
+    prior_logvar: torch.Tensor | None = None
+
+
+class Pass(NamedTuple):
+    """A model's pass: raw decoder outputs (B, out_channels, H, W) and its latent groups."""
+
+    raw: torch.Tensor
+    groups: tuple
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def group_kl(group: LatentGroup) -> torch.Tensor:
+    """KL(q || p) of one group in nats per image, (B,), in the group's dtype."""
+    from ..backends.torch_backend import gaussian_kl
+
+    mean, logvar = _flat(group.mean), _flat(group.logvar)
+    if group.prior_mean is None:
+        return gaussian_kl(mean, logvar)
+    p_mean, p_logvar = _flat(group.prior_mean), _flat(group.prior_logvar)
+    return 0.5 * (p_logvar - logvar + (torch.exp(logvar) + (mean - p_mean) ** 2) * torch.exp(-p_logvar)
+                  - 1.0).sum(-1)
+
+
+def kl_per_group(groups) -> list:
+    """[(B,) KL of each group], in float32 at least (bf16 autocast outputs are cast up)."""
+    return [group_kl(LatentGroup(*(None if t is None else _at_least_float32(t) for t in g))) for g in groups]
+
+
+def total_kl(groups) -> torch.Tensor:
+    """KL per image, the sum over the groups, (B,)."""
+    parts = kl_per_group(groups)
+    kl = parts[0]
+    for part in parts[1:]:
+        kl = kl + part
+    return kl
+
+
+def _log_normal(z, mean, logvar):
+    """log N(z; mean, exp(logvar)) summed over all but the batch dimension."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+def log_weight(groups) -> torch.Tensor:
+    """log p(z) - log q(z | x) of a pass's sample, (B,): its importance weight without
+    the likelihood term."""
+    total = None
+    for g in groups:
+        z, mean, logvar = _flat(g.z), _flat(g.mean), _flat(g.logvar)
+        if g.prior_mean is None:
+            p_mean, p_logvar = torch.zeros_like(z), torch.zeros_like(z)
+        else:
+            p_mean, p_logvar = _flat(g.prior_mean), _flat(g.prior_logvar)
+        part = _log_normal(z, p_mean, p_logvar) - _log_normal(z, mean, logvar)
+        total = part if total is None else total + part
+    return total
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def draw_noise(model, batch: int, generator: torch.Generator, leading=()) -> torch.Tensor:
+    """Standard normal noise of ``batch`` passes, (*leading, batch, latent_size), in the
+    dtype and on the device of the model's parameters."""
+    p = next(model.parameters())
+    return torch.randn((*leading, batch, model.latent_size), generator=generator, device=p.device, dtype=p.dtype)
+
+
+def repeat_features(features, k: int):
+    """Features of B images as those of k*B rows, row i*B + b holding image b."""
+    if isinstance(features, torch.Tensor):
+        return features.expand(k, *features.shape).reshape(k * features.shape[0], *features.shape[1:])
+    return type(features)(repeat_features(f, k) for f in features)
+
+
+def posterior_means(model, features) -> torch.Tensor:
+    """The posterior means of every latent on the mean path (eps = 0), (B, latent_size)."""
+    batch = _first(features).shape[0]
+    eps = torch.zeros(batch, model.latent_size, device=_first(features).device, dtype=_first(features).dtype)
+    return torch.cat([_flat(g.mean) for g in model.posterior(features, eps).groups], dim=1)
+
+
+def _first(features) -> torch.Tensor:
+    return features if isinstance(features, torch.Tensor) else _first(features[0])

@@ -1,0 +1,232 @@
+"""From a config or a run file to a model and its data, and the one evaluation path.
+
+``vae train``, ``vae eval``, ``vae sweep``, the other commands and the Python API all
+build models, load data and evaluate through these functions, so that a number means
+the same wherever it was made and carries the same provenance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import datasets, models, runfile
+from .api import Likelihood
+from .config import TrainConfig
+from .errors import VaeError
+from .training.calibration import apply as apply_calibration
+from .training.distributed import resolve_device
+
+HOLDOUT_SEED = 0  # data files without splits: the permutation that picks the test set
+HOLDOUT_FRACTION = 0.1  # ... and the share of images it holds out
+
+
+# --------------------------------------------------------------------------- data
+
+def prepare_images(images: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """uint8 8-bit data -> the levels the model sees (fewer bits, or binarized)."""
+    if config.binarize:
+        return np.where(images >= 128, 2**config.n_bits - 1, 0).astype(np.uint8)
+    if config.n_bits < 8:
+        return (images >> (8 - config.n_bits)).astype(np.uint8)
+    return images if images.flags.writeable else images.copy()  # torch wants writable memory
+
+
+def load_split(dataset: str, split: str, size=None):
+    """One split of a dataset.  A data file without train/test splits is split here:
+    a fixed permutation (seed HOLDOUT_SEED) holds out HOLDOUT_FRACTION as the test set,
+    so training and evaluation never see the same images by accident."""
+    from .datasets.core import Dataset
+
+    data = datasets.load(dataset, split, size=size)
+    if data.split != "all":
+        return data
+    n = data.images.shape[0]
+    if n < 2:
+        raise VaeError(f"{dataset}: {n} image; need at least 2 to hold out a test set")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
+    n_test = max(1, round(HOLDOUT_FRACTION * n))
+    keep = np.sort(order[:n_test] if split == "test" else order[n_test:])
+    labels = None if data.labels is None else data.labels[keep]
+    return Dataset(np.ascontiguousarray(data.images[keep]), labels, data.name,
+                   f"{split} (fixed {HOLDOUT_FRACTION:.0%} hold-out of a file without splits)",
+                   source=data.source, attribution=data.attribution)
+
+
+def load_data(config: TrainConfig):
+    """(train, test) splits of the config's dataset."""
+    return load_split(config.dataset, "train", config.image_size), load_split(config.dataset, "test", config.image_size)
+
+
+def run_split(run: runfile.Run, split: str, data_path=None):
+    """The images a run is evaluated on: a split of its dataset, or all of a data file."""
+    if data_path:
+        data = datasets.load(data_path, split, size=run.config.image_size)
+    else:
+        data = load_split(run.config.dataset, split, run.config.image_size)
+    if tuple(data.images.shape[1:]) != run.image_shape:
+        raise VaeError(f"{data.source}: images of shape {data.images.shape[1:]} do not fit this model "
+                       f"(trained on {run.image_shape})")
+    return data
+
+
+def levels_to_uint8(levels: np.ndarray, n_bits: int) -> np.ndarray:
+    """Levels 0 .. 2**n_bits - 1 as 8-bit pixel values (for pictures)."""
+    return (levels.astype(np.float64) * 255 / (2**n_bits - 1) + 0.5).astype(np.uint8)
+
+
+def mean_to_uint8(mean: torch.Tensor) -> np.ndarray:
+    """A [0, 1] picture -> uint8 exactly as saved images are quantized (round half up)."""
+    return torch.clamp(torch.floor(mean.double() * 255 + 0.5), 0, 255).to(torch.uint8).cpu().numpy()
+
+
+# -------------------------------------------------------------------------- models
+
+def build_likelihood(config: TrainConfig) -> Likelihood:
+    from . import registry
+
+    # a sigma stored with a decoder that takes none (accepted, and ignored, before
+    # vaecli checked it) is left out, so that such run files still load
+    sigma = config.sigma if config.likelihood in registry.FIXED_SIGMA else None
+    return Likelihood(config.likelihood, backend=config.backend, n_bits=config.n_bits, sigma=sigma,
+                      mixtures=config.mixtures, log_sigma_min=config.log_sigma_min)
+
+
+def build_model(config: TrainConfig, image_shape, device):
+    """The config's model, freshly initialised (from torch's global RNG), on ``device``."""
+    return models.build(config.model, config.model_options, image_shape, build_likelihood(config)).to(device)
+
+
+def load_model(run: runfile.Run, device="auto", for_evaluation=True):
+    """The trained model of a run file in eval mode, with the calibrated evaluation
+    sigmas set on its likelihood (where it has them)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = build_model(run.config, run.image_shape, device)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in run.model.items()})
+    if for_evaluation:
+        apply_calibration(model, run.calibration, run.path)
+    model.eval()
+    return model
+
+
+def load_run(path, device: str = "auto"):
+    """The trained model of a run file, in eval mode, with its likelihood's evaluation
+    sigmas set (``sigma`` runs): what ``vae eval`` evaluates.  The sigmas are attributes
+    of ``model.likelihood``, not part of ``state_dict()``."""
+    return load_model(runfile.read(path), device)
+
+
+@torch.no_grad()
+def prior_pictures(model, n: int, generator: torch.Generator, *, temperature=1.0, mode="mean",
+                   batch: int = 1000) -> np.ndarray:
+    """uint8 pictures (n, C, H, W) of prior samples, decoded ``batch`` at a time (memory
+    stays bounded for any n): the decoder mean, or (``mode="sample"``) a draw from the
+    decoder distribution."""
+    from .models.protocol import draw_noise
+
+    eps = draw_noise(model, n, generator)
+    chunks = []
+    for start in range(0, n, batch):
+        raw = model.generate(eps[start : start + batch], temperature)
+        if mode == "mean":
+            chunks.append(mean_to_uint8(model.likelihood.mean(raw)))
+        else:
+            drawn = model.likelihood.sample(raw, generator=generator).cpu().numpy()
+            chunks.append(levels_to_uint8(drawn, model.likelihood.n_bits))
+    return np.concatenate(chunks)
+
+
+# ---------------------------------------------------------------------- evaluation
+
+def evaluate_run(run: runfile.Run, metrics, *, split="test", data_path=None, model=None, device="auto",
+                 batch_size=256, elbo_samples=1, iw_samples=100, seed=0, fid_samples=10_000, fid_ref="test",
+                 inception=None, allow_unknown_weights=False, progress=None, rank=0, world=1):
+    """Evaluate ``metrics`` of a run on a split (or a data file): the results with their
+    provenance (the data, its checksum, its levels, and the seed, batch size and samples
+    the Monte Carlo numbers depend on), and the key they are stored under.  ``progress``
+    is a function (label, total) -> update(n) for progress bars.  Returns (key, results, n)."""
+    from .evaluate import evaluate
+
+    model = model if model is not None else load_model(run, device)
+    data = run_split(run, split, data_path)
+    images = torch.from_numpy(prepare_images(data.images, run.config))
+    results = {}
+    likelihood_metrics = [m for m in metrics if m != "fid"]
+    if likelihood_metrics:
+        with _bar(progress, "evaluating", images.shape[0]) as update:
+            results = evaluate(model, images, likelihood_metrics, batch_size=batch_size, elbo_samples=elbo_samples,
+                               iw_samples=iw_samples, seed=seed, binarized=run.config.binarize,
+                               progress=update, rank=rank, world=world)
+    if "fid" in metrics:
+        from . import fid
+
+        extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
+        reference = load_split(run.config.dataset, fid_ref, run.config.image_size)
+        with _bar(progress, "fid", fid_samples + len(reference.images)) as update:
+            results["fid"] = fid.model_fid(model, reference, extractor, fid_samples,
+                                           min(batch_size, fid.DEFAULT_BATCH), seed=seed, progress=update,
+                                           rank=rank, world=world)
+    if data_path:
+        where = str(data_path) if data.split == "all" else f"{data_path}:{data.split}"
+    else:
+        where = f"{data.name}/{data.split}"
+    for r in results.values():
+        r["data"] = where
+        r["data_checksum"] = data.checksum
+        # what the Monte Carlo noise depends on: with these the number is reproduced exactly
+        r["seed"], r["batch_size"], r["elbo_samples"] = seed, batch_size, elbo_samples
+        # the levels the model saw: bits/dim are of this data (of the 8-bit data only at n_bits 8)
+        r["data_levels"] = 2 if run.config.binarize else 2**run.config.n_bits
+        if world > 1:
+            r["processes"] = world
+    key = f"data:{data.checksum[:16]}" if data_path else split
+    return key, results, int(images.shape[0])
+
+
+class _bar:
+    """A progress bar from a factory (label, total) -> update, or none."""
+
+    def __init__(self, factory, label, total):
+        self.factory, self.label, self.total = factory, label, total
+        self.ctx = None
+
+    def __enter__(self):
+        if self.factory is None:
+            return None
+        self.ctx = self.factory(self.label, self.total)
+        return self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+def recalibrate(run: runfile.Run, device="auto") -> dict:
+    """The PMF evaluation sigma of a run whose likelihood is calibrated, computed from
+    its training data (for run files written before vae train stored it)."""
+    from .training.calibration import needs_calibration, pmf_sigma
+
+    if not needs_calibration(run.config.likelihood):
+        raise VaeError(f"{run.path}: a {run.config.likelihood} run; only sigma runs have evaluation sigmas")
+    model = load_model(run, device)
+    data = load_split(run.config.dataset, "train", run.config.image_size)
+    if data.checksum != run.attrs["dataset_checksum"]:
+        raise VaeError(f"{run.path}: the training data {run.config.dataset} here differs from the run's "
+                       f"(SHA-256 {data.checksum[:16]}… vs {run.attrs['dataset_checksum'][:16]}…)")
+    images = torch.from_numpy(prepare_images(data.images, run.config)).to(next(model.parameters()).device)
+    return pmf_sigma(model, images, seed=run.config.seed + 6, n_bits=run.config.n_bits,
+                     log_sigma_min=run.config.log_sigma_min)
+
+
+@torch.no_grad()
+def reconstructions(run: runfile.Run, n: int, split="test", device="auto"):
+    """(data, reconstruction) of the first ``n`` images of a split as uint8 pictures: the
+    decoder mean on the posterior-mean path (eps = 0)."""
+    model = load_model(run, device)
+    data = load_split(run.config.dataset, split, run.config.image_size)
+    if n > len(data.images):
+        raise VaeError(f"{n} images asked for (-n x --rows), but the {split} split has {len(data.images)}")
+    x = torch.from_numpy(prepare_images(data.images[:n], run.config))
+    features = model.encode(x.to(next(model.parameters()).device))
+    eps = torch.zeros(n, model.latent_size, device=next(model.parameters()).device)
+    recon = mean_to_uint8(model.likelihood.mean(model.posterior(features, eps).raw))
+    return levels_to_uint8(x.numpy(), run.config.n_bits), recon

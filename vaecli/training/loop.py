@@ -1,0 +1,261 @@
+"""Training, top to bottom: data on the device, one optimizer step per batch, a run
+file checkpoint after every epoch (and on Ctrl-C), exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from .. import runfile, runs
+from ..config import TrainConfig
+from ..errors import VaeError
+from ..models.protocol import draw_noise, total_kl
+from ..report import epoch_line, progress_postfix
+from ..units import equivalent_beta
+from . import calibration, distributed, state
+from .interrupt import Abort, InterruptFlag, NonFinite
+from .step import NonFiniteGuard, TrainStep, make_optimizer
+
+READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
+SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
+
+
+def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = True,
+          data=None, log=print) -> runfile.Run:
+    """Train (or resume) a VAE and write the run file ``out``; returns it, read back."""
+    out = os.fspath(out)
+    previous = state.previous_run(out, config, resume)
+    if state.is_finished(previous, config):  # nothing to train: the file stays as it is
+        if distributed.environment_rank() == 0:  # under torchrun, one rank says so
+            done = config.epochs
+            log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
+                f"(--epochs {done + 1} or more trains on)")
+        return previous
+    out_dir = state.check_out_dir(out)
+
+    rank, world, device = distributed.setup(config.device)
+    train_set, test_set = data if data is not None else runs.load_data(config)
+    state.check_same_data(previous, train_set, config)
+    train_images = torch.from_numpy(runs.prepare_images(train_set.images, config)).to(device)  # (N, C, H, W)
+    test_images = torch.from_numpy(runs.prepare_images(test_set.images, config)).to(device)
+    if train_images.shape[0] == 0:
+        raise VaeError(f"dataset {config.dataset} has no training images")
+    steps_per_epoch = math.ceil(train_images.shape[0] / config.batch_size)
+
+    torch.manual_seed(config.seed)
+    model = runs.build_model(config, tuple(train_set.images.shape[1:]), device)
+    if config.memory_format == "channels_last":  # the conv weights, and so the activations, NHWC
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model.parameters(), config.lr)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # autotuned convolutions for the fixed batch shape
+    state.check_disk_space(out_dir, model)
+    if rank == 0:
+        runfile.remove_stale_temporaries(out)
+    stepper = _data_parallel(model, config, device) if world > 1 else model
+    run = state.TrainingState(config, device)
+    if previous is not None:
+        run.restore(previous, model, optimizer, rank)
+    attrs = state.run_attrs(previous, config, device, train_set, test_set, steps_per_epoch)
+    train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
+                           device=device, levels=2**config.n_bits,
+                           all_finite=distributed.all_finite if world > 1 else None,
+                           compile_forward=config.compile, cuda_graph=config.cuda_graph,
+                           full_batch=config.batch_size)
+
+    def checkpoint(status):
+        if rank == 0:
+            run.save(out, config, attrs, model, optimizer, status, train_step.graph_state)
+
+    loop = _EpochLoop(config, model, train_step, run, train_images, test_images, rank, world,
+                      progress=progress and rank == 0, log=log)
+    interrupted = InterruptFlag(patient=world > 1)
+    try:
+        with interrupted:
+            loop.run(interrupted, checkpoint)
+    except NonFinite as stop:
+        loop.bar.close()
+        last = (f"the last good checkpoint, {out} (epoch {run.epochs_done} complete), is intact"
+                if os.path.exists(out) else "no checkpoint had been written yet")
+        raise VaeError(
+            f"{config.likelihood}: {config.max_nonfinite} non-finite steps in a row (loss or gradient) at epoch "
+            f"{stop.epoch}, step {stop.step}; training stopped; {last}"
+        ) from None
+    except KeyboardInterrupt:
+        loop.bar.close()
+        if world > 1:  # the ranks stopped at the same step: the checkpoint holds the global sums
+            run.sums.all_reduce()
+        try:
+            with interrupted:  # a second signal while this checkpoint is written: Abort, below
+                checkpoint("interrupted")
+        except Abort:
+            _aborted(out)
+        raise VaeError(f"interrupted at epoch {run.epochs_done + 1}, step {run.step_in_epoch}/{steps_per_epoch}; "
+                       f"saved {out}; continue with --resume") from None
+    except Abort:
+        loop.bar.close()
+        _aborted(out)
+    loop.bar.close()
+    if config.epochs == 0 or (previous is not None and run.epochs_done == int(previous.attrs["epochs_done"])):
+        checkpoint("complete")
+    distributed.teardown(world)
+    return runfile.read(out)
+
+
+class _EpochLoop:
+    """The epochs of one training process: steps, then the epoch's bookkeeping."""
+
+    def __init__(self, config, model, train_step, run, train_images, test_images, rank, world, *, progress, log):
+        self.config, self.model, self.train_step, self.state = config, model, train_step, run
+        self.train_images, self.test_images = train_images, test_images
+        self.rank, self.world, self.progress, self.log = rank, world, progress, log
+        self.steps_per_epoch = math.ceil(train_images.shape[0] / config.batch_size)
+        self.first_step = run.epochs_done * self.steps_per_epoch + run.step_in_epoch  # where this process starts
+        self.guard = NonFiniteGuard(config.max_nonfinite, train_images.device)
+        self.bar = _progress_bar(progress, total=config.epochs * self.steps_per_epoch, initial=self.first_step)
+
+    def run(self, interrupted, checkpoint):
+        run, config = self.state, self.config
+        while run.epochs_done < config.epochs:
+            started = time.perf_counter()
+            self._steps(interrupted)
+            self._stop_if_tripped()
+            extra_seconds = self._end_epoch()
+            run.history["seconds"].append(time.perf_counter() - started - extra_seconds)
+            run.epochs_done += 1
+            run.step_in_epoch = 0
+            run.sums.reset()
+            if self.progress:
+                self.log(epoch_line(run.history, config))
+            if run.epochs_done == config.epochs:
+                gen = torch.Generator(device=self.train_images.device).manual_seed(config.seed + 4)
+                run.samples = {"prior": (runs.prior_pictures(self.model, SAMPLE_GRID, gen),
+                                         {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
+                                          "temperature": 1.0})}
+            checkpoint("complete" if run.epochs_done == config.epochs else "training")
+
+    def _steps(self, interrupted):
+        """The rest of the epoch's steps; a KeyboardInterrupt after the step in flight on a signal."""
+        run, config, world = self.state, self.config, self.world
+        order = run.epoch_order(self.train_images.shape[0])
+        self.model.train()
+        last_read = time.perf_counter()
+        for step in range(run.step_in_epoch, self.steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            n_global = batch.shape[0]
+            shard = slice(self.rank, None, world)
+            eps = draw_noise(self.model, n_global, run.noise)[shard]
+            x = self.train_images[batch[shard]]
+            x_in = x
+            if config.dequantize:  # continuous levels x + u, u ~ U(-1/2, 1/2)
+                u = torch.rand((n_global, *x.shape[1:]), generator=run.dequant, device=x.device)[shard] - 0.5
+                x_in = x.float() + u
+            loss, kl, raw = self.train_step(x, x_in, eps, n_global, run.sums, self.guard)
+            run.step_in_epoch = step + 1
+            self.bar.update(1)
+            now = time.perf_counter()
+            if now - last_read >= READ_EVERY_S:  # the only host reads of device values
+                last_read = now
+                if self.progress:
+                    self.bar.set_postfix_str(progress_postfix(run.epochs_done + 1, loss, kl, self.model.likelihood,
+                                                              x, raw), refresh=False)
+                self._stop_if_tripped()
+            if world == 1:
+                if interrupted.flag:
+                    raise KeyboardInterrupt
+            elif (step + 1) % distributed.INTERRUPT_SYNC_STEPS == 0 or step + 1 == self.steps_per_epoch:
+                if distributed.any_rank(interrupted.flag, x.device):  # every rank stops after the same step
+                    raise KeyboardInterrupt
+
+    def _stop_if_tripped(self):
+        at = self.guard.tripped()
+        if at is not None:
+            index = self.first_step + at - 1
+            raise NonFinite(index // self.steps_per_epoch + 1, index % self.steps_per_epoch + 1)
+
+    def _end_epoch(self) -> float:
+        """Calibration, the test ELBO and the history row of the epoch just trained;
+        returns the seconds spent calibrating (checkpoint work, not the epoch's)."""
+        run, config, lik = self.state, self.config, self.model.likelihood
+        run.epoch_order_state = run.data_order.get_state()
+        if self.world > 1:  # logged sums over the global batch
+            run.sums.all_reduce()
+        sums = run.sums
+        n = max(int(sums.images), 1)
+        train_mse = float(sums.sse) / (n * int(np.prod(self.train_images.shape[1:])))
+        sigma = calibration.epoch_sigma(lik, train_mse, config.log_sigma_min)
+        started = time.perf_counter()
+        values = calibration.calibrate(self.model, self.train_images, train_mse=train_mse,
+                                       epoch=run.epochs_done + 1, seed=config.seed + 6, n_bits=config.n_bits,
+                                       log_sigma_min=config.log_sigma_min)
+        seconds = time.perf_counter() - started
+        fixed = lik.sigma
+        if values:
+            run.calibration = values
+            lik.sigma = values["eval_sigma"]  # evaluate with the calibrated sigma, never the test batch's
+        test = _test_elbo(self.model, self.test_images, config)
+        lik.sigma = fixed
+        h = run.history
+        h["epoch"].append(run.epochs_done + 1)
+        h["train_rec"].append(float(sums.rec) / n)
+        h["train_kl"].append(float(sums.kl) / n)
+        h["train_elbo"].append((float(sums.rec) - float(sums.kl)) / n)
+        h["train_loss"].append(float(sums.loss) / n)
+        h["test_rec"].append(test["rec"])
+        h["test_kl"].append(test["kl"])
+        h["test_elbo"].append(test["rec"] - test["kl"])
+        h["sigma"].append(sigma if sigma is not None else math.nan)
+        h["equivalent_beta"].append(equivalent_beta(sigma) if sigma is not None else math.nan)
+        h["train_mse"].append(train_mse if lik.info.gaussian_family else math.nan)
+        h["skipped_steps"].append(int(sums.skipped))
+        return seconds
+
+
+def _data_parallel(model, config, device):
+    """The model in DistributedDataParallel; a batch-coupled likelihood (the sigma-VAE's
+    batch sigma*) gets the global batch's sums through a differentiable all-reduce."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if calibration.needs_calibration(config.likelihood):
+        if config.backend != "torch":
+            raise VaeError(f"data-parallel {config.likelihood} needs --backend torch "
+                           "(its global MSE is a torch all-reduce)")
+        model.likelihood.batch_reduce = distributed.all_reduce_sum
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _aborted(out):
+    """After a second interrupt: nothing written now; the last checkpoint stands (atomic writes)."""
+    status = runfile.read(out).attrs if os.path.exists(out) else None
+    where = (f"{out} holds the last checkpoint (epoch {int(status['epochs_done'])} complete) unchanged; "
+             "continue with --resume" if status is not None else "no checkpoint had been written yet")
+    raise VaeError(f"interrupted twice: stopped at once, without saving; {where}") from None
+
+
+@torch.no_grad()
+def _test_elbo(model, images, config, batch_size=512):
+    """Single-sample test ELBO terms in nats/image (log p uses the likelihood's
+    log_prob; sigma-image uses its per-image sigma, a training objective only)."""
+    model.eval()
+    lik = model.likelihood
+    rec = kl = 0.0
+    gen = torch.Generator(device=images.device).manual_seed(config.seed + 3)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
+        rec += float(lik.log_prob(x, out.raw).double().sum())
+        kl += float(total_kl(out.groups).double().sum())
+    n = max(images.shape[0], 1)
+    model.train()
+    return {"rec": rec / n, "kl": kl / n}
+
+
+def _progress_bar(enabled, total, initial):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                leave=False)
