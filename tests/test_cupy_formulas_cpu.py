@@ -650,10 +650,12 @@ def test_student_t_bins_narrow_against_the_scale_keep_float64_precision(log_scal
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_host_compiled_kernels_options(host_launch, name, kind):
-    """Fixed evaluation sigma, no softclip floor, and a non-default n_bits."""
+    """Fixed evaluation sigma (where the likelihood takes one), no softclip floor, and
+    a non-default n_bits."""
     x, raw = make_inputs(name, 3, 4)
     x4 = (x >> 4).astype(np.uint8)  # 4-bit levels, with 0 and 15 present
-    for opts in ({"sigma": 0.05}, {"log_sigma_min": None}, {"n_bits": 4}):
+    fixed_sigma = [{"sigma": 0.05}] if name in registry.FIXED_SIGMA else []
+    for opts in (*fixed_sigma, {"log_sigma_min": None}, {"n_bits": 4}):
         opts = _opts(name, **opts)
         xx = x4 if opts.get("n_bits") == 4 else x
         got = _kernel_eval(host_launch, name, xx, raw, kind, **opts)

@@ -1,7 +1,9 @@
 """The eleven decoder likelihoods: names, raw-output layouts and what each supports.
 
 This module holds no formulas, only facts about each likelihood that every
-implementation (reference, torch, cupy) and every caller needs to agree on.
+implementation (reference, torch, cupy) and every caller needs to agree on, and the
+one parser of the options they all take (:func:`parse_options`): the same bad option
+gives the same VaeError on every backend.
 
 Raw decoder output layout
 -------------------------
@@ -36,9 +38,13 @@ The decoder emits unconstrained ``raw`` of shape ``(B, out_channels(C), H, W)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import numbers
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
 
-from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS
+from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
 from .errors import VaeError
 
 
@@ -169,6 +175,130 @@ def info(name: str) -> LikelihoodInfo:
 # the likelihoods that take a fixed sigma: the plain Gaussian's, and the sigma-VAE's
 # evaluation sigma (the others learn or predict theirs)
 FIXED_SIGMA = ("gaussian", "sigma", "sigma-image")
+
+
+# The options every backend takes (vaecli.backends says what each means); a backend may
+# take more of its own (the torch backend's batch_reduce), named in parse_options(extra=).
+OPTION_NAMES = ("n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated options of one call, the same for every backend.
+
+    ``log_sigma`` is None, a float, or the caller's own 0-d array or tensor (kept as
+    given, so that a torch Parameter stays in the autograd graph); ``extra`` holds the
+    backend-only options that the backend named, as given."""
+
+    n_bits: int
+    levels: int  # L = 2**n_bits
+    sigma: float | None  # fixed sigma of the FIXED_SIGMA likelihoods (None: default or from data)
+    log_sigma: object  # raw scalar parameter of sigma-learned, before the softclip
+    mixtures: int
+    log_sigma_min: float | None  # softclip floor of every log-scale; None: no floor
+    extra: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _read_numpy_scalar(value) -> float | None:
+    """The default reader of a 0-d log_sigma: NumPy's are read on the host; any other
+    array (a torch tensor, a CuPy array) is left to its backend, which may not read it
+    where that would stall a device."""
+    if type(value).__module__.split(".")[0] == "numpy":
+        return float(value)
+    return None
+
+
+def _real_scalar(name: str, option: str, value, read: Callable | None):
+    """A real number or a 0-d real array as a float; None when ``read`` declines to read
+    the array here.  Bools and non-scalars raise a VaeError naming the option."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    shape = getattr(value, "shape", None)
+    kind = str(getattr(value, "dtype", ""))
+    if shape is None or isinstance(value, bool) or "bool" in kind or "complex" in kind:
+        raise VaeError(f"{name}: {option} must be a real number, got {value!r}")
+    if tuple(shape) != ():
+        raise VaeError(f"{name}: {option} must be a scalar (shape ()), got shape {tuple(shape)}")
+    return (read or _read_numpy_scalar)(value)
+
+
+def parse_options(
+    name: str, opts: Mapping[str, object], *, extra: tuple[str, ...] = (), read_scalar: Callable | None = None
+) -> Options:
+    """Validate the keyword options of a likelihood call, once for every backend.
+
+    The checks, in this order, each a VaeError naming the likelihood: an unknown
+    likelihood; option names other than OPTION_NAMES (and the backend's ``extra``);
+    ``n_bits`` an integer from 1 to 16; ``sigma`` only for FIXED_SIGMA likelihoods, a
+    positive finite number; ``log_sigma`` only for sigma-learned, a finite real scalar
+    (a number or an array of shape ()); ``mixtures`` an integer >= 1 (bools refused);
+    ``log_sigma_min`` a finite number or None.  ``read_scalar(value) -> float | None``
+    reads a 0-d ``log_sigma`` array to check that it is finite; it returns None where
+    the value must not be read on the host (a tensor on a device, under torch.compile),
+    and then the caller's value goes unchecked.  Python only: no NumPy or torch here.
+    """
+    info(name)
+    unknown = sorted(set(opts) - set(OPTION_NAMES) - set(extra))
+    if unknown:
+        raise VaeError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; the options are: {', '.join(OPTION_NAMES)}"
+        )
+
+    n_bits = opts.get("n_bits", DEFAULT_N_BITS)
+    if not isinstance(n_bits, numbers.Integral) or isinstance(n_bits, bool) or not 1 <= n_bits <= 16:
+        raise VaeError(f"{name}: n_bits must be an integer from 1 to 16, got {n_bits!r}")
+    n_bits = int(n_bits)
+
+    sigma = opts.get("sigma")
+    if sigma is not None:
+        if name not in FIXED_SIGMA:
+            raise VaeError(f"{name}: takes no fixed sigma (only {', '.join(FIXED_SIGMA)} do)")
+        value = _real_scalar(name, "sigma", sigma, lambda v: float(v))
+        if not (value > 0.0 and math.isfinite(value)):
+            raise VaeError(f"{name}: sigma must be positive and finite, got {sigma!r}")
+        sigma = value
+
+    log_sigma = opts.get("log_sigma")
+    if log_sigma is not None:
+        if name != "sigma-learned":
+            raise VaeError(f"{name}: takes no log_sigma (only sigma-learned does: its learned raw log sigma)")
+        value = _real_scalar(name, "log_sigma", log_sigma, read_scalar)
+        if value is not None and not math.isfinite(value):
+            raise VaeError(f"{name}: log_sigma must be finite, got {log_sigma!r}")
+        if isinstance(log_sigma, numbers.Real):
+            log_sigma = value
+
+    mixtures = opts.get("mixtures", DEFAULT_MIXTURES)
+    if not isinstance(mixtures, numbers.Integral) or isinstance(mixtures, bool) or mixtures < 1:
+        raise VaeError(f"{name}: mixtures must be a positive integer, got {mixtures!r}")
+    mixtures = int(mixtures)
+
+    floor = opts.get("log_sigma_min", LOG_SIGMA_MIN)
+    if floor is not None:
+        value = _real_scalar(name, "log_sigma_min", floor, lambda v: float(v))
+        if not math.isfinite(value):
+            raise VaeError(f"{name}: log_sigma_min must be a finite number or None, got {floor!r}")
+        floor = value
+
+    return Options(
+        n_bits=n_bits,
+        levels=2**n_bits,
+        sigma=sigma,
+        log_sigma=log_sigma,
+        mixtures=mixtures,
+        log_sigma_min=floor,
+        extra=MappingProxyType({k: opts[k] for k in extra if k in opts}),
+    )
+
+
+def need_log_sigma(name: str, o: Options):
+    """``o.log_sigma``, or the VaeError every backend raises when sigma-learned is
+    evaluated without it."""
+    if o.log_sigma is None:
+        raise VaeError(
+            f"{name} needs the option log_sigma (the model's raw scalar log-sigma parameter, shape ())"
+        )
+    return o.log_sigma
 
 
 def num_levels(n_bits: int = DEFAULT_N_BITS) -> int:

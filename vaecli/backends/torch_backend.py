@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from .. import registry
-from ..constants import DEFAULT_FIXED_SIGMA, DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
+from ..constants import DEFAULT_FIXED_SIGMA
 from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF, STUDENT_T_SERIES_MIN_HALF_DF
 from ..errors import VaeError
 
@@ -45,46 +43,23 @@ def available():
 
 # --------------------------------------------------------------------------- options
 
-
-@dataclass(frozen=True)
-class _Options:
-    n_bits: int
-    levels: int  # L = 2**n_bits
-    sigma: float | None
-    log_sigma: torch.Tensor | None
-    mixtures: int
-    log_sigma_min: float | None
-    batch_reduce: object  # None, or a differentiable all-reduce (sum) for the global batch MSE
+# The torch backend's own option: a differentiable all-reduce (sum) that makes the sigma
+# likelihood's batch MSE the global one under data-parallel training.
+_EXTRA_OPTIONS = ("batch_reduce",)
 
 
+def _read_scalar(value):
+    """A 0-d log_sigma read on the host to check that it is finite, where that is free:
+    a tensor only when it is on the CPU and not traced (see _host_checkable); on a
+    device the parameter is the trainer's, checked where it is made."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if _host_checkable(value) else None
+    return float(value) if type(value).__module__.split(".")[0] == "numpy" else None
 
 
-def _options(name, opts) -> _Options:
-    unknown = set(opts) - {"n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min", "batch_reduce"}
-    if unknown:
-        raise VaeError(f"{name}: unknown option(s) {', '.join(sorted(unknown))}")
-    n_bits = opts.get("n_bits", DEFAULT_N_BITS)
-    sigma = opts.get("sigma")
-    if sigma is not None:
-        if name not in registry.FIXED_SIGMA:
-            raise VaeError(f"{name}: takes no fixed sigma (only {', '.join(registry.FIXED_SIGMA)} do)")
-        if not float(sigma) > 0 or not math.isfinite(float(sigma)):
-            raise VaeError(f"{name}: sigma must be positive and finite, got {sigma!r}")
-    mixtures = opts.get("mixtures", DEFAULT_MIXTURES)
-    if isinstance(mixtures, bool) or not isinstance(mixtures, int) or mixtures < 1:
-        raise VaeError(f"{name}: mixtures must be a positive integer, got {mixtures!r}")
-    floor = opts.get("log_sigma_min", LOG_SIGMA_MIN)
-    if floor is not None and not math.isfinite(float(floor)):
-        raise VaeError(f"{name}: log_sigma_min must be a finite number or None, got {floor!r}")
-    return _Options(
-        n_bits=n_bits,
-        levels=registry.num_levels(n_bits),
-        sigma=None if sigma is None else float(sigma),
-        log_sigma=opts.get("log_sigma"),
-        mixtures=mixtures,
-        log_sigma_min=floor,
-        batch_reduce=opts.get("batch_reduce"),
-    )
+def _options(name, opts) -> registry.Options:
+    """The options of one call, by the parser every backend shares."""
+    return registry.parse_options(name, opts, extra=_EXTRA_OPTIONS, read_scalar=_read_scalar)
 
 
 def _check_raw(name, raw):
@@ -107,7 +82,7 @@ def _host_checkable(x) -> bool:
             and not (wrapped is not None and wrapped(x)))
 
 
-def _check_x(name, x, raw, o: _Options, continuous_ok=False):
+def _check_x(name, x, raw, o: registry.Options, continuous_ok=False):
     if continuous_ok and isinstance(x, torch.Tensor) and x.dtype in _FLOAT_DTYPES:
         # dequantized data: continuous levels in [-1/2, L - 1/2] (density only)
         registry.check_shapes(name, x.shape, raw.shape, o.n_bits, o.mixtures)
@@ -142,12 +117,12 @@ def _check_x(name, x, raw, o: _Options, continuous_ok=False):
 
 def check_options(name, **opts):
     """Raise the VaeError that a call with these options would raise, now (for a
-    Likelihood module at construction, rather than at its first use)."""
-    registry.info(name)
+    Likelihood module at construction, rather than at its first use): the shared
+    parser, registry.parse_options, with this backend's own options."""
     _options(name, opts)
 
 
-def _check_raw_shape(name, raw, o: _Options):
+def _check_raw_shape(name, raw, o: registry.Options):
     """raw alone (mean and sample): (B, K, H, W) with K channels that describe an image."""
     if raw.dim() != 4:
         raise VaeError(f"{name}: raw must have shape (B, K, H, W), got {tuple(raw.shape)}")
@@ -355,7 +330,7 @@ def _student_t_log_cdf(t, df):
 # mean and sample are then written once per distribution family.
 
 
-def _gaussian_params(name, x, raw, o: _Options):
+def _gaussian_params(name, x, raw, o: registry.Options):
     """mu (B, C, H, W) and log sigma (broadcastable) of the Gaussian family."""
     if name == "gaussian-pixel":
         mu_raw, log_sigma_raw = _split(raw, 2)
@@ -365,9 +340,7 @@ def _gaussian_params(name, x, raw, o: _Options):
         sigma = DEFAULT_FIXED_SIGMA if o.sigma is None else o.sigma
         return mu, torch.full((), math.log(sigma), dtype=raw.dtype, device=raw.device)
     if name == "sigma-learned":
-        if o.log_sigma is None:
-            raise VaeError("sigma-learned needs its log_sigma parameter (option log_sigma)")
-        log_sigma = torch.as_tensor(o.log_sigma, dtype=raw.dtype, device=raw.device)
+        log_sigma = torch.as_tensor(registry.need_log_sigma(name, o), dtype=raw.dtype, device=raw.device)
         return mu, _softclip(log_sigma, o.log_sigma_min)
     # sigma, sigma-image: fixed evaluation sigma, or sigma* = sqrt(MSE) of this batch/image
     if o.sigma is not None:
@@ -379,8 +352,9 @@ def _gaussian_params(name, x, raw, o: _Options):
         )
     y = x.to(raw.dtype) / (o.levels - 1)
     sq = (y - mu) ** 2
-    if name == "sigma" and o.batch_reduce is not None:  # data-parallel: the global batch's MSE
-        totals = o.batch_reduce(torch.stack((sq.sum(), sq.new_tensor(float(sq.numel())))))
+    batch_reduce = o.extra.get("batch_reduce")
+    if name == "sigma" and batch_reduce is not None:  # data-parallel: the global batch's MSE
+        totals = batch_reduce(torch.stack((sq.sum(), sq.new_tensor(float(sq.numel())))))
         mse = totals[0] / totals[1]
     elif name == "sigma":
         mse = sq.mean()
@@ -389,7 +363,7 @@ def _gaussian_params(name, x, raw, o: _Options):
     return mu, _softclip(0.5 * torch.log(mse), o.log_sigma_min)
 
 
-def _student_t_params(raw, o: _Options):
+def _student_t_params(raw, o: registry.Options):
     mu_raw, log_scale_raw, df_raw = _split(raw, 3)
     return (
         torch.sigmoid(mu_raw),
@@ -398,12 +372,12 @@ def _student_t_params(raw, o: _Options):
     )
 
 
-def _logistic_params(raw, o: _Options):
+def _logistic_params(raw, o: registry.Options):
     mu, log_scale_raw = _split(raw, 2)
     return mu, _softclip(log_scale_raw, o.log_sigma_min)
 
 
-def _mixture_params(raw, o: _Options):
+def _mixture_params(raw, o: registry.Options):
     """Mixture log-weights (B, K, H, W), means, log-scales (B, K, C, H, W) and the
     coupling coefficients (B, K, 3, H, W) or None."""
     k = o.mixtures
@@ -429,7 +403,7 @@ def _sum_dims(t):  # (B, ...) -> (B,); an empty batch gives (0,)
     return t.flatten(1).sum(1)
 
 
-def _log_prob(name, x, raw, o: _Options, discrete: bool):
+def _log_prob(name, x, raw, o: registry.Options, discrete: bool):
     levels = o.levels
     if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image"):
         mu, log_sigma = _gaussian_params(name, x, raw, o)

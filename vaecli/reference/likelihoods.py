@@ -16,20 +16,11 @@ Conventions of every function here:
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import special
 
 from .. import registry
-from ..constants import (
-    DEFAULT_FIXED_SIGMA,
-    DEFAULT_MIXTURES,
-    DEFAULT_N_BITS,
-    LOG_SIGMA_MIN,
-    STUDENT_T_MIN_DF,
-)
+from ..constants import DEFAULT_FIXED_SIGMA, STUDENT_T_MIN_DF
 from ..errors import VaeError
 from .stable import (
     log1mexp,
@@ -46,80 +37,19 @@ from .stable import (
     student_t_log_density,
 )
 
-OPTION_NAMES = ("n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min")
-
 # Likelihoods whose sigma is a Gaussian standard deviation (mean = sigmoid(raw)).
 _GAUSSIAN = ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image")
 
 
 # ----------------------------------------------------------------------------- options
 
-
-@dataclass(frozen=True)
-class Options:
-    """The validated options of one call (see vaecli.backends for their meaning)."""
-
-    n_bits: int
-    levels: int  # L = 2**n_bits
-    sigma: float | None
-    log_sigma: float | None  # raw scalar of sigma-learned, before the softclip
-    mixtures: int
-    log_sigma_min: float | None
+Options = registry.Options  # the validated options of one call
 
 
-def parse_options(name, opts) -> Options:
-    """Validate the keyword options of a call for likelihood ``name``.
-
-    Unknown option names, and values of the wrong kind, raise a VaeError naming the
-    likelihood.
-    """
-    unknown = sorted(set(opts) - set(OPTION_NAMES))
-    if unknown:
-        raise VaeError(
-            f"{name}: unknown option(s) {', '.join(unknown)}; "
-            f"the options are: {', '.join(OPTION_NAMES)}"
-        )
-    n_bits = opts.get("n_bits", DEFAULT_N_BITS)
-    if isinstance(n_bits, numbers.Integral) and not isinstance(n_bits, bool):
-        n_bits = int(n_bits)
-    levels = registry.num_levels(n_bits)
-
-    sigma = opts.get("sigma", None)
-    if sigma is not None:
-        sigma = _finite_scalar(name, "sigma", sigma)
-        if not sigma > 0.0:
-            raise VaeError(f"{name}: sigma must be positive, got {sigma!r}")
-
-    log_sigma = opts.get("log_sigma", None)
-    if log_sigma is not None:
-        log_sigma = _finite_scalar(name, "log_sigma", log_sigma)
-
-    mixtures = opts.get("mixtures", DEFAULT_MIXTURES)
-    if isinstance(mixtures, numbers.Integral) and not isinstance(mixtures, bool):
-        mixtures = int(mixtures)
-    if not isinstance(mixtures, int) or mixtures < 1:
-        raise VaeError(f"{name}: mixtures must be an integer >= 1, got {mixtures!r}")
-
-    log_sigma_min = opts.get("log_sigma_min", LOG_SIGMA_MIN)
-    if log_sigma_min is not None:
-        log_sigma_min = _finite_scalar(name, "log_sigma_min", log_sigma_min)
-
-    return Options(n_bits, levels, sigma, log_sigma, mixtures, log_sigma_min)
-
-
-def _finite_scalar(name, option, value) -> float:
-    """A finite Python float from a number or an array of shape ()."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise VaeError(f"{name}: option {option} must be a number, got {value!r}") from None
-    if arr.shape != ():
-        raise VaeError(
-            f"{name}: option {option} must be a scalar (shape ()), got shape {arr.shape}"
-        )
-    if not np.isfinite(arr):
-        raise VaeError(f"{name}: option {option} must be finite, got {float(arr)!r}")
-    return float(arr)
+def parse_options(name, opts) -> registry.Options:
+    """The keyword options of a call for likelihood ``name``, validated by the one
+    parser every backend calls (:func:`vaecli.registry.parse_options`)."""
+    return registry.parse_options(name, opts)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -193,14 +123,10 @@ def gaussian_mu_log_sigma(name, x, raw, o: Options, *, need_sigma=True):
         sigma = DEFAULT_FIXED_SIGMA if o.sigma is None else o.sigma
         return mu, np.full((1, 1, 1, 1), np.log(sigma))
     if name == "sigma-learned":
-        if o.log_sigma is None:
-            if not need_sigma:
-                return mu, None
-            raise VaeError(
-                "sigma-learned needs the option log_sigma (the model's raw scalar "
-                "log-sigma parameter, shape ())"
-            )
-        return mu, np.full((1, 1, 1, 1), softclip(o.log_sigma, o.log_sigma_min))
+        if o.log_sigma is None and not need_sigma:
+            return mu, None
+        log_sigma = float(np.asarray(registry.need_log_sigma(name, o), dtype=np.float64))
+        return mu, np.full((1, 1, 1, 1), softclip(log_sigma, o.log_sigma_min))
     # sigma, sigma-image
     if o.sigma is not None:
         return mu, np.full((1, 1, 1, 1), np.log(o.sigma))

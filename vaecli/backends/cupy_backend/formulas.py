@@ -31,9 +31,6 @@ from dataclasses import dataclass
 from ... import registry
 from ...constants import (
     DEFAULT_FIXED_SIGMA,
-    DEFAULT_MIXTURES,
-    DEFAULT_N_BITS,
-    LOG_SIGMA_MIN,
     SIMPSON_MAX_WIDTH,
     STUDENT_T_MIN_DF,
     STUDENT_T_SERIES_MIN_HALF_DF,
@@ -72,7 +69,6 @@ SOFTCLIP_PRODUCT_FLOOR = -30.0
 
 KINDS = ("log_prob", "log_pmf")
 GAUSSIAN_FAMILY = ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image")
-_OPTION_NAMES = ("n_bits", "sigma", "log_sigma", "mixtures", "log_sigma_min")
 
 
 # ------------------------------------------------------------------ namespaces
@@ -113,41 +109,14 @@ def namespace_of(array) -> Namespace:
 
 # --------------------------------------------------------------------- options
 
-
-@dataclass(frozen=True)
-class Options:
-    n_bits: int
-    levels: int  # L = 2**n_bits
-    sigma: float | None  # fixed sigma (gaussian: None means DEFAULT_FIXED_SIGMA)
-    log_sigma: object  # raw scalar parameter of sigma-learned, or None
-    mixtures: int
-    log_sigma_min: float | None  # softclip floor of every log-scale; None: no floor
+Options = registry.Options  # the validated options of one call
 
 
 def parse_options(name: str, opts: dict) -> Options:
-    """Check the option keywords of the backend interface and fill in defaults."""
-    unknown = set(opts) - set(_OPTION_NAMES)
-    if unknown:
-        raise VaeError(
-            f"{name}: unknown option(s) {', '.join(sorted(unknown))}; "
-            f"the options are {', '.join(_OPTION_NAMES)}"
-        )
-    n_bits = opts.get("n_bits", DEFAULT_N_BITS)
-    levels = registry.num_levels(n_bits)
-    sigma = opts.get("sigma")
-    if sigma is not None:
-        sigma = float(sigma)
-        if not sigma > 0 or not math.isfinite(sigma):
-            raise VaeError(f"{name}: sigma must be a positive finite number, got {sigma!r}")
-    floor = opts.get("log_sigma_min", LOG_SIGMA_MIN)
-    return Options(
-        n_bits=n_bits,
-        levels=levels,
-        sigma=sigma,
-        log_sigma=opts.get("log_sigma"),
-        mixtures=opts.get("mixtures", DEFAULT_MIXTURES),
-        log_sigma_min=None if floor is None else float(floor),
-    )
+    """The option keywords of the backend interface, validated by the parser every
+    backend shares (:func:`vaecli.registry.parse_options`).  A 0-d NumPy log_sigma is
+    checked there; a CuPy one is left unread (reading it would stall the stream)."""
+    return registry.parse_options(name, opts)
 
 
 def is_discrete(name: str, kind: str) -> bool:
@@ -602,9 +571,7 @@ def fixed_log_sigma(name, o: Options):
 
 def learned_log_sigma(xp, name, o: Options, dtype):
     """(softclip(log_sigma), its derivative) for sigma-learned, as 0-d arrays."""
-    if o.log_sigma is None:
-        raise VaeError(f"{name} needs its log_sigma parameter (option log_sigma)")
-    t = xp.asarray(o.log_sigma, dtype=dtype).reshape(())
+    t = xp.asarray(registry.need_log_sigma(name, o), dtype=dtype).reshape(())
     return softclip(xp, t, o.log_sigma_min)
 
 

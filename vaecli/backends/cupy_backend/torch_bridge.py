@@ -80,7 +80,9 @@ def cupy_engine() -> Engine:
 def _apply(name, kind, x, raw, opts, engine=None):
     import torch
 
-    registry.info(name)
+    # the options contract every backend shares, before any device work; a log_sigma
+    # tensor is read to check it only on the CPU (on a device that would stall the stream)
+    registry.parse_options(name, opts, read_scalar=_read_cpu_scalar)
     if not isinstance(raw, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VaeError(f"{name}: the cupy torch bridge takes torch tensors x and raw")
     if engine is None and (raw.device.type != "cuda" or x.device != raw.device):
@@ -101,6 +103,15 @@ def _apply(name, kind, x, raw, opts, engine=None):
         raise VaeError(f"{name}: log_sigma is on {log_sigma.device} but raw is on {raw.device}")
     engine = engine or cupy_engine()
     return _function().apply(x, raw, log_sigma, name, kind, tuple(sorted(opts.items())), engine)
+
+
+def _read_cpu_scalar(value):
+    """A 0-d log_sigma as a float where reading it costs no device sync, else None."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if value.device.type == "cpu" else None
+    return float(value) if type(value).__module__.split(".")[0] == "numpy" else None
 
 
 def _torch_allocator():
