@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 
 import vaecli  # noqa: E402
 from vaecli import VaeError, runfile  # noqa: E402
-from vaecli.training.calibration import pmf_sigma  # noqa: E402
+from vaecli.calibration import pmf_sigma  # noqa: E402
 from vaecli.cli import main  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
@@ -25,10 +25,13 @@ from fakes import FakeData  # noqa: E402
 class FixedMeanModel(torch.nn.Module):
     """A 'VAE' whose decoder mean for image i is the fixed picture means[i]."""
 
+    latent_size = 1
+
     def __init__(self, means):
         super().__init__()
         self.raw = torch.logit(torch.as_tensor(means, dtype=torch.float64))
         self.lookup = {}
+        self.dtype_anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))  # the noise's dtype
 
     def encode(self, x):
         index = torch.tensor([self.lookup[bytes(row.numpy())] for row in x])
@@ -37,6 +40,13 @@ class FixedMeanModel(torch.nn.Module):
 
     def decode(self, z):
         return self.raw[z[:, 0].round().long()]
+
+    def posterior(self, features, eps):
+        from vaecli.models.protocol import LatentGroup, Pass
+
+        mu, logvar = features
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return Pass(self.decode(z), (LatentGroup(z, mu, logvar),))
 
 
 def _discretized_gaussian_data(sigma, n=300, shape=(1, 8, 8), seed=0):

@@ -51,7 +51,7 @@ def test_info_shows_the_run(run_file):
     assert result.exit_code == 0
     assert "likelihood   sigma" in result.stdout and "eval sigma" in result.stdout
     data = json.loads(_invoke(["info", str(run_file), "--json"]).stdout)
-    assert data["attrs"]["schema_version"] == 1 and len(data["attrs"]["dataset_checksum"]) == 64
+    assert data["attrs"]["schema_version"] == 2 and len(data["attrs"]["dataset_checksum"]) == 64
     assert "torch" in data["attrs"]["library_versions"]
 
 
@@ -95,11 +95,11 @@ def test_reconstruct_plot_compare(run_file, tmp_path):
     assert _invoke(["plot", str(run_file), "-o", str(tmp_path / "c.png")]).exit_code == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     table = _invoke(["compare", str(run_file), str(run_file), "--format", "markdown"]).stdout.splitlines()
-    assert table[0].startswith("| run | status | likelihood") and len(table) == 4
+    assert table[0].startswith("| run | status | model | likelihood") and len(table) == 4
     rows = json.loads(_invoke(["compare", str(run_file), "--format", "json"]).stdout)
     assert rows[0]["likelihood"] == "sigma"
     csv = _invoke(["compare", str(run_file), "--format", "csv"]).stdout.splitlines()
-    assert csv[0].startswith("run,status,likelihood")
+    assert csv[0].startswith("run,status,model,likelihood")
 
 
 def test_resume_more_epochs(run_file, tmp_path, data_file):

@@ -1,5 +1,5 @@
 """Users' mistakes through the CLI: nothing they type may destroy a run, end in a
-traceback, or print JSON that a strict parser refuses (found by a review of the CLI)."""
+traceback, or print JSON that a strict parser refuses."""
 
 import hashlib
 import json
@@ -121,7 +121,7 @@ def test_npz_samples_go_exactly_to_o_and_atomically(finished, tmp_path):
 
 
 def test_samples_are_decoded_in_batches_with_the_same_draws(finished, tmp_path, monkeypatch):
-    import vaecli.cli as cli
+    import vaecli.cli.pictures as cli
 
     whole = tmp_path / "whole.npz"
     assert _invoke(["sample", finished, "-n", "7", "-o", whole]).exit_code == 0
@@ -172,7 +172,7 @@ def test_a_bad_device_is_one_line_everywhere(finished, command, tmp_path, monkey
 def test_reconstruct_refuses_more_images_than_the_split_holds(finished, tmp_path):
     message = _one_line_error(_invoke(["reconstruct", finished, "-o", tmp_path / "r.png", "-n", "16",
                                        "--rows", "100"]))
-    assert message.startswith("Error: -n 16 x --rows 100 = 1600 images, but the test split has ")
+    assert message.startswith("Error: 1600 images asked for (-n x --rows), but the test split has ")
 
 
 @pytest.mark.parametrize("args", [
@@ -241,7 +241,7 @@ def test_compare_formats(finished, data_file, tmp_path):
     assert _invoke(["train", "--data", data_file, "--likelihood", "bernoulli", *SMALL[:-3], "--epochs", "1",
                     "--quiet", "--out", bern]).exit_code == 0
     csv_out = _invoke(["compare", weird, bern, "--format", "csv"]).stdout
-    assert "\r" not in csv_out and csv_out.splitlines()[0].startswith("run,status,likelihood")
+    assert "\r" not in csv_out and csv_out.splitlines()[0].startswith("run,status,model,likelihood")
     table = _invoke(["compare", weird, bern]).stdout.splitlines()
     assert len({line.count("|") - line.count("\\|") for line in table}) == 1  # as many columns on every line
     assert "we\\|ird" in table[2]

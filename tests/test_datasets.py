@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from vaecli import VaeError
 from vaecli.datasets import catalog, formats
 from vaecli.datasets import load, list_local, download, Dataset, images_checksum
-from vaecli.datasets.commands import data as data_group
+from vaecli.cli.data import data as data_group
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 # Checksums of the bundled split images (Dataset.checksum); change only with a rebuild.
@@ -964,7 +964,7 @@ def test_data_download_success_message(tmp_path, monkeypatch):
 
 
 def test_importing_the_commands_loads_no_numpy():
-    code = ("import sys, vaecli.datasets, vaecli.datasets.commands; "
+    code = ("import sys, vaecli.datasets, vaecli.cli.data; "
             "bad = [m for m in ('numpy', 'scipy', 'PIL', 'h5py', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,7 +10,8 @@ from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.training.step import (  # noqa: E402
     EpochSums, NonFiniteGuard, TrainStep, capture_failure, fused_state, make_optimizer,
 )
-from vaecli.runs import build_model, train  # noqa: E402
+from vaecli.runs import build_model  # noqa: E402
+from vaecli.training import train  # noqa: E402
 from fakes import FakeData  # noqa: E402
 
 

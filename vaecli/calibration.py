@@ -20,13 +20,13 @@ import math
 import numpy as np
 import torch
 
-from .. import registry
-from ..backends import torch_backend
-from ..constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
+from . import registry
+from .backends import torch_backend
+from .constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
                          PMF_SIGMA_XTOL)
-from ..errors import VaeError
-from ..models.protocol import draw_noise
-from ..units import bits_per_dim
+from .errors import VaeError
+from .models.protocol import draw_noise
+from .units import bits_per_dim
 
 _BATCH = 500
 

@@ -67,8 +67,8 @@ class TrainConfig:
             if not ok:
                 raise VaeError(message)
         if self.compile and self.memory_format == "channels_last":
-            # inductor's own channels-last layouts broke the compiled backward on an H200
-            # (vaecli/step.py); this pair has not been run on a GPU
+            # inductor's own channels-last layouts break the compiled backward
+            # (vaecli/training/step.py); the pair is refused until it runs on a GPU
             raise VaeError("--compile with --memory-format channels_last is not supported yet; use one of them")
         if self.binarize and self.likelihood != "bernoulli":
             raise VaeError("--binarize is for the bernoulli likelihood")

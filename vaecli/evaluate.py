@@ -14,7 +14,7 @@ import torch
 from . import registry
 from .constants import ACTIVE_UNIT_THRESHOLD
 from .models.protocol import draw_noise, log_weight, posterior_means, repeat_features, total_kl
-from .training.calibration import needs_calibration
+from .calibration import needs_calibration
 from .units import bits_per_dim, equivalent_beta
 
 METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units")

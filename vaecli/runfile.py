@@ -1,10 +1,11 @@
 """The run file: one self-describing HDF5 file per training run (docs/runfile.md).
 
-Layout (schema 1)::
+Layout (schema 2)::
 
     /                 attrs: format="vaecli-run", schema_version, vaecli_version,
-                      created, updated, likelihood, n_bits, units="nats", seed,
-                      device, dataset, dataset_checksum, image_shape, config (JSON),
+                      created, updated, likelihood, model, n_bits, units="nats", seed,
+                      device, dataset, dataset_checksum, image_shape, config (JSON,
+                      with the model's registered name and its options),
                       status, epochs_done, step_in_epoch, library versions, cuda_graph
     /model/<name>     model (and likelihood) parameters and buffers, one dataset each
     /optimizer        attrs: param_groups (JSON); /optimizer/state/<i>/<key> datasets
@@ -39,7 +40,9 @@ from .config import TrainConfig
 from .errors import VaeError
 
 FORMAT = "vaecli-run"
-SCHEMA_VERSION = 1
+# 2: the config names the model and holds its options (model, model_options); schema 1
+# files (the conv model, latent_dim and width at the config's top level) still load
+SCHEMA_VERSION = 2
 
 # Every file vaecli writes starts with an HDF5 user block (bytes HDF5 ignores) that
 # holds a seal: the SHA-256 of everything after it.  A reader checks the seal before

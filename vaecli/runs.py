@@ -14,8 +14,8 @@ from . import datasets, models, runfile
 from .api import Likelihood
 from .config import TrainConfig
 from .errors import VaeError
-from .training.calibration import apply as apply_calibration
-from .training.distributed import resolve_device
+from .calibration import apply as apply_calibration
+from .devices import resolve_device
 
 HOLDOUT_SEED = 0  # data files without splits: the permutation that picks the test set
 HOLDOUT_FRACTION = 0.1  # ... and the share of images it holds out
@@ -203,7 +203,7 @@ class _bar:
 def recalibrate(run: runfile.Run, device="auto") -> dict:
     """The PMF evaluation sigma of a run whose likelihood is calibrated, computed from
     its training data (for run files written before vae train stored it)."""
-    from .training.calibration import needs_calibration, pmf_sigma
+    from .calibration import needs_calibration, pmf_sigma
 
     if not needs_calibration(run.config.likelihood):
         raise VaeError(f"{run.path}: a {run.config.likelihood} run; only sigma runs have evaluation sigmas")

@@ -28,7 +28,7 @@ def main(ctx, debug):
 
 
 def _register():
-    from ..datasets.commands import data
+    from .data import data
     from . import evaluate, fid, pictures, reference, runs, train
 
     for module in (reference, train, evaluate, pictures, runs, fid):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from ..cli.common import CONTEXT, VaeGroup
-from .catalog import ALIASES, NAMES
+from .common import CONTEXT, VaeGroup
+from ..datasets.catalog import ALIASES, NAMES
 
 
 @click.group("data", cls=VaeGroup, context_settings=CONTEXT)
@@ -38,7 +38,7 @@ def list_command(as_json, data_dir):
     """List the named datasets and where each was found."""
     import json
 
-    from .catalog import list_local
+    from ..datasets.catalog import list_local
 
     rows = list_local(data_dir)
     if as_json:
@@ -60,7 +60,7 @@ def list_command(as_json, data_dir):
               help="Download into DIR/<name>/ (default: $VAECLI_CACHE or ~/.cache/vaecli).")
 def download_command(name, cache_dir):
     """Download NAME's official files and verify their SHA-256."""
-    from .catalog import canonical_name, download
+    from ..datasets.catalog import canonical_name, download
 
     name = canonical_name(name)
     if name == "mnist5k":

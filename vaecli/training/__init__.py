@@ -1,6 +1,6 @@
 """Training: the loop (loop.py), the captured step (step.py), checkpoint and resume
-(state.py), data-parallel processes (distributed.py), signals (interrupt.py) and the
-sigma-VAE's evaluation sigmas (calibration.py)."""
+(state.py), data-parallel processes (distributed.py) and signals (interrupt.py).  The
+sigma-VAE's evaluation sigmas are computed by vaecli.calibration."""
 
 from .loop import train
 

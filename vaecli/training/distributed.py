@@ -8,25 +8,10 @@ import os
 
 import torch
 
-from ..errors import VaeError
+from ..devices import resolve_device
 
 DIST_TIMEOUT_S = 300  # a collective waiting longer than this means a rank is gone
 INTERRUPT_SYNC_STEPS = 16  # under torchrun, the ranks agree on an interrupt every this many steps
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N as a torch device; anything else is one clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    index = name[len("cuda:"):] if name.startswith("cuda:") else None
-    if name not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
-        raise VaeError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise VaeError(f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False)")
-        if index is not None and int(index) >= torch.cuda.device_count():
-            raise VaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device(name)
 
 
 def environment_rank() -> int:

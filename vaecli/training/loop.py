@@ -16,7 +16,8 @@ from ..errors import VaeError
 from ..models.protocol import draw_noise, total_kl
 from ..report import epoch_line, progress_postfix
 from ..units import equivalent_beta
-from . import calibration, distributed, state
+from .. import calibration
+from . import distributed, state
 from .interrupt import Abort, InterruptFlag, NonFinite
 from .step import NonFiniteGuard, TrainStep, make_optimizer
 

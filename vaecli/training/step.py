@@ -153,8 +153,7 @@ def _renew_cuda_generator(device, log):
     """Give the device's default CUDA generator a fresh state with the same seed and
     offset.  A failed capture leaves the generator's state mid-capture, and every later
     draw from it then fails ("Offset increment outside graph capture encountered
-    unexpectedly"; seen on an H200 with torch 2.11 after a failed capture of a compiled
-    bf16 step).  The step draws its own noise outside the graph, but the process's
+    unexpectedly", torch 2.11).  The step draws its own noise outside the graph, but the process's
     other users of the default generator (a model's dropout, the caller's code) must
     keep working.  A graph captured earlier in the process with random ops of its own
     would go on advancing the old state; vaecli's graphs draw nothing."""
@@ -235,7 +234,7 @@ class TrainStep:
         # Inductor's layout optimization is off: it makes the saved activations
         # channels_last, and its fake convolution_backward then expects a channels_last
         # gradient where cuDNN returns a contiguous one (the decoder's last layer has
-        # one channel), which failed the first backward on an H200 (torch 2.11)
+        # one channel), and the first backward fails (torch 2.11, CUDA)
         self.forward = (torch.compile(self._forward, options={"layout_optimization": False})
                         if compile_forward else self._forward)
         self.graph_wanted = bool(cuda_graph) and self.device.type == "cuda" and world == 1

@@ -1,0 +1,112 @@
+"""vaecli.models: the registry of models with typed options, and the protocol's
+library-side computations (KL per group, importance weights)."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from vaecli import VaeError, models  # noqa: E402
+from vaecli.cli import main  # noqa: E402
+from vaecli.config import TrainConfig  # noqa: E402
+from vaecli.models.protocol import LatentGroup, group_kl, log_weight, repeat_features, total_kl  # noqa: E402
+
+
+def test_options_are_completed_typed_and_checked():
+    assert models.parse_options("conv") == {"latent_dim": 20, "width": 32}
+    assert models.parse_options("conv", {"width": "8"}) == {"latent_dim": 20, "width": 8}
+    with pytest.raises(VaeError, match=r"model conv has no option\(s\) depth; its options are: latent_dim, width"):
+        models.parse_options("conv", {"depth": 3})
+    with pytest.raises(VaeError, match="option width must be int, got 'wide'"):
+        models.parse_options("conv", {"width": "wide"})
+    with pytest.raises(VaeError, match="latent_dim must be an integer >= 1, got 0"):
+        models.parse_options("conv", {"latent_dim": 0})
+    with pytest.raises(VaeError, match="unknown model 'resnet'; choose one of: conv"):
+        TrainConfig(model="resnet")
+
+
+def test_a_schema_1_config_reads_as_the_conv_model():
+    old = json.dumps({"dataset": "mnist5k", "likelihood": "sigma", "latent_dim": 7, "width": 3})
+    config = TrainConfig.from_json(old)
+    assert (config.model, config.model_options) == ("conv", {"latent_dim": 7, "width": 3})
+    assert TrainConfig.from_json(config.to_json()) == config
+
+
+def test_vae_models_lists_each_model_with_its_defaults():
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert rows[0]["name"] == "conv" and rows[0]["options"] == {"latent_dim": 20, "width": 32}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model-option", "depth=2"], "Error: model conv has no option(s) depth; its options are: latent_dim, width"),
+    (["--model-option", "width"], "Error: Invalid value for --model-option: 'width' is not KEY=VALUE"),
+    (["--model", "resnet"], "Error: Invalid value for '--model'"),
+])
+def test_train_refuses_bad_model_options_in_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r.h5"), "--epochs", "0", *args])
+    assert result.exit_code != 0
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(message), result.output
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_model_option_reaches_the_model(tmp_path):
+    from fakes import FakeData, blob_images
+
+    from vaecli.training import train
+
+    data = (FakeData(blob_images(64, size=8)), FakeData(blob_images(16, size=8, seed=1)))
+    config = TrainConfig(epochs=1, batch_size=32, model_options={"latent_dim": 3, "width": 5})
+    run = train(config, tmp_path / "r.h5", data=data, progress=False)
+    assert run.model["to_posterior.weight"].shape == (6, 4 * 5 * 2 * 2)
+    assert run.attrs["model"] == "conv" and run.config.model_options == {"latent_dim": 3, "width": 5}
+
+
+def test_kl_of_a_group_with_a_learned_prior_is_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    q_m, q_lv, p_m, p_lv = (torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    q = torch.distributions.Normal(q_m, torch.exp(0.5 * q_lv))
+    p = torch.distributions.Normal(p_m, torch.exp(0.5 * p_lv))
+    expected = torch.distributions.kl_divergence(q, p).sum(dim=(1, 2, 3))
+    z = q_m + torch.exp(0.5 * q_lv) * torch.randn(q_m.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(group_kl(LatentGroup(z, q_m, q_lv, p_m, p_lv)), expected)
+    standard = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(dim=(1, 2, 3))
+    two = (LatentGroup(z, q_m, q_lv, p_m, p_lv), LatentGroup(z, q_m, q_lv))
+    torch.testing.assert_close(total_kl(two), expected + standard)
+
+
+def test_log_weight_is_log_prior_minus_log_posterior_over_all_groups():
+    g = torch.Generator().manual_seed(1)
+    q_m, q_lv, p_m, p_lv = (torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    q = torch.distributions.Normal(q_m, torch.exp(0.5 * q_lv))
+    p = torch.distributions.Normal(p_m, torch.exp(0.5 * p_lv))
+    expected = (p.log_prob(z) - q.log_prob(z)).sum(1) + (torch.distributions.Normal(0.0, 1.0).log_prob(z)
+                                                         - q.log_prob(z)).sum(1)
+    torch.testing.assert_close(log_weight((LatentGroup(z, q_m, q_lv, p_m, p_lv), LatentGroup(z, q_m, q_lv))),
+                               expected)
+
+
+def test_features_repeat_row_major_by_sample():
+    a, b = torch.arange(6.0).view(3, 2), torch.arange(3.0).view(3, 1)
+    ra, rb = repeat_features((a, b), 2)
+    assert ra.shape == (6, 2) and torch.equal(ra[3:], a) and torch.equal(rb[:3], b)
+
+
+def test_conv_follows_the_protocol():
+    from vaecli.runs import build_model
+
+    model = build_model(TrainConfig(model_options={"latent_dim": 4, "width": 2}), (1, 8, 8), "cpu")
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    eps = torch.randn(3, model.latent_size)
+    a, b = model(x, eps), model.posterior(model.encode(x), eps)
+    assert torch.equal(a.raw, b.raw) and torch.equal(a.groups[0].z, b.groups[0].z)
+    mean_path = model.posterior(model.encode(x), torch.zeros_like(eps))
+    assert torch.equal(mean_path.groups[0].z, mean_path.groups[0].mean)
+    assert model.generate(eps, 0.5).shape == (3, 1, 8, 8)
+    torch.testing.assert_close(model.generate(eps, 0.5), model.decode(0.5 * eps))
