@@ -78,62 +78,75 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     lik = model.likelihood
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    n, dims = images.shape[0], int(np.prod(images.shape[1:]))
-    levels = 2**lik.n_bits
-    want = set(metrics)
-    same_pmf = not registry.info(lik.name).continuous  # log_prob is the PMF itself
+    want = {m for m in metrics if applicability(lik.name, m, binarized)[0]}
     rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf", "post_means")}
-    # the KL is that of the ELBO's posterior samples (analytic per group, averaged over the samples)
-    need_elbo = want & {"elbo", "bpd", "mse", "kl"}
     for index, x in _batches(images, batch_size, device, rank, world):
         gen.manual_seed(batch_seed(seed, index))
         features = model.encode(x)
         if "active-units" in want:
             rows["post_means"].append((index, posterior_means(model, features).double()))
-        if need_elbo:
-            rec = kl = rec_pmf = sq = torch.zeros(x.shape[0], dtype=torch.float64, device=device)
-            for _ in range(elbo_samples):
-                out = model.posterior(features, draw_noise(model, x.shape[0], gen))
-                raw = out.raw
-                kl = kl + total_kl(out.groups).double()
-                log_px = None
-                if "elbo" in want and applicability(lik.name, "elbo", binarized)[0]:
-                    log_px = lik.log_prob(x, raw).double()
-                    rec = rec + log_px
-                if "bpd" in want and applicability(lik.name, "bpd", binarized)[0]:
-                    rec_pmf = rec_pmf + (log_px if same_pmf and log_px is not None else lik.log_pmf(x, raw).double())
-                if "mse" in want:
-                    y = x.double() / (levels - 1)
-                    sq = sq + ((lik.mean(raw).double() - y) ** 2).mean(dim=(1, 2, 3))
-            kl = kl / elbo_samples
-            rows["kl"].append((index, kl))
-            rows["elbo"].append((index, rec / elbo_samples - kl))
-            rows["elbo_pmf"].append((index, rec_pmf / elbo_samples - kl))
-            rows["mse"].append((index, sq / elbo_samples))
-        if "nll" in want and applicability(lik.name, "nll", binarized)[0]:
-            # the K samples are decoded `chunk` at a time for the whole batch: one
-            # decoder call of chunk*B rows instead of chunk calls of B rows
-            b = x.shape[0]
-            budget = IW_DECODE_VALUES["cuda" if device.type == "cuda" else "cpu"]
-            chunk = max(1, min(iw_samples, budget // (b * x[0].numel())))
-            log_w, log_w_pmf = [], []
-            for start in range(0, iw_samples, chunk):
-                c = min(chunk, iw_samples - start)
-                eps = draw_noise(model, b, gen, leading=(c,)).reshape(c * b, -1)  # row i*B + b: image b
-                out = model.posterior(repeat_features(features, c), eps)
-                xs = x.expand(c, *x.shape).reshape(c * b, *x.shape[1:])
-                prior_minus_q = log_weight(out.groups).double().view(c, b)
-                log_w.append(lik.log_prob(xs, out.raw).double().view(c, b) + prior_minus_q)
-                # a discrete decoder's log_prob is its PMF: one evaluation serves both bounds
-                log_w_pmf.append(log_w[-1] if same_pmf else
-                                 lik.log_pmf(xs, out.raw).double().view(c, b) + prior_minus_q)
-            k = float(iw_samples)
-            rows["iw"].append((index, torch.logsumexp(torch.cat(log_w), 0) - math.log(k)))
-            rows["iw_pmf"].append((index, torch.logsumexp(torch.cat(log_w_pmf), 0) - math.log(k)))
+        # the KL is that of the ELBO's posterior samples (analytic per group, averaged over the samples)
+        if want & {"elbo", "bpd", "mse", "kl"}:
+            for key, values in _elbo_rows(model, x, features, want, elbo_samples, gen).items():
+                rows[key].append((index, values))
+        if "nll" in want:
+            for key, values in _importance_rows(model, x, features, iw_samples, gen).items():
+                rows[key].append((index, values))
         if progress:
             progress(x.shape[0])
+    results = _summaries(lik, gather_rows(rows, world), metrics, binarized, images.shape, elbo_samples, iw_samples)
+    return _with_sigmas(lik, results)
 
-    rows = gather_rows(rows, world)
+
+def _elbo_rows(model, x, features, want, samples, gen) -> dict:
+    """Per-image ELBO (density and PMF), KL and MSE of one batch, averaged over ``samples``
+    posterior samples, float64."""
+    lik = model.likelihood
+    same_pmf = not lik.info.continuous  # log_prob is the PMF itself
+    rec = kl = rec_pmf = sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for _ in range(samples):
+        out = model.posterior(features, draw_noise(model, x.shape[0], gen))
+        kl = kl + total_kl(out.groups).double()
+        log_px = None
+        if "elbo" in want:
+            log_px = lik.log_prob(x, out.raw).double()
+            rec = rec + log_px
+        if "bpd" in want:
+            rec_pmf = rec_pmf + (log_px if same_pmf and log_px is not None else lik.log_pmf(x, out.raw).double())
+        if "mse" in want:
+            y = x.double() / (2**lik.n_bits - 1)
+            sq = sq + ((lik.mean(out.raw).double() - y) ** 2).mean(dim=(1, 2, 3))
+    kl = kl / samples
+    return {"kl": kl, "elbo": rec / samples - kl, "elbo_pmf": rec_pmf / samples - kl, "mse": sq / samples}
+
+
+def _importance_rows(model, x, features, iw_samples, gen) -> dict:
+    """Per-image importance-weighted bounds of one batch (density and PMF), float64.  The
+    K samples are decoded ``chunk`` at a time for the whole batch: one decoder call of
+    chunk*B rows instead of chunk calls of B rows."""
+    lik = model.likelihood
+    same_pmf = not lik.info.continuous
+    b = x.shape[0]
+    budget = IW_DECODE_VALUES["cuda" if x.device.type == "cuda" else "cpu"]
+    chunk = max(1, min(iw_samples, budget // (b * x[0].numel())))
+    log_w, log_w_pmf = [], []
+    for start in range(0, iw_samples, chunk):
+        c = min(chunk, iw_samples - start)
+        eps = draw_noise(model, b, gen, leading=(c,)).reshape(c * b, -1)  # row i*B + b: image b
+        out = model.posterior(repeat_features(features, c), eps)
+        xs = x.expand(c, *x.shape).reshape(c * b, *x.shape[1:])
+        prior_minus_q = log_weight(out.groups).double().view(c, b)
+        log_w.append(lik.log_prob(xs, out.raw).double().view(c, b) + prior_minus_q)
+        # a discrete decoder's log_prob is its PMF: one evaluation serves both bounds
+        log_w_pmf.append(log_w[-1] if same_pmf else lik.log_pmf(xs, out.raw).double().view(c, b) + prior_minus_q)
+    k = float(iw_samples)
+    return {"iw": torch.logsumexp(torch.cat(log_w), 0) - math.log(k),
+            "iw_pmf": torch.logsumexp(torch.cat(log_w_pmf), 0) - math.log(k)}
+
+
+def _summaries(lik, rows, metrics, binarized, shape, elbo_samples, iw_samples) -> dict:
+    """Each metric's mean, standard error, unit and extras from the per-image rows."""
+    n, dims = shape[0], int(np.prod(shape[1:]))
 
     def cat(key):
         return torch.cat(rows[key]).cpu().numpy() if rows[key] else np.zeros(0)
@@ -147,8 +160,7 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
         ok, why = applicability(lik.name, metric, binarized)
         if not ok:
             results[metric] = {"applicable": False, "reason": why, "n": n}
-            continue
-        if metric == "elbo":
+        elif metric == "elbo":
             kind = "density of y = x/(L-1)" if lik.info.continuous else "PMF"
             results[metric] = summary(cat("elbo"), "nats/image", samples=elbo_samples, log_px=kind)
         elif metric == "bpd":
@@ -164,10 +176,15 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
             results[metric] = summary(cat("mse"), "per dimension on [0, 1]", samples=elbo_samples)
         elif metric == "active-units":
             means = cat("post_means")
-            variance = means.var(axis=0)
-            active = int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+            active = int((means.var(axis=0) > ACTIVE_UNIT_THRESHOLD).sum())
             results[metric] = {"value": active, "stderr": 0.0, "unit": f"of {means.shape[1]} latent dims",
                                "n": n, "applicable": True, "threshold": ACTIVE_UNIT_THRESHOLD}
+    return results
+
+
+def _with_sigmas(lik, results) -> dict:
+    """The decoder sigma (and its equivalent beta) the numbers were computed with, where
+    there is one sigma; the PMF sigma of a calibrated likelihood's discrete numbers."""
     info, calibrated = lik.info, needs_calibration(lik.name)
     # one sigma for the whole evaluation: a fixed or learned one, or a calibrated one
     one_sigma = info.gaussian_family and "log_sigma" not in info.params and (
