@@ -9,6 +9,7 @@ import sys
 import click
 
 from .. import models, registry
+from ..backends import LIKELIHOOD_BACKENDS
 from .common import CONTEXT, SEED, echo_json, echo_lines
 
 
@@ -42,7 +43,7 @@ def models_command(as_json):
 
 
 @click.command("verify", context_settings=CONTEXT)
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "cupy", "all"]),
+@click.option("--backend", "backends", multiple=True, type=click.Choice([*LIKELIHOOD_BACKENDS, "all"]),
               help="Backend(s) to check against the float64 reference [default: torch].")
 @click.option("--likelihood", "likelihoods", multiple=True, type=click.Choice(registry.NAMES),
               help="Likelihood(s) to check [default: all eleven].")
@@ -65,7 +66,6 @@ def verify_command(backends, likelihoods, dtypes, device, seed, channels, as_jso
     import numpy as np
 
     from .. import report, verify
-    from ..backends import LIKELIHOOD_BACKENDS
 
     backends = LIKELIHOOD_BACKENDS if "all" in backends else (backends or ("torch",))
     likelihoods, dtypes = likelihoods or registry.NAMES, dtypes or verify.DTYPES
