@@ -192,6 +192,41 @@ def test_nonfinite_gradient_with_finite_loss_is_skipped(tmp_path, monkeypatch):
     assert run.history["skipped_steps"][0] == 1 and run.attrs["status"] == "complete"
 
 
+def _nan_kl_from(monkeypatch, first_bad_call):
+    import vaecli.training.step as step_module
+
+    real_kl, calls = step_module.total_kl, {"n": 0}
+
+    def kl(groups):
+        calls["n"] += 1
+        value = real_kl(groups)
+        return value * float("nan") if calls["n"] >= first_bad_call else value
+
+    monkeypatch.setattr(step_module, "total_kl", kl)
+
+
+@pytest.mark.parametrize("likelihood", ["sigma", "gaussian"])
+def test_a_run_in_which_no_step_was_finite_stops_and_writes_nothing(tmp_path, monkeypatch, likelihood):
+    _nan_kl_from(monkeypatch, 1)
+    out = tmp_path / "run.h5"
+    with pytest.raises(VaeError, match=rf"{likelihood}: no step of 1 epoch\(s\) was finite .*nothing was "
+                                       r"trained, so the run stops; no run file was written"):
+        train(_config(likelihood=likelihood, max_nonfinite=100), out, data=_data(), progress=False)
+    assert not out.exists()
+
+
+def test_an_epoch_without_a_finite_step_still_checkpoints(tmp_path, monkeypatch):
+    """Epoch 1 trains; every step of epoch 2 is skipped (4 steps, under --max-nonfinite):
+    the checkpoint holds numbers, no None, and epoch 2's training numbers are NaN."""
+    _nan_kl_from(monkeypatch, 5)
+    lines = []
+    run = train(_config(max_nonfinite=100), tmp_path / "run.h5", data=_data(), progress=True, log=lines.append)
+    assert run.attrs["status"] == "complete" and list(run.history["skipped_steps"]) == [0, 4]
+    assert np.isfinite(run.history["train_elbo"][0]) and np.isnan(run.history["train_elbo"][1])
+    assert run.calibration["epoch"] == 1 and run.calibration["eval_sigma"] > 0  # the last finite epoch's
+    assert "train ELBO n/a (no finite step in this epoch)" in lines[1]
+
+
 # --------------------------------------------------------- corrupted run files
 
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from . import models, registry
 from .backends import LIKELIHOOD_BACKENDS
-from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN
+from .constants import DEFAULT_MIXTURES, DEFAULT_N_BITS, LOG_SIGMA_MIN, PMF_SIGMA_MAX
 from .errors import VaeError
 
 DEFAULT_DATASET = "mnist5k"
 MEMORY_FORMATS = ("contiguous", "channels_last")
+FLOAT32_MAX = 3.4028234663852886e38
+# the PMF calibration searches sigma in [exp(log_sigma_min), PMF_SIGMA_MAX]: a floor above
+# its top leaves nothing to fit (a sigma above 2 is twice the [0, 1] data range)
+LOG_SIGMA_MIN_MAX = math.log(PMF_SIGMA_MAX)
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
 
 
 @dataclass(frozen=True)
@@ -43,13 +49,19 @@ class TrainConfig:
     memory_format: str = "contiguous"  # layout of the conv weights and activations in training: or channels_last
 
     def __post_init__(self):
+        self._check_types()
         registry.info(self.likelihood)
         registry.num_levels(self.n_bits)
         object.__setattr__(self, "model_options", models.parse_options(self.model, self.model_options))
         checks = [
             (self.backend in LIKELIHOOD_BACKENDS,
              f"backend must be {' or '.join(LIKELIHOOD_BACKENDS)}, got {self.backend!r}"),
-            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
+            (0 <= self.beta <= FLOAT32_MAX, f"beta must be >= 0 and finite in float32 (at most {FLOAT32_MAX:.4g}), "
+                                            f"got {self.beta}"),
+            (self.log_sigma_min is None or self.log_sigma_min <= LOG_SIGMA_MIN_MAX,
+             f"log_sigma_min must be at most ln {PMF_SIGMA_MAX:g} = {LOG_SIGMA_MIN_MAX:.4f} (a floor on every "
+             f"sigma above {PMF_SIGMA_MAX:g}, twice the data's [0, 1] range, leaves the PMF calibration nothing to "
+             f"fit), got {self.log_sigma_min}"),
             (self.sigma is None or self.sigma > 0, f"sigma must be > 0, got {self.sigma}"),
             (self.mixtures >= 1, f"mixtures must be >= 1, got {self.mixtures}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
@@ -77,12 +89,36 @@ class TrainConfig:
         if self.dequantize and not registry.info(self.likelihood).continuous:
             raise VaeError(f"--dequantize is for continuous decoders; {self.likelihood} is discrete")
 
+    def _check_types(self):
+        """Each field of the kind its annotation names (a run file's JSON is read here
+        too): ints are ints (not bools), numbers finite, and None only where allowed."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind, _, optional = str(f.type).partition(" | ")
+            if value is None and optional == "None":
+                continue
+            types = _KINDS.get(kind)
+            if types is None:
+                continue
+            ok = isinstance(value, types) and not (kind != "bool" and isinstance(value, bool))
+            if ok and kind == "float":
+                ok = math.isfinite(value)
+                object.__setattr__(self, f.name, float(value))
+            if not ok:
+                raise VaeError(f"config {f.name} must be {'a finite number' if kind == 'float' else kind}"
+                               f"{' or null' if optional else ''}, got {value!r}")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError):
+            raise VaeError(f"run file config is not JSON: {str(text)[:60]!r}") from None
+        if not isinstance(data, dict):
+            raise VaeError(f"run file config is not a JSON object: {str(text)[:60]!r}")
         if "model" not in data:  # schema 1: the conv model, its two options at the top level
             data["model"] = "conv"
             data["model_options"] = {k: data.pop(k) for k in ("latent_dim", "width") if k in data}

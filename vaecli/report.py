@@ -24,7 +24,9 @@ def objective_name(config) -> str:
 def epoch_line(history, config) -> str:
     i = -1
     what = objective_name(config)
-    text = (f"epoch {history['epoch'][i]}: train {what} {history['train_elbo'][i]:.2f}, "
+    train = (f"{history['train_elbo'][i]:.2f}" if math.isfinite(history["train_elbo"][i])
+             else "n/a (no finite step in this epoch)")
+    text = (f"epoch {history['epoch'][i]}: train {what} {train}, "
             f"test {what} {history['test_elbo'][i]:.2f} nats (KL {history['test_kl'][i]:.2f})")
     if not math.isnan(history["sigma"][i]):
         text += f", sigma {history['sigma'][i]:.4f} (beta-equivalent {history['equivalent_beta'][i]:.4g})"

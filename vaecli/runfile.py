@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import runcheck
 from ._version import __version__
 from .config import TrainConfig
 from .errors import VaeError
@@ -275,20 +276,21 @@ def read(path) -> Run:
                     f"{__version__} reads ({SCHEMA_VERSION}); upgrade vaecli"
                 )
             config = TrainConfig.from_json(attrs["config"])
-            model = {k: f["model"][k][()] for k in f["model"]} if "model" in f else {}
+            model = {k: _read(f, f"model/{k}") for k in f["model"]} if "model" in f else {}
             optimizer = None
             if "optimizer" in f:
                 g = f["optimizer"]
                 optimizer = {
-                    "param_groups": json.loads(g.attrs["param_groups"]),
-                    "state": {int(i): {k: g["state"][i][k][()] for k in g["state"][i]} for i in g["state"]},
+                    "param_groups": runcheck.parse_json(g.attrs["param_groups"], "optimizer param_groups"),
+                    "state": {int(i): {k: _read(f, f"optimizer/state/{i}/{k}") for k in g["state"][i]}
+                              for i in g["state"]},
                 }
-            rng = {k: f["rng"][k][()] for k in f["rng"]} if "rng" in f else {}
+            rng = {k: _read(f, f"rng/{k}") for k in f["rng"]} if "rng" in f else {}
             progress = {}
             if "progress" in f:
                 progress = _attrs(f["progress"])
-                progress.update({k: f["progress"][k][()] for k in f["progress"]})
-            history = {k: f["history"][k][()] for k in f["history"]} if "history" in f else {}
+                progress.update({k: _read(f, f"progress/{k}") for k in f["progress"]})
+            history = {k: _read(f, f"history/{k}") for k in f["history"]} if "history" in f else {}
             calibration = _attrs(f["calibration"]) if "calibration" in f else {}
             evaluations = {}
             if "evaluations" in f:
@@ -296,12 +298,27 @@ def read(path) -> Run:
                     evaluations[split] = {m: _attrs(f["evaluations"][split][m]) for m in f["evaluations"][split]}
             samples = {}
             if "samples" in f:
-                samples = {k: (f["samples"][k][()], _attrs(f["samples"][k])) for k in f["samples"]}
+                samples = {k: (_read(f, f"samples/{k}"), _attrs(f["samples"][k])) for k in f["samples"]}
     except VaeError:
         raise
+    except runcheck._Invalid as exc:
+        runcheck.fail(path, str(exc))
     except (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
         raise VaeError(f"{path} is a damaged vaecli run file ({type(exc).__name__}: {exc})") from None
-    return Run(path, attrs, config, model, optimizer, rng, progress, history, calibration, evaluations, samples)
+    run = Run(path, attrs, config, model, optimizer, rng, progress, history, calibration, evaluations, samples)
+    runcheck.validate(run)
+    return run
+
+
+def _read(f, name):
+    """A dataset's values, its declared size checked before any byte is read."""
+    import h5py
+
+    d = f[name]
+    if not isinstance(d, h5py.Dataset):
+        raise runcheck._Invalid(f"{name} is a group where an array belongs")
+    runcheck.check_declared_size(name, d)
+    return d[()]
 
 
 def write(path, *, config: TrainConfig, attrs: dict, model: dict, optimizer: dict | None, rng: dict,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import datasets, models, runfile
+from . import datasets, models, runcheck, runfile
 from .api import Likelihood
 from .config import TrainConfig
 from .errors import VaeError
@@ -102,6 +102,7 @@ def load_model(run: runfile.Run, device="auto", for_evaluation=True):
     sigmas set on its likelihood (where it has them)."""
     device = resolve_device(device) if isinstance(device, str) else device
     model = build_model(run.config, run.image_shape, device)
+    runcheck.check_model_state(run.path, model, run.model)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in run.model.items()})
     if for_evaluation:
         apply_calibration(model, run.calibration, run.path)

@@ -68,12 +68,20 @@ def parse_options(name: str, given: dict | None = None) -> dict:
         raise VaeError(f"model {name} has no option(s) {', '.join(unknown)}; its options are: "
                        f"{', '.join(fields)}")
     typed = {k: _typed(name, k, v, fields[k]) for k, v in given.items()}
+    for key, value in typed.items():
+        kind = _kind(fields[key])
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise VaeError(f"model {name}: option {key} must be {kind.__name__}, got {value!r}")
     return dataclasses.asdict(spec(**typed))
 
 
+def _kind(field) -> type:
+    return field.type if isinstance(field.type, type) else {"int": int, "float": float, "bool": bool,
+                                                            "str": str}.get(field.type, object)
+
+
 def _typed(model, key, value, field):
-    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "bool": bool,
-                                                            "str": str}.get(field.type, str)
+    kind = _kind(field)
     if isinstance(value, str) and kind is not str:
         try:
             if kind is bool:

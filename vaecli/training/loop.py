@@ -61,6 +61,9 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     run = state.TrainingState(config, device)
     if previous is not None:
         run.restore(previous, model, optimizer, rank)
+        if run.step_in_epoch > steps_per_epoch:
+            raise VaeError(f"{out}: invalid run file: step {run.step_in_epoch} of an epoch that has "
+                           f"{steps_per_epoch} steps")
     attrs = state.run_attrs(previous, config, device, train_set, test_set, steps_per_epoch)
     train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
                            device=device, levels=2**config.n_bits,
@@ -86,6 +89,12 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
             f"{config.likelihood}: {config.max_nonfinite} non-finite steps in a row (loss or gradient) at epoch "
             f"{stop.epoch}, step {stop.step}; training stopped; {last}"
         ) from None
+    except NothingTrained as stop:
+        loop.bar.close()
+        kept = f"{out} is unchanged" if previous is not None else "no run file was written"
+        raise VaeError(f"{config.likelihood}: no step of {stop.epochs} epoch(s) was finite (every loss or gradient "
+                       f"was NaN or infinite): nothing was trained, so the run stops; {kept} (try a smaller --lr)"
+                       ) from None
     except KeyboardInterrupt:
         loop.bar.close()
         if world > 1:  # the ranks stopped at the same step: the checkpoint holds the global sums
@@ -105,6 +114,14 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
         checkpoint("complete")
     distributed.teardown(world)
     return runfile.read(out)
+
+
+class NothingTrained(Exception):
+    """Every step so far was non-finite: the model is as it was initialised."""
+
+    def __init__(self, epochs):
+        super().__init__(epochs)
+        self.epochs = epochs
 
 
 class _EpochLoop:
@@ -127,6 +144,8 @@ class _EpochLoop:
             self._stop_if_tripped()
             extra_seconds = self._end_epoch()
             run.history["seconds"].append(time.perf_counter() - started - extra_seconds)
+            if not any(math.isfinite(v) for v in run.history["train_elbo"]):
+                raise NothingTrained(run.epochs_done + 1)
             run.epochs_done += 1
             run.step_in_epoch = 0
             run.sums.reset()
@@ -186,6 +205,7 @@ class _EpochLoop:
         if self.world > 1:  # logged sums over the global batch
             run.sums.all_reduce()
         sums = run.sums
+        finite = int(sums.images) > 0  # some step of the epoch was finite: its sums mean something
         n = max(int(sums.images), 1)
         train_mse = float(sums.sse) / (n * int(np.prod(self.train_images.shape[1:])))
         sigma = calibration.epoch_sigma(lik, train_mse, config.log_sigma_min)
@@ -202,16 +222,17 @@ class _EpochLoop:
         lik.sigma = fixed
         h = run.history
         h["epoch"].append(run.epochs_done + 1)
-        h["train_rec"].append(float(sums.rec) / n)
-        h["train_kl"].append(float(sums.kl) / n)
-        h["train_elbo"].append((float(sums.rec) - float(sums.kl)) / n)
-        h["train_loss"].append(float(sums.loss) / n)
+        none = math.nan  # an epoch without a finite step has no training numbers
+        h["train_rec"].append(float(sums.rec) / n if finite else none)
+        h["train_kl"].append(float(sums.kl) / n if finite else none)
+        h["train_elbo"].append((float(sums.rec) - float(sums.kl)) / n if finite else none)
+        h["train_loss"].append(float(sums.loss) / n if finite else none)
         h["test_rec"].append(test["rec"])
         h["test_kl"].append(test["kl"])
         h["test_elbo"].append(test["rec"] - test["kl"])
         h["sigma"].append(sigma if sigma is not None else math.nan)
         h["equivalent_beta"].append(equivalent_beta(sigma) if sigma is not None else math.nan)
-        h["train_mse"].append(train_mse if lik.info.gaussian_family else math.nan)
+        h["train_mse"].append(train_mse if lik.info.gaussian_family and finite else math.nan)
         h["skipped_steps"].append(int(sums.skipped))
         return seconds
 

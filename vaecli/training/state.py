@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from .. import runfile
+from .. import runcheck, runfile
 from .._version import __version__
 from ..config import TrainConfig
 from ..errors import VaeError
@@ -145,6 +145,8 @@ class TrainingState:
 
     def restore(self, previous, model, optimizer, rank: int):
         """Continue from a checkpoint: weights, Adam, history, progress and random streams."""
+        runcheck.check_model_state(previous.path, model, previous.model)
+        runcheck.check_resume_state(previous.path, model, previous.optimizer, previous.rng)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in previous.model.items()})
         if previous.optimizer is not None:
             optimizer.load_state_dict(fused_state(optimizer_from_numpy(previous.optimizer)))
@@ -156,12 +158,17 @@ class TrainingState:
             self.sums = EpochSums(self.device, previous.progress)
         self.calibration = dict(previous.calibration)
         rng = previous.rng
-        torch.set_rng_state(torch.from_numpy(rng["torch_cpu"]))
-        self.epoch_order_state = torch.from_numpy(rng["data_order_epoch_start"])
-        self.dequant.set_state(torch.from_numpy(rng["dequantize"]))
-        self.noise.set_state(torch.from_numpy(rng["noise"]))
-        if self.device.type == "cuda" and "torch_cuda" in rng:
-            torch.cuda.set_rng_state(torch.from_numpy(rng["torch_cuda"]), self.device)
+        try:
+            torch.set_rng_state(torch.from_numpy(rng["torch_cpu"]))
+            self.epoch_order_state = torch.from_numpy(rng["data_order_epoch_start"])
+            self.data_order.set_state(self.epoch_order_state)  # checked now, used at the epoch's start
+            self.dequant.set_state(torch.from_numpy(rng["dequantize"]))
+            self.noise.set_state(torch.from_numpy(rng["noise"]))
+            if self.device.type == "cuda" and "torch_cuda" in rng:
+                torch.cuda.set_rng_state(torch.from_numpy(rng["torch_cuda"]), self.device)
+        except RuntimeError as exc:  # a state of another generator kind or size
+            raise VaeError(f"{previous.path}: invalid run file: a random generator state does not load "
+                           f"({str(exc).splitlines()[0]})") from None
 
     def epoch_order(self, n_train: int) -> torch.Tensor:
         """This epoch's batch order (the same for every resume within the epoch)."""
