@@ -20,3 +20,35 @@ def resolve_device(name: str) -> torch.device:
         if index is not None and int(index) >= torch.cuda.device_count():
             raise VaeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
+
+
+def available_bytes(device) -> int | None:
+    """Memory a new allocation on ``device`` can take now: free GPU memory, or the
+    host's available memory (Linux /proc/meminfo); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(need: int, device, what: str, parts: str = ""):
+    """Refuse, in one line, a request whose estimated memory exceeds what the device has."""
+    free = available_bytes(device)
+    if free is not None and need > free:
+        detail = f" ({parts})" if parts else ""
+        raise VaeError(f"{what} needs about {size_text(need)}{detail}, but {device} has {size_text(free)} available; "
+                       "ask for less")
+
+
+def size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024

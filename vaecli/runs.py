@@ -93,8 +93,43 @@ def build_likelihood(config: TrainConfig) -> Likelihood:
 
 
 def build_model(config: TrainConfig, image_shape, device):
-    """The config's model, freshly initialised (from torch's global RNG), on ``device``."""
+    """The config's model, freshly initialised (from torch's global RNG), on ``device``;
+    its weights' memory is estimated first (on torch's meta device, no allocation) and a
+    model the device cannot hold is refused in one line."""
+    estimate_memory(config, image_shape, device, batch=0, training=False)
     return models.build(config.model, config.model_options, image_shape, build_likelihood(config)).to(device)
+
+
+def estimate_memory(config: TrainConfig, image_shape, device, *, batch: int, training: bool, data_bytes: int = 0):
+    """Bytes the model's weights (and in training its gradients and Adam moments) and a
+    pass of ``batch`` images take, found by building the model and running one image
+    through it on the meta device; a VaeError if that exceeds what the device has."""
+    from .devices import check_fits, size_text
+
+    with torch.device("meta"):
+        probe = models.build(config.model, config.model_options, image_shape, build_likelihood(config))
+        weights = sum(p.numel() * p.element_size() for p in probe.parameters())
+        activations = 0
+        if batch:
+            def count(module, inputs, output):
+                nonlocal activations
+                for t in output if isinstance(output, (tuple, list)) else (output,):
+                    if isinstance(t, torch.Tensor):
+                        activations += t.numel() * t.element_size()
+
+            hooks = [m.register_forward_hook(count) for m in probe.modules() if not list(m.children())]
+            x = torch.zeros((1, *image_shape), dtype=torch.uint8)
+            probe(x, torch.zeros(1, probe.latent_size))
+            for h in hooks:
+                h.remove()
+    per_image = activations * (2 if training else 1)  # kept for the backward pass, and their gradients
+    need = weights * (4 if training else 1) + batch * per_image + data_bytes
+    parts = (f"weights {size_text(weights)}{' x4 with gradients and Adam' if training else ''}"
+             + (f", activations {size_text(per_image)} an image x {batch}" if batch else "")
+             + (f", data {size_text(data_bytes)}" if data_bytes else ""))
+    check_fits(need, device, f"{config.model} ({', '.join(f'{k} {v}' for k, v in config.model_options.items())})"
+               f" on {image_shape[0]}x{image_shape[1]}x{image_shape[2]} images", parts)
+    return need
 
 
 def load_model(run: runfile.Run, device="auto", for_evaluation=True):
@@ -125,6 +160,11 @@ def prior_pictures(model, n: int, generator: torch.Generator, *, temperature=1.0
     decoder distribution."""
     from .models.protocol import draw_noise
 
+    from .devices import check_fits
+
+    p = next(model.parameters())
+    check_fits(n * (model.latent_size * p.element_size() + int(np.prod(model.image_shape))), p.device,
+               f"{n} prior samples (their noise and uint8 pictures)")
     eps = draw_noise(model, n, generator)
     chunks = []
     for start in range(0, n, batch):

@@ -28,6 +28,7 @@ class ConvVAE(nn.Module):
                            f"got {image_size}")
         self.image_channels, self.image_size, self.latent_dim = image_channels, image_size, latent_dim
         self.latent_size = latent_dim
+        self.image_shape = (image_channels, image_size, image_size)
         w = width
         self.feature_shape = (4 * w, image_size // 4, image_size // 4)
         features = 4 * w * (image_size // 4) ** 2

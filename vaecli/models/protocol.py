@@ -1,7 +1,8 @@
 """What training, evaluation and sampling need from a model.
 
 A vaecli model is a ``torch.nn.Module`` with a ``likelihood`` (a
-:class:`vaecli.api.Likelihood`) and four methods.  Noise is always passed in, never
+:class:`vaecli.api.Likelihood`), ``latent_size`` and ``image_shape`` (C, H, W)
+attributes, and four methods.  Noise is always passed in, never
 drawn inside the model: one image's pass takes a flat vector of ``latent_size``
 standard-normal numbers, which the model splits among its latent groups.  That is
 what lets the library make every run reproducible, shard a batch over processes with

@@ -41,6 +41,9 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     rank, world, device = distributed.setup(config.device)
     train_set, test_set = data if data is not None else runs.load_data(config)
     state.check_same_data(previous, train_set, config)
+    image_shape = tuple(train_set.images.shape[1:])
+    runs.estimate_memory(config, image_shape, device, batch=config.batch_size, training=True,
+                         data_bytes=train_set.images.nbytes + test_set.images.nbytes)
     train_images = torch.from_numpy(runs.prepare_images(train_set.images, config)).to(device)  # (N, C, H, W)
     test_images = torch.from_numpy(runs.prepare_images(test_set.images, config)).to(device)
     if train_images.shape[0] == 0:
@@ -48,7 +51,7 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     steps_per_epoch = math.ceil(train_images.shape[0] / config.batch_size)
 
     torch.manual_seed(config.seed)
-    model = runs.build_model(config, tuple(train_set.images.shape[1:]), device)
+    model = runs.build_model(config, image_shape, device)
     if config.memory_format == "channels_last":  # the conv weights, and so the activations, NHWC
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), config.lr)
