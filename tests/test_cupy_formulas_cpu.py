@@ -518,7 +518,7 @@ def test_torch_bridge_imports_without_torch_or_cupy_work():
 def test_kernel_constants_match_formulas():
     from vaecli.backends.cupy_backend import kernels
 
-    defines = dict(re.findall(r"#define (K_[A-Z0-9_]+) \(?([-0-9.]+)\)?", kernels.SOURCE))
+    defines = dict(re.findall(r"#define (K_[A-Z0-9_]+) \(?([-0-9.eE+]+)\)?", kernels.SOURCE))
     assert float(defines["K_LN2"]) == pytest.approx(formulas.LN2, rel=1e-15)
     assert float(defines["K_HALF_LOG_2PI"]) == pytest.approx(formulas.HALF_LOG_2PI, rel=1e-15)
     assert float(defines["K_SQRT_HALF"]) == pytest.approx(formulas.SQRT_HALF, rel=1e-15)
@@ -527,6 +527,7 @@ def test_kernel_constants_match_formulas():
     assert float(defines["K_NORMAL_BIN_NARROW"]) == formulas.NORMAL_BIN_NARROW
     assert float(defines["K_SIMPSON_MAX_WIDTH_FLOAT32"]) == formulas.SIMPSON_MAX_WIDTH["float32"]
     assert float(defines["K_SIMPSON_MAX_WIDTH_FLOAT64"]) == formulas.SIMPSON_MAX_WIDTH["float64"]
+    assert float(defines["K_TINY_BIN_WIDTH"]) == formulas.TINY_BIN_WIDTH
     for name in kernels.KERNEL_NAMES:
         assert f'extern "C" __global__ void {name}(' in kernels.SOURCE
 
@@ -750,16 +751,19 @@ def test_a_low_softclip_floor_keeps_the_scales(host_launch, name, floor, dtype):
 
 
 def test_host_compiled_mixture_pixel_no_component_can_give_is_minus_inf(host_launch):
-    """A pixel whose every component's bin mass underflows to 0 (float32, scales of
-    e^200: 1/s is 0) has log-probability -inf, in the kernels as in the formulas, not
-    the NaN of -inf - -inf."""
+    """A pixel whose every component's log mass is beyond float32 (means 3e38 away, so
+    the standardized distance overflows: the log mass, about -1e41, is -inf) has
+    log-probability -inf, in the kernels as in the formulas, not the NaN of -inf - -inf.
+    (A huge scale is no such case: its masses stay finite, see test_extreme_scales.)"""
     x, raw = make_inputs("logistic-mixture", 1, 2, mixtures=2)
     raw = raw.astype(np.float32)
     k, c = 2, 1
-    raw[0, k + k * c : k + 2 * k * c] = 200.0  # every log-scale of image 0
+    raw[0, k : k + k * c] = 3e38  # every mean of image 0
     x[0] = 100
-    for ev in (_kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", mixtures=k, need_grad=False),
-               formulas.evaluate("logistic-mixture", x, raw, "log_prob", ns=_numpy(), mixtures=k, need_grad=False)):
+    with np.errstate(over="ignore"):  # the per-image sum of image 0's -inf and huge terms
+        evs = (_kernel_eval(host_launch, "logistic-mixture", x, raw, "log_prob", mixtures=k, need_grad=False),
+               formulas.evaluate("logistic-mixture", x, raw, "log_prob", ns=_numpy(), mixtures=k, need_grad=False))
+    for ev in evs:
         assert ev.value[0] == -np.inf and np.all(np.isfinite(ev.value[1:]))
 
 

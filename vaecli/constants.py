@@ -62,3 +62,41 @@ SIMPSON_MAX_WIDTH = {"float32": 0.2, "float64": 0.003}
 # is used instead (its first omitted term is below 1e-11 relative at a = 10 and 1e-17
 # at 40); below it the two log-gammas are small enough to subtract.
 STUDENT_T_SERIES_MIN_HALF_DF = {"float32": 10.0, "float64": 40.0}
+
+# A bin whose standardized width d = (bin width)/scale is below this (a scale above
+# ~1e16 at 8 bits) has 1 - e^-d = d to within d/2, below the resolution of log d in any
+# float type; and d itself, 1/s times the width, would turn subnormal and then zero as
+# the log-scale grows (float32 from a log-scale of about 82, float64 from about 740).
+# There the discretized logistic takes log(1 - e^-d) = log d = log(bin width) - log s,
+# from the log-scale itself; the Gaussian and Student-t bins, narrow against the scale
+# there, take their Simpson mass as log(bin width) - log s + log(mean density) always.
+TINY_BIN_WIDTH = 2.0**-60
+
+# The Student-t CDF at large df, F(-|t|) = I_u(a, 1/2) / 2 with a = df/2 and
+# u = df/(df + t^2): the backends' incomplete beta (a continued fraction, or CuPy's
+# betainc) needs about sqrt(a) iterations and forms u = 1 - t^2/df, which loses the
+# digits of t^2/df (float64 lost 1e-9 relative at df 1e6 and 3e-5 at 1e9, and was
+# infinite from 1e20).  From this a on they take DiDonato and Morris's asymptotic
+# expansion for a large and b <= 1 (ACM TOMS 708, BGRAT; valid there for a >= 15) where
+# u >= 1/2 (t^2 <= df): with z = (a - 1/4) log1p(t^2/df),
+#   I_u(a, 1/2) = G e^-z (erfcx(sqrt z) + sum_{n>=1} d_n K_n),  G = Gamma(a+1/2)/(Gamma(a) sqrt(a - 1/4)),
+# K_n = (b_n (b_n + 1) K_{n-1} + (z + b_n + 1) T^(n-1) sqrt(z/pi)) / (4 (a - 1/4)^2),
+# b_n = 1/2 + 2(n-1), T = log1p(t^2/df)^2/4, K_0 = erfcx(sqrt z), and d_n the constants
+# below; STUDENT_T_BGRAT_TERMS terms reach float64 resolution at a = 15 (checked against
+# 50-digit quadrature).  Where u < 1/2 the series of DLMF 8.17.8 converges like u^n.
+STUDENT_T_BGRAT_MIN_HALF_DF = 15.0
+STUDENT_T_BGRAT_TERMS = 8
+
+
+def _bgrat_coefficients(b: float, terms: int) -> tuple[float, ...]:
+    """d_1 .. d_terms of TOMS 708's BGRAT for parameter b: with c_n = 1/(2n+1)!,
+    d_n = (b - 1) c_n + (1/n) sum_{i<n} (b - n + (i - 1) b) c_i d_(n-i)."""
+    c, d = [], []
+    for n in range(1, terms + 1):
+        c.append((c[-1] if c else 1.0) / ((2 * n) * (2 * n + 1)))
+        s = sum((b - n + (i - 1) * b) * c[i - 1] * d[n - i - 1] for i in range(1, n))
+        d.append((b - 1.0) * c[n - 1] + s / n)
+    return tuple(d)
+
+
+STUDENT_T_BGRAT_D = _bgrat_coefficients(0.5, STUDENT_T_BGRAT_TERMS)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .. import registry
 from ..constants import DEFAULT_FIXED_SIGMA
-from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF, STUDENT_T_SERIES_MIN_HALF_DF
+from ..constants import SIMPSON_MAX_WIDTH, STUDENT_T_MIN_DF, STUDENT_T_SERIES_MIN_HALF_DF, TINY_BIN_WIDTH
+from ..constants import STUDENT_T_BGRAT_D, STUDENT_T_BGRAT_MIN_HALF_DF
 from ..errors import VaeError
 
 NAME = "torch"
@@ -30,6 +31,9 @@ _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _BETACF_BLOCK = 8
 _BETACF_MAX_ITERATIONS = 400
 _BETACF_TINY = 1e-30  # Lentz's guard against division by zero
+# Terms of the DLMF 8.17.8 series of the Student-t tail where u = df/(df + t^2) < 1/2:
+# the ratio of successive terms is below u, so the rest is below 2^-60.
+_STUDENT_T_TAIL_TERMS = 60
 
 # Bins narrow against the scale: Simpson's rule (constants.SIMPSON_MAX_WIDTH)
 _SIMPSON_MAX_WIDTH = {torch.float32: SIMPSON_MAX_WIDTH["float32"], torch.float64: SIMPSON_MAX_WIDTH["float64"]}
@@ -165,16 +169,18 @@ def _log_sigmoid(t):
     return -_softplus(-t)
 
 
-def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, first, last):
+def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, log_width, first, last):
     """log(F(upper) - F(lower)) for a distribution symmetric about 0 (F(-t) = 1 - F(t))
     with density f, where F(lower) = 0 where ``first`` and F(upper) = 1 where ``last``
-    (edge bins); ``width`` = upper - lower, computed without the subtraction.
+    (edge bins); ``width`` = upper - lower, computed without the subtraction, and
+    ``log_width`` its log from the log-scale (the width underflows at a huge scale).
 
     Cancellation is avoided by working in whichever tail is smaller: with hi >= lo in
     that tail, log(F(hi) - F(lo)) = log F(hi) + log1mexp(log F(hi) - log F(lo)); in the
     upper tail F(u) - F(l) = F(-l) - F(-u).  When the bin is narrow against the scale
     the two log-CDFs are too close to subtract, and Simpson's rule on the density,
-    (w/6)(f(l) + 4 f(m) + f(u)), is used instead (see constants.SIMPSON_MAX_WIDTH)."""
+    (w/6)(f(l) + 4 f(m) + f(u)), is used instead (see constants.SIMPSON_MAX_WIDTH), in
+    logs: log w - log 6 + logsumexp of the three log densities."""
     use_upper = torch.where(first, False, torch.where(last, True, lower + upper > 0))
     hi = torch.where(use_upper, -lower, upper)
     lo = torch.where(use_upper, -upper, lower)
@@ -186,28 +192,34 @@ def _log_interval_mass(log_cdf, log_pdf, lower, upper, width, first, last):
     gap = torch.where(narrow, 1.0, log_hi - log_lo)  # keep d = 0 out of the narrow bins' graph
     by_cdf = log_hi + _log1mexp(gap)
     log_f = torch.stack((log_pdf(lower), log_pdf(mid) + math.log(4.0), log_pdf(upper)))
-    by_simpson = torch.log(width / 6.0) + torch.logsumexp(log_f, dim=0)
+    by_simpson = (log_width - math.log(6.0)) + torch.logsumexp(log_f, dim=0)
     return torch.where(narrow, by_simpson, by_cdf)
 
 
-def _log_logistic_mass(lower, upper, width, first, last):
+def _log_logistic_mass(lower, upper, width, log_width, first, last):
     """log(sigma(u) - sigma(l)) of the standard logistic, exactly and without
     cancellation: sigma(u) - sigma(l) = sigma(u) sigma(-l) (1 - exp(-(u - l))).
-    Edge bins: log sigma(u) (first) and log sigma(-l) (last)."""
+    Edge bins: log sigma(u) (first) and log sigma(-l) (last).  A width below
+    TINY_BIN_WIDTH takes log(1 - e^-w) = log w from ``log_width`` (w underflows)."""
     log_upper = _log_sigmoid(upper)  # log F(u)
     log_above_lower = _log_sigmoid(-lower)  # log (1 - F(l))
-    interior = log_upper + log_above_lower + _log1mexp(width)
+    tiny = width < TINY_BIN_WIDTH
+    log_gap = torch.where(tiny, log_width, _log1mexp(torch.where(tiny, 1.0, width)))
+    interior = log_upper + log_above_lower + log_gap
     return torch.where(first, log_upper, torch.where(last, log_above_lower, interior))
 
 
-def _bin_edges(x, loc, inv_scale, levels):
-    """Standardized lower and upper edges of x's bin, the standardized bin width,
-    and the edge-bin masks (found by integer equality)."""
+def _bin_edges(x, loc, log_scale, levels):
+    """Standardized lower and upper edges of x's bin, the standardized bin width and
+    its log (from the log-scale: the width 1/((L-1) s) turns subnormal, then zero, at a
+    huge scale, where the bin's mass is still finite), and the edge-bin masks (found by
+    integer equality)."""
     step = 1.0 / (levels - 1)  # distance between bin centres on the [0, 1] scale
+    inv_scale = torch.exp(-log_scale)
     centre = x.to(loc.dtype) * step
     lower = (centre - 0.5 * step - loc) * inv_scale
     upper = (centre + 0.5 * step - loc) * inv_scale
-    return lower, upper, step * inv_scale, x == 0, x == levels - 1
+    return lower, upper, step * inv_scale, math.log(step) - log_scale, x == 0, x == levels - 1
 
 
 def _log_normal_pdf(t):
@@ -316,13 +328,63 @@ def _student_t_log_pdf(t, df):
 
 def _student_t_log_cdf(t, df):
     """log F(t) of the standard Student-t with ``df`` degrees of freedom:
-    F(t) = I_{df/(df+t^2)}(df/2, 1/2) / 2 for t <= 0 and 1 - that for t > 0."""
-    t2 = t * t
-    x = df / (df + t2)
-    one_minus_x = t2 / (df + t2)
-    log_tail = _log_betainc(0.5 * df, torch.full_like(df, 0.5), x, one_minus_x) - LN2
+    F(t) = I_{df/(df+t^2)}(df/2, 1/2) / 2 for t <= 0 and 1 - that for t > 0.  The
+    incomplete beta by its continued fraction for df/2 below
+    STUDENT_T_BGRAT_MIN_HALF_DF, by :func:`_student_t_log_tail_large_df` above."""
+    large = 0.5 * df >= STUDENT_T_BGRAT_MIN_HALF_DF
+    t_small, df_small = torch.where(large, 0.0, t), torch.where(large, 3.0, df)  # each branch
+    t_large, df_large = torch.where(large, t, 0.0), torch.where(large, df, 1e3)  # in its range
+    t2 = t_small * t_small
+    x = df_small / (df_small + t2)
+    one_minus_x = t2 / (df_small + t2)
+    by_betainc = _log_betainc(0.5 * df_small, torch.full_like(df_small, 0.5), x, one_minus_x) - LN2
+    log_tail = torch.where(large, _student_t_log_tail_large_df(t_large, df_large), by_betainc)
     upper_side = torch.log1p(-torch.exp(log_tail))
     return torch.where(t > 0, upper_side, log_tail)
+
+
+def _student_t_log_tail_large_df(t, df):
+    """log F(-|t|) = log I_u(a, 1/2) - log 2, a = df/2 >= STUDENT_T_BGRAT_MIN_HALF_DF,
+    u = df/(df + t^2), with q = t^2/df kept apart from u (u = 1/(1 + q) rounds q away):
+
+    * q <= 1 (u >= 1/2): TOMS 708's BGRAT (constants.STUDENT_T_BGRAT_D), with
+      z = (a - 1/4) log1p(q) and sqrt z = |t| sqrt((a - 1/4) log1p(q)/q / df):
+      log I = c(a) - log1p(-1/(4a))/2 - z + log(erfcx(sqrt z) + sum_n d_n K_n),
+      c(a) = lgamma(a + 1/2) - lgamma(a) - log(a)/2;
+    * q > 1 (u < 1/2): DLMF 8.17.8, I_u(a, b) = u^a (1-u)^b 2F1(a+b, 1; a+1; u)/(a B(a, b)),
+      log B(a, 1/2) = log(pi)/2 - c(a) - log(a)/2, the series' terms falling like u^n."""
+    a = 0.5 * df
+    c_a = _student_t_log_norm(df) + HALF_LOG_2PI
+    q = t * t / df
+    near = q <= 1.0
+    # BGRAT, on inputs of its own range
+    q_n = torch.where(near, q, 0.5)
+    log1p_q = torch.log1p(q_n)
+    ratio = torch.where(q_n > 0, log1p_q / torch.where(q_n > 0, q_n, 1.0), 1.0)  # log1p(q)/q -> 1
+    nu = a - 0.25
+    root_z = torch.where(near, t, 0.0).abs() * torch.sqrt(nu * ratio / df)
+    z = nu * log1p_q
+    t_sq, v = 0.25 * log1p_q * log1p_q, 0.25 / (nu * nu)
+    k = torch.special.erfcx(root_z)
+    total, power, root_z_pi = k, torch.ones_like(z), root_z / math.sqrt(math.pi)
+    for n, d_n in enumerate(STUDENT_T_BGRAT_D, start=1):
+        b_n = 0.5 + 2.0 * (n - 1)
+        k = (b_n * (b_n + 1.0) * k + (z + b_n + 1.0) * power * root_z_pi) * v
+        power = power * t_sq
+        total = total + d_n * k
+    by_bgrat = c_a - 0.5 * torch.log1p(-0.25 / a) - z + torch.log(total) - LN2
+    # DLMF 8.17.8, on inputs of its own range
+    q_f = torch.where(near, 2.0, q)
+    log_u, log_1mu = -torch.log1p(q_f), -torch.log1p(1.0 / q_f)
+    u = torch.exp(log_u)
+    term = torch.ones_like(u)
+    series = torch.ones_like(u)
+    for n in range(_STUDENT_T_TAIL_TERMS):
+        term = term * (a + 0.5 + n) * u / (a + 1.0 + n)
+        series = series + term
+    log_beta = 0.5 * math.log(math.pi) - c_a - 0.5 * torch.log(a)
+    by_series = a * log_u + 0.5 * log_1mu - torch.log(a) - log_beta + torch.log(series) - LN2
+    return torch.where(near, by_bgrat, by_series)
 
 
 # ------------------------------------------------------------------ the likelihoods
@@ -407,26 +469,27 @@ def _log_prob(name, x, raw, o: registry.Options, discrete: bool):
     levels = o.levels
     if name in ("gaussian", "gaussian-pixel", "sigma-learned", "sigma", "sigma-image"):
         mu, log_sigma = _gaussian_params(name, x, raw, o)
-        inv_sigma = torch.exp(-log_sigma)
         if discrete:
-            edges = _bin_edges(x, mu, inv_sigma, levels)
+            edges = _bin_edges(x, mu, log_sigma, levels)
             return _sum_dims(_log_interval_mass(_log_ndtr, _log_normal_pdf, *edges))
-        z = (x.to(raw.dtype) / (levels - 1) - mu) * inv_sigma
+        z = (x.to(raw.dtype) / (levels - 1) - mu) * torch.exp(-log_sigma)
         return _sum_dims(-0.5 * z * z - log_sigma - HALF_LOG_2PI)
     if name == "student-t":
         mu, log_scale, df = _student_t_params(raw, o)
-        inv_scale = torch.exp(-log_scale)
         if discrete:
-            edges = _bin_edges(x, mu, inv_scale, levels)
+            # float64 whatever raw's dtype (as the CuPy formulas): the incomplete beta
+            # and its large-df expansion need the range and the digits
+            df64 = df.double()
+            edges = _bin_edges(x, mu.double(), log_scale.double(), levels)
 
             def log_cdf(t):
-                return _student_t_log_cdf(t, df)
+                return _student_t_log_cdf(t, df64)
 
             def log_pdf(t):
-                return _student_t_log_pdf(t, df)
+                return _student_t_log_pdf(t, df64)
 
-            return _sum_dims(_log_interval_mass(log_cdf, log_pdf, *edges))
-        z = (x.to(raw.dtype) / (levels - 1) - mu) * inv_scale
+            return _sum_dims(_log_interval_mass(log_cdf, log_pdf, *edges)).to(raw.dtype)
+        z = (x.to(raw.dtype) / (levels - 1) - mu) * torch.exp(-log_scale)
         return _sum_dims(_student_t_log_pdf(z, df) - log_scale)
     if name == "bernoulli":
         y = x.to(raw.dtype) / (levels - 1)
@@ -444,16 +507,22 @@ def _log_prob(name, x, raw, o: registry.Options, discrete: bool):
         return _sum_dims(bits * logits - _softplus(logits))
     if name == "logistic":
         mu, log_scale = _logistic_params(raw, o)
-        edges = _bin_edges(x, mu, torch.exp(-log_scale), levels)
-        return _sum_dims(_log_logistic_mass(*edges))
+        return _sum_dims(_log_logistic_mass(*_bin_edges(x, mu, log_scale, levels)))
     if name == "logistic-mixture":
         log_weights, mu, log_scale, coeff = _mixture_params(raw, o)
         xk = x.unsqueeze(1)  # (B, 1, C, H, W)
         if coeff is not None:
             y = x.to(raw.dtype) / (levels - 1)
             mu = _couple(mu, coeff, y[:, None, 0], y[:, None, 1])
-        log_mass = _log_logistic_mass(*_bin_edges(xk, mu, torch.exp(-log_scale), levels))
-        return _sum_dims(torch.logsumexp(log_weights + log_mass.sum(2), dim=1))
+        log_mass = _log_logistic_mass(*_bin_edges(xk, mu, log_scale, levels))
+        mass = log_mass.sum(2)  # (B, K, H, W): each component's log mass
+        # shifted by their largest (a constant: the value's derivative in it is 0) before
+        # the log-weights join them, so that a large common part (a huge scale, a pixel far
+        # from every mean) cancels exactly instead of absorbing the log-weights, which made
+        # every responsibility 1 (as in the CuPy formulas and kernels)
+        top = mass.detach().amax(dim=1, keepdim=True)
+        top = torch.where(top == -math.inf, 0.0, top)  # no component can give x: -inf
+        return _sum_dims(top.squeeze(1) + torch.logsumexp(log_weights + (mass - top), dim=1))
     raise AssertionError(name)  # registry.info has rejected unknown names
 
 

@@ -23,7 +23,7 @@ from .. import registry
 from ..constants import DEFAULT_FIXED_SIGMA, STUDENT_T_MIN_DF
 from ..errors import VaeError
 from .stable import (
-    log1mexp,
+    log1mexp_from_log,
     log_interval_mass,
     log_sigmoid,
     log_softmax,
@@ -104,6 +104,12 @@ def bin_edges(x, levels):
     """Lower and upper edges of x's bin on the [0, 1] scale, ``(x -+ 0.5)/(L-1)``
     (the edge bins' infinite ends are handled by the callers by integer equality)."""
     return (x - 0.5) / (levels - 1), (x + 0.5) / (levels - 1)
+
+
+def log_standard_width(log_scale, levels):
+    """log of a bin's width on the standardized scale, log(1/(L-1)) - log s, taken from
+    the log-scale: the width 1/((L-1) s) itself underflows to 0 above log s ~ 740."""
+    return -np.log(levels - 1.0) - log_scale
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -212,7 +218,8 @@ def gaussian_log_mass(x, mu, log_sigma, levels):
     lo, hi = bin_edges(x, levels)
     inv_sigma = np.exp(-log_sigma)
     z_lo, z_hi = (lo - mu) * inv_sigma, (hi - mu) * inv_sigma
-    interior = log_interval_mass(normal_log_cdf, normal_log_pdf, z_lo, z_hi)
+    log_width = log_standard_width(log_sigma, levels)
+    interior = log_interval_mass(normal_log_cdf, normal_log_pdf, z_lo, z_hi, log_width)
     return np.where(
         x == 0, normal_log_cdf(z_hi), np.where(x == levels - 1, normal_log_cdf(-z_lo), interior)
     )
@@ -231,7 +238,7 @@ def student_t_log_mass(x, mu, log_scale, df, levels):
     def log_pdf(z):
         return student_t_log_density(z, 0.0, 0.0, df)
 
-    interior = log_interval_mass(log_cdf, log_pdf, z_lo, z_hi)
+    interior = log_interval_mass(log_cdf, log_pdf, z_lo, z_hi, log_standard_width(log_scale, levels))
     return np.where(x == 0, log_cdf(z_hi), np.where(x == levels - 1, log_cdf(-z_lo), interior))
 
 
@@ -240,14 +247,15 @@ def logistic_log_mass(x, mu, log_scale, levels):
 
     With a = (lo - mu)/s, b = (hi - mu)/s the interior mass is exactly
     sigma(b) - sigma(a) = sigma(b) sigma(-a) (1 - e^(a - b)), so
-    log mass = log sigma(b) + log sigma(-a) + log1mexp(-(hi - lo)/s): no cancellation
-    anywhere.  First bin: sigma(b); last bin: 1 - sigma(a) = sigma(-a).
+    log mass = log sigma(b) + log sigma(-a) + log(1 - e^-d), d = (hi - lo)/s: no
+    cancellation anywhere, and log(1 - e^-d) from log d (d underflows at a huge scale).
+    First bin: sigma(b); last bin: 1 - sigma(a) = sigma(-a).
     """
     lo, hi = bin_edges(x, levels)
     inv_scale = np.exp(-log_scale)
     a, b = (lo - mu) * inv_scale, (hi - mu) * inv_scale
-    bin_width = 1.0 / (levels - 1)
-    interior = log_sigmoid(b) + log_sigmoid(-a) + log1mexp(-bin_width * inv_scale)
+    log_width = log_standard_width(log_scale, levels)
+    interior = log_sigmoid(b) + log_sigmoid(-a) + log1mexp_from_log(log_width)
     return np.where(x == 0, log_sigmoid(b), np.where(x == levels - 1, log_sigmoid(-a), interior))
 
 

@@ -7,7 +7,7 @@ their docstring says otherwise.  Logs are natural logs (nats).
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+from scipy import integrate, special, stats
 
 from ..constants import STUDENT_T_SERIES_MIN_HALF_DF
 from ..units import LN2
@@ -20,10 +20,10 @@ HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 # exp(-700) ~ 1e-304 is just above the smallest normal double (2.2e-308).
 STUDENT_T_LOGCDF_TAIL = -700.0
 
-# Standardized bin widths below this have their log-mass difference integrated by
-# Simpson's rule instead of subtracting two log-CDFs (log_interval_mass): the
-# subtraction loses digits as the width shrinks (a wide sigma), while Simpson's
-# relative error, ~width^4/2880, is below float64 resolution here.
+# Standardized bin widths below this have their mass integrated by Simpson's rule
+# instead of subtracting two log-CDFs (log_interval_mass): the subtraction loses digits
+# as the width shrinks (a wide sigma), while Simpson's relative error, ~width^4/2880,
+# is below float64 resolution here.
 NARROW_INTERVAL = 1e-3
 
 
@@ -68,29 +68,41 @@ def log_softmax(t, axis):
     return t - special.logsumexp(t, axis=axis, keepdims=True)
 
 
-def log_interval_mass(log_cdf, log_pdf, lo, hi):
+def log_interval_mass(log_cdf, log_pdf, lo, hi, log_width):
     """log(F(hi) - F(lo)) for finite lo < hi, F the CDF of a distribution symmetric
-    about 0 with density f; ``log_cdf`` must be accurate in the lower tail.
+    about 0 with density f; ``log_cdf`` must be accurate in the lower tail, and
+    ``log_width`` is log(hi - lo), taken by the caller from the log-scale (hi - lo
+    itself underflows at a huge scale, where the mass is still finite).
 
     By symmetry F(hi) - F(lo) = F(-lo) - F(-hi), so the interval is first moved to the
     side of 0 where F is the smaller tail; then
     log(F(hi) - F(lo)) = log F(hi) + log1mexp(d), d = log F(lo) - log F(hi) <= 0.
-    For a narrow interval the difference of two logs would lose digits, so there
-    d = -integral_lo^hi f/F by Simpson's rule (error O(width^5)).
+    For a narrow interval the difference of two logs would lose digits, so there the
+    mass is the width times the mean density by Simpson's rule (error O(width^5)):
+    log mass = log_width + log((f(lo) + 4 f(mid) + f(hi)) / 6).
     """
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     flip = lo + hi > 0.0
     lo, hi = np.where(flip, -hi, lo), np.where(flip, -lo, hi)
     log_hi = log_cdf(hi)
-    width = hi - lo
+    narrow = hi - lo < NARROW_INTERVAL
+    log_f = np.stack([log_pdf(lo), np.log(4.0) + log_pdf(0.5 * (lo + hi)), log_pdf(hi)])
+    by_simpson = log_width + special.logsumexp(log_f, axis=0) - np.log(6.0)
+    d = np.where(narrow, -1.0, log_cdf(lo) - log_hi)
+    return np.where(narrow, by_simpson, log_hi + log1mexp(np.minimum(d, 0.0)))
 
-    def hazard(t):  # f(t) / F(t), from logs so that it stays finite in the tail
-        return np.exp(log_pdf(t) - log_cdf(t))
 
-    d_narrow = -width / 6.0 * (hazard(lo) + 4.0 * hazard(0.5 * (lo + hi)) + hazard(hi))
-    d = np.where(width < NARROW_INTERVAL, d_narrow, log_cdf(lo) - log_hi)
-    return log_hi + log1mexp(np.minimum(d, 0.0))
+def log1mexp_from_log(log_d):
+    """log(1 - e^-d) for d = e^log_d > 0, given log d: below ln 2 it is
+    log d + log((1 - e^-d)/d), the ratio -expm1(-d)/d taken as 1 where d underflows
+    (a bin narrow against a huge scale, whose mass is then d times the density), so
+    no digit of log d is lost; above, log1mexp(-d)."""
+    log_d = np.asarray(log_d, dtype=np.float64)
+    d = np.exp(log_d)
+    safe = np.where(d > 0.0, d, 1.0)
+    ratio = np.where(d > 0.0, -np.expm1(-safe) / safe, 1.0)
+    return np.where(d < LN2, log_d + np.log(ratio), log1mexp(-d))
 
 
 def normal_log_cdf(z):
@@ -153,14 +165,40 @@ def student_t_log_cdf_tail(t, df):
     )
 
 
+def student_t_log_cdf_by_quadrature(t, df):
+    """log F(t) of the standard Student-t for t < 0, by quadrature of the density's
+    decay from t: log F(t) = log f(t) + log integral_0^inf f(t - v)/f(t) dv, with
+    f(t - v)/f(t) = (1 + (v^2 - 2 t v)/(df + t^2))^(-(df+1)/2), v measured in the
+    decay length (df + t^2)/((df + 1)|t|) (scipy.integrate.quad, one value at a time).
+    For the far tail at large df (u = df/(df + t^2) >= 1/2), where the hypergeometric
+    series of student_t_log_cdf_tail converges too slowly (scipy's hyp2f1 gives NaN)."""
+    t = np.asarray(t, dtype=np.float64)
+    df = np.asarray(df, dtype=np.float64)
+    out = np.empty(t.shape)
+    for i, (ti, di) in enumerate(zip(t.ravel(), df.ravel())):
+        length = (di + ti * ti) / ((di + 1.0) * abs(ti))
+
+        def ratio(s, ti=ti, di=di, length=length):
+            v = s * length
+            return np.exp(-0.5 * (di + 1.0) * np.log1p((v * v - 2.0 * ti * v) / (di + ti * ti)))
+
+        # the integral is about 1, so 1e-12 of it is 1e-12 nats of a log F below -700
+        integral, _ = integrate.quad(ratio, 0.0, np.inf, epsabs=0.0, epsrel=1e-12, limit=200)
+        out.flat[i] = student_t_log_density(ti, 0.0, 0.0, di) + np.log(integral * length)
+    return out
+
+
 def student_t_log_cdf(t, df):
     """log F(t) of the standard Student-t with ``df`` degrees of freedom, accurate in
-    the lower tail: scipy's t.logcdf, and the exact tail form where that underflows."""
+    the lower tail: scipy's t.logcdf, and where that underflows the exact tail form
+    (u = df/(df + t^2) < 1/2) or quadrature (u >= 1/2, which needs df > 1400 there)."""
     t, df = np.broadcast_arrays(np.asarray(t, np.float64), np.asarray(df, np.float64))
     with np.errstate(divide="ignore"):
         log_f = np.asarray(stats.t.logcdf(t, df), dtype=np.float64)
     far = (log_f < STUDENT_T_LOGCDF_TAIL) & np.isfinite(t) & (t < 0.0)
     if np.any(far):
         log_f = log_f.copy()
-        log_f[far] = student_t_log_cdf_tail(t[far], df[far])
+        series = far & (t * t > df)
+        log_f[series] = student_t_log_cdf_tail(t[series], df[series])
+        log_f[far & ~series] = student_t_log_cdf_by_quadrature(t[far & ~series], df[far & ~series])
     return log_f

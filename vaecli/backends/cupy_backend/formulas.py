@@ -33,7 +33,10 @@ from ...constants import (
     DEFAULT_FIXED_SIGMA,
     SIMPSON_MAX_WIDTH,
     STUDENT_T_MIN_DF,
+    STUDENT_T_BGRAT_D,
+    STUDENT_T_BGRAT_MIN_HALF_DF,
     STUDENT_T_SERIES_MIN_HALF_DF,
+    TINY_BIN_WIDTH,
 )
 from ...errors import VaeError
 
@@ -57,7 +60,7 @@ NORMAL_BIN_NARROW = 1.0
 STUDENT_T_LOGCDF_TAIL = -700.0
 # Terms of the hypergeometric series 2F1(a+1/2, 1; a+1; u) in the far tail; the
 # ratio of successive terms is below u, so with u < 1/2 the rest is below 2^-60 ~ 1e-18.
-# (u >= 1/2 with log F < -700 needs df > 2000: there betainc's own value stands.)
+# (u >= 1/2 with log F < -700 needs df > 2000, where the large-df expansion serves.)
 STUDENT_T_TAIL_TERMS = 60
 STUDENT_T_SERIES_MAX_U = 0.5
 
@@ -183,6 +186,12 @@ def log1mexp(xp, d):
     return xp.where(d < LN2, xp.log(-xp.expm1(-d)), xp.log1p(-xp.exp(-d)))
 
 
+def exprel(xp, v):
+    """expm1(v)/v, 1 at v = 0 (and, in effect, where v is subnormal)."""
+    nonzero = v != 0
+    return xp.where(nonzero, xp.expm1(v) / xp.where(nonzero, v, 1.0), 1.0)
+
+
 def log_ndtr(ns: Namespace, t):
     """log Phi(t): log(erfcx(-t/sqrt2)/2) - t^2/2 in the lower tail, where
     Phi(t) = erfc(-t/sqrt2)/2 = erfcx(-t/sqrt2) e^(-t^2/2)/2; log1p(-erfc(t/sqrt2)/2) above."""
@@ -201,9 +210,10 @@ def normal_hazard(ns: Namespace, t):
     return SQRT_2_OVER_PI / ns.sp.erfcx(-t * SQRT_HALF)
 
 
-def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf, log_pdf):
+def bin_log_mass(ns: Namespace, x, lower, upper, log_width, levels, log_cdf, log_pdf):
     """log(F(upper) - F(lower)) of a CDF F symmetric about 0, with density f, over x's
-    bin (value only; the Student-t log_pmf).
+    bin (value only; the Student-t log_pmf); ``log_width`` is log(upper - lower), taken
+    from the log-scale (the width itself underflows at a huge scale).
 
     The first bin (x == 0) is F(upper) and the last (x == L-1) is 1 - F(lower) =
     F(-lower), found by integer equality.  Inside, the bin is moved to the smaller
@@ -211,7 +221,8 @@ def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf, log_pdf):
     F(upper) - F(lower) = F(-lower) - F(-upper); then with d = log F(q) - log F(p) >= 0,
     log mass = log F(q) + log1mexp(d), and no difference of CDFs is ever formed.  A bin
     narrow against the scale (width (1 + |centre|) below SIMPSON_MAX_WIDTH) would lose
-    digits in d: there the mass is Simpson's rule, (width/6)(f(p) + 4 f(centre) + f(q))."""
+    digits in d: there the mass is Simpson's rule, (width/6)(f(p) + 4 f(centre) + f(q)),
+    in logs: log_width - log 6 + log sum of the three densities."""
     xp = ns.xp
     first = x == 0
     last = x == levels - 1
@@ -226,7 +237,7 @@ def bin_log_mass(ns: Namespace, x, lower, upper, levels, log_cdf, log_pdf):
     d = xp.where(edge | narrow, xp.inf, log_q - log_cdf(p))
     log_f = xp.stack((log_pdf(p), log_pdf(mid) + math.log(4.0), log_pdf(q)))
     top = xp.max(log_f, axis=0)
-    by_simpson = xp.log(width / 6.0) + top + xp.log(xp.sum(xp.exp(log_f - top), axis=0))
+    by_simpson = (log_width - math.log(6.0)) + top + xp.log(xp.sum(xp.exp(log_f - top), axis=0))
     return xp.where(narrow, by_simpson, log_q + log1mexp(xp, d))
 
 
@@ -240,14 +251,18 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
         log mass = log Phi(q) + log1mexp(d),  d = log Phi(q) - log Phi(p)   (edge: log Phi(q)).
     A bin narrow against sigma (inside, 2w (1 + |cc|) below SIMPSON_MAX_WIDTH) would
     lose digits in d, so its mass is Simpson's rule on the density instead:
-        M = (2w/6)(phi(p) + 4 phi(cc) + phi(q)) = (w/3) phi(cc) (4 + e^(w cc - w^2/2) + e^(-w cc - w^2/2)).
+        M = (2w/6)(phi(p) + 4 phi(cc) + phi(q)) = (w/3) phi(cc) S,  S = 4 + e^(w cc - w^2/2) + e^(-w cc - w^2/2),
+    with log(w/3 S) = log(h/3 S) - log sigma: w = h/sigma is subnormal or zero at a huge
+    sigma (float32 from log sigma ~ 81), where the mass is still finite.
     Derivatives, with the hazard hz = phi/Phi, A = phi(p)/M = hz(p)/expm1(d) and
     B = phi(q)/M = hz(q)/(1 - e^-d):
         G := (phi(p) - phi(q))/M = A - B where the bin is wide (d >= NORMAL_BIN_NARROW:
         A < B/e, no cancellation), and for a narrow bin, where A and B are large and
         nearly equal, G = -hz(p) R with R = expm1(-k)/expm1(d) = e^(-k-d) expm1(k)/expm1(-d),
         k = (q^2 - p^2)/2 = 2 w cc <= 0 (phi(q)/phi(p) = e^-k; -k-d is small there);
-        by Simpson's rule, A = phi(p)/M directly and G = -A expm1(-k);
+        by Simpson's rule, w A = 3 e^(w cc - w^2/2)/S (A itself, about 1/(2w), would
+        overflow at a huge sigma) and G = -A expm1(-k) = 2 cc (w A) exprel(-k),
+        exprel(v) = expm1(v)/v;
         (p phi(p) - q phi(q))/M = p A - q B = -2 w A + q G;
         edge bins: G = -hz(q), and -q hz(q).
     d/dmu = +-G/sigma (- where flipped), d/dlog sigma = (p phi(p) - q phi(q))/M."""
@@ -267,8 +282,9 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
     w_s = xp.where(simpson, w, 0.0)  # Simpson's terms where they apply, harmless elsewhere
     wc_s = w_s * xp.where(simpson, cc, 0.0)
     w2_s = 0.5 * w_s * w_s
-    log_simpson = (xp.log(w_s / 3.0 * (4.0 + xp.exp(wc_s - w2_s) + xp.exp(-wc_s - w2_s)))
-                   - 0.5 * cc * cc - HALF_LOG_2PI)
+    e_p = xp.exp(wc_s - w2_s)  # phi(p)/phi(cc)
+    s_sum = 4.0 + e_p + xp.exp(-wc_s - w2_s)  # S
+    log_simpson = xp.log(half_bin / 3.0 * s_sum) - log_sigma - 0.5 * cc * cc - HALF_LOG_2PI
     log_q = log_ndtr(ns, q)
     d = xp.where(edge | simpson, xp.inf, log_q - log_ndtr(ns, p))
     log_mass = xp.where(simpson, log_simpson, log_q + log1mexp(xp, d))
@@ -276,22 +292,24 @@ def normal_bin(ns: Namespace, x, y, mu, log_sigma, levels, need_grad):
         return log_mass, None, None
     hz_p = normal_hazard(ns, p)
     hz_q = normal_hazard(ns, q)
-    a_term = xp.where(simpson, xp.exp(-0.5 * p * p - HALF_LOG_2PI - log_mass), hz_p / xp.expm1(d))  # phi(p)/M
+    a_term = hz_p / xp.expm1(d)  # phi(p)/M, where the bin is not Simpson's
+    w_a = xp.where(simpson, 3.0 * e_p / s_sum, w * a_term)  # w phi(p)/M
     b_term = hz_q / -xp.expm1(-d)  # phi(q)/M
     k = 2.0 * w * cc
     narrow = d < NORMAL_BIN_NARROW
     ratio = xp.exp(-k - d) * xp.expm1(k) / xp.expm1(-xp.where(narrow, d, 1.0))
-    g_inside = xp.where(simpson, -a_term * xp.expm1(-xp.where(simpson, k, 0.0)),
-                        xp.where(narrow, -hz_p * ratio, a_term - b_term))
+    g_simpson = 2.0 * cc * w_a * exprel(xp, -2.0 * wc_s)
+    g_inside = xp.where(simpson, g_simpson, xp.where(narrow, -hz_p * ratio, a_term - b_term))
     g_centre = xp.where(edge, -hz_q, g_inside)
-    g_log_sigma = xp.where(edge, -q * hz_q, -2.0 * w * a_term + q * g_centre)
+    g_log_sigma = xp.where(edge, -q * hz_q, -2.0 * w_a + q * g_centre)
     g_mu = xp.where(flip, -g_centre, g_centre) * inv_sigma
     return log_mass, g_mu, g_log_sigma
 
 
-def logistic_bin(ns: Namespace, x, y, mu, inv_scale, levels, need_grad):
-    """log mass of x's bin under the logistic (mu, s), given 1/s, and its derivatives
-    with respect to mu and log s (None, None if not need_grad).
+def logistic_bin(ns: Namespace, x, y, mu, inv_scale, log_scale, levels, need_grad):
+    """log mass of x's bin under the logistic (mu, s), given 1/s (and log s, used only
+    where the bin is tiny against s), and its derivatives with respect to mu and log s
+    (None, None if not need_grad).
 
     With a, b = (y -+ h - mu)/s = c -+ w: sigma(b) - sigma(a) = sigma(b) sigma(-a) (1 - e^(a-b)),
     no cancellation anywhere.  With e_a = e^-|a|, e_b = e^-|b|, sigma(b) sigma(-a) =
@@ -300,10 +318,13 @@ def logistic_bin(ns: Namespace, x, y, mu, inv_scale, levels, need_grad):
     one log per bin, taken as log(m/P) with m = -expm1(-d) below d = ln 2 (m < 1/2) and
     as log1p(-(e^-d + P - 1)/P) above (the argument is at least -7/8: no cancellation);
     1/P gives both sigmoids, 1/(1 + e_a) = (1 + e_b)/P and 1/(1 + e_b) = (1 + e_a)/P.
+    Below d = TINY_BIN_WIDTH, m = d to within d/2 and d = 2h/s may be subnormal or zero
+    (a huge s): there log m = log(2h) - log s, taken from the log-scale.
     First bin (x == 0): -max(-b, 0) - log1p(e_b); last (x == L-1): the same in a.
     Derivatives:
         d/dmu = (sigma(a) - sigma(-b))/s,
-        d/dlog s = a sigma(a) - b sigma(-b) - d/expm1(d),  d/expm1(d) = d (1 - m)/m = d e^-d/(1 - e^-d),
+        d/dlog s = a sigma(a) - b sigma(-b) - d/expm1(d),  d/expm1(d) = d (1 - m)/m = d e^-d/(1 - e^-d)
+        (1 below TINY_BIN_WIDTH),
     dropping the a-terms in the first bin, the b-terms in the last, the width term in both."""
     xp = ns.xp
     half_bin = 0.5 / (levels - 1)
@@ -321,16 +342,19 @@ def logistic_bin(ns: Namespace, x, y, mu, inv_scale, levels, need_grad):
     total = e_a + e_b + e_a * e_b  # P - 1
     d = 2.0 * w
     small = d < LN2
+    tiny = d < TINY_BIN_WIDTH
     m = -xp.expm1(-d)  # the small-d branch's
     e = xp.exp(-d)  # the large-d branch's
-    interior = xp.where(small, xp.log(m * inv_p), xp.log1p(-(e + total) * inv_p)) - linear
+    by_m = xp.where(tiny, xp.log(2.0 * half_bin * inv_p) - log_scale, xp.log(m * inv_p))
+    interior = xp.where(small, by_m, xp.log1p(-(e + total) * inv_p)) - linear
     log_mass = xp.where(edge, -(linear + xp.log1p(total)), interior)
     if not need_grad:
         return log_mass, None, None
     big_a, big_b = (1 + e_b) * inv_p, (1 + e_a) * inv_p
     s_a = xp.where(first, 0.0, xp.where(a >= 0, big_a, e_a * big_a))
     s_nb = xp.where(last, 0.0, xp.where(b <= 0, big_b, e_b * big_b))
-    width = xp.where(edge, 0.0, xp.where(small, d * (1 - m) / m, d * e / (1 - e)))
+    m_safe = xp.where(tiny, 1.0, m)
+    width = xp.where(edge, 0.0, xp.where(small, xp.where(tiny, 1.0, d * (1 - m_safe) / m_safe), d * e / (1 - e)))
     g_mu = (s_a - s_nb) * inv_scale
     g_log_scale = a * s_a - b * s_nb - width
     return log_mass, g_mu, g_log_scale
@@ -346,18 +370,18 @@ def logsumexp(xp, t, axis):
 # ---------------------------------------------------------------- Student-t CDF
 
 
-def _student_t_log_tail_series(ns, log_u, log_1mu, a):
-    """log I_u(a, 1/2) by DLMF 8.17.8 for small u:
+def _student_t_log_tail_series(ns, log_u, log_1mu, a, log_beta):
+    """log I_u(a, 1/2) by DLMF 8.17.8 for small u, given log B(a, 1/2):
     I_u(a, b) = u^a (1-u)^b / (a B(a, b)) * 2F1(a+b, 1; a+1; u), the series summed
     term by term (term_{n+1}/term_n = (a+b+n) u / (a+1+n))."""
-    xp, sp = ns.xp, ns.sp
+    xp = ns.xp
     u = xp.exp(log_u)
     term = xp.ones_like(u)
     total = xp.ones_like(u)
     for n in range(STUDENT_T_TAIL_TERMS):
         term = term * (a + 0.5 + n) * u / (a + 1.0 + n)
         total = total + term
-    return a * log_u + 0.5 * log_1mu - xp.log(a) - sp.betaln(a, 0.5) + xp.log(total)
+    return a * log_u + 0.5 * log_1mu - xp.log(a) - log_beta + xp.log(total)
 
 
 def student_t_log_norm(ns: Namespace, df):
@@ -383,30 +407,78 @@ def student_t_log_norm(ns: Namespace, df):
 def student_t_log_cdf(ns: Namespace, t, df):
     """log F(t) of the standard Student-t (float64 in, float64 out).
 
-    With u = df/(df + t^2): F(-|t|) = I_u(df/2, 1/2)/2 (the smaller tail).  Where that
+    F(-|t|) (the smaller tail) is I_u(df/2, 1/2)/2 with u = df/(df + t^2): by betainc
+    for df/2 below STUDENT_T_BGRAT_MIN_HALF_DF (:func:`_student_t_log_tail_betainc`), by
+    an asymptotic expansion above (:func:`_student_t_log_tail_large_df`).  Then
+    log F(t) = log F(-|t|) for t <= 0 and log1p(-F(-|t|)) for t > 0."""
+    xp = ns.xp
+    large = 0.5 * df >= STUDENT_T_BGRAT_MIN_HALF_DF
+    with _quiet(xp):
+        by_betainc = _student_t_log_tail_betainc(ns, xp.where(large, 0.0, t), xp.where(large, 3.0, df))
+        by_expansion = _student_t_log_tail_large_df(ns, xp.where(large, t, 0.0), xp.where(large, df, 1e3))
+        log_tail = xp.where(large, by_expansion, by_betainc)
+        return xp.where(t > 0, xp.log1p(-xp.exp(log_tail)), log_tail)
+
+
+def _student_t_log_tail_betainc(ns: Namespace, t, df):
+    """log F(-|t|) = log I_u(df/2, 1/2) - log 2, u = df/(df + t^2).  Where that
     incomplete beta is above 1/2 it is 1 - I_{1-u}(1/2, df/2), taken in that form so
     that u close to 1 loses no digits; in the far tail, where I_u underflows, the
-    series of DLMF 8.17.8.  Then log F(t) = log F(-|t|) for t <= 0 and
-    log1p(-F(-|t|)) for t > 0."""
+    series of DLMF 8.17.8."""
     xp, sp = ns.xp, ns.sp
     a = 0.5 * df
     t2 = t * t
     u = df / (df + t2)
     one_minus_u = t2 / (df + t2)
-    with _quiet(xp):
-        i_u = sp.betainc(a, 0.5, u)
-        complement = sp.betainc(0.5, a, one_minus_u)  # = 1 - i_u
-        log_tail = xp.where(
-            i_u > 0.5, xp.log1p(-complement), xp.log(xp.where(i_u > 0, i_u, 1.0))
-        ) - LN2
-        log_tail = xp.where(i_u > 0, log_tail, -xp.inf)
-        far = (log_tail < STUDENT_T_LOGCDF_TAIL) & (u < STUDENT_T_SERIES_MAX_U)
-        if bool(xp.any(far)):
-            log_u = xp.log(df) - xp.log(df + t2)
-            log_1mu = xp.log(xp.where(t2 > 0, t2, 1.0)) - xp.log(df + t2)
-            series = _student_t_log_tail_series(ns, log_u, log_1mu, a) - LN2
-            log_tail = xp.where(far, series, log_tail)
-        return xp.where(t > 0, xp.log1p(-xp.exp(log_tail)), log_tail)
+    i_u = sp.betainc(a, 0.5, u)
+    complement = sp.betainc(0.5, a, one_minus_u)  # = 1 - i_u
+    log_tail = xp.where(
+        i_u > 0.5, xp.log1p(-complement), xp.log(xp.where(i_u > 0, i_u, 1.0))
+    ) - LN2
+    log_tail = xp.where(i_u > 0, log_tail, -xp.inf)
+    far = (log_tail < STUDENT_T_LOGCDF_TAIL) & (u < STUDENT_T_SERIES_MAX_U)
+    if bool(xp.any(far)):
+        log_u = xp.log(df) - xp.log(df + t2)
+        log_1mu = xp.log(xp.where(t2 > 0, t2, 1.0)) - xp.log(df + t2)
+        series = _student_t_log_tail_series(ns, log_u, log_1mu, a, sp.betaln(a, 0.5)) - LN2
+        log_tail = xp.where(far, series, log_tail)
+    return log_tail
+
+
+def _student_t_log_tail_large_df(ns: Namespace, t, df):
+    """log F(-|t|) = log I_u(a, 1/2) - log 2 for a = df/2 >= STUDENT_T_BGRAT_MIN_HALF_DF,
+    u = df/(df + t^2), with q = t^2/df kept apart from u (u = 1/(1 + q) rounds q away):
+
+    * q <= 1 (u >= 1/2): TOMS 708's BGRAT (constants.STUDENT_T_BGRAT_D), with
+      z = (a - 1/4) log1p(q) and sqrt z = |t| sqrt((a - 1/4) log1p(q)/q / df):
+      log I = c(a) - log1p(-1/(4a))/2 - z + log(erfcx(sqrt z) + sum_n d_n K_n),
+      c(a) = lgamma(a + 1/2) - lgamma(a) - log(a)/2 (student_t_log_norm);
+    * q > 1 (u < 1/2): the series of DLMF 8.17.8, with
+      log B(a, 1/2) = log(pi)/2 - c(a) - log(a)/2 (the log-gammas cancel at large a)."""
+    xp, sp = ns.xp, ns.sp
+    a = 0.5 * df
+    c_a = student_t_log_norm(ns, df)[0] + HALF_LOG_2PI
+    q = t * t / df
+    near = q <= 1.0
+    q_n = xp.where(near, q, 0.5)  # BGRAT, on inputs of its own range
+    log1p_q = xp.log1p(q_n)
+    ratio = xp.where(q_n > 0, log1p_q / xp.where(q_n > 0, q_n, 1.0), 1.0)  # log1p(q)/q -> 1
+    nu = a - 0.25
+    root_z = xp.abs(xp.where(near, t, 0.0)) * xp.sqrt(nu * ratio / df)
+    z = nu * log1p_q
+    t_sq, v = 0.25 * log1p_q * log1p_q, 0.25 / (nu * nu)
+    k = sp.erfcx(root_z)
+    total, power, root_z_pi = k, xp.ones_like(z), root_z / math.sqrt(math.pi)
+    for n, d_n in enumerate(STUDENT_T_BGRAT_D, start=1):
+        b_n = 0.5 + 2.0 * (n - 1)
+        k = (b_n * (b_n + 1.0) * k + (z + b_n + 1.0) * power * root_z_pi) * v
+        power = power * t_sq
+        total = total + d_n * k
+    by_bgrat = c_a - 0.5 * xp.log1p(-0.25 / a) - z + xp.log(total) - LN2
+    q_f = xp.where(near, 2.0, q)  # the series, on inputs of its own range
+    log_beta = 0.5 * math.log(math.pi) - c_a - 0.5 * xp.log(a)
+    by_series = _student_t_log_tail_series(ns, -xp.log1p(q_f), -xp.log1p(1.0 / q_f), a, log_beta) - LN2
+    return xp.where(near, by_bgrat, by_series)
 
 
 class _quiet:
@@ -668,7 +740,8 @@ def _student_t(ns, x, raw, o, discrete, u, need_grad):
         def log_pdf(t):  # the standard Student-t density
             return log_norm64 - 0.5 * (df64 + 1.0) * xp.log1p(t * t / df64)
 
-        elem = bin_log_mass(ns, x, lower, upper, levels, log_cdf, log_pdf)
+        log_width = math.log(2.0 * half_bin) - log_scale.astype(f64)
+        elem = bin_log_mass(ns, x, lower, upper, log_width, levels, log_cdf, log_pdf)
         return Evaluation(_per_image(xp, elem), None, None)
     y = _levels_to_unit(x, levels, dtype)
     inv_scale = xp.exp(-log_scale)
@@ -740,8 +813,9 @@ def _logistic(ns, x, raw, o, u, need_grad):
     parts = _split(raw, 2)
     mu, r_ls = parts[:, 0], parts[:, 1]
     inv_scale, d_ls = softclip_inv_scale(xp, r_ls, o.log_sigma_min)
+    log_scale, _ = softclip(xp, r_ls, o.log_sigma_min)
     y = _levels_to_unit(x, o.levels, raw.dtype)
-    elem, g_mu, g_ls = logistic_bin(ns, x, y, mu, inv_scale, o.levels, need_grad)
+    elem, g_mu, g_ls = logistic_bin(ns, x, y, mu, inv_scale, log_scale, o.levels, need_grad)
     value = _per_image(xp, elem)
     if not need_grad:
         return Evaluation(value, None, None)
@@ -774,6 +848,7 @@ def _mixture(ns, x, raw, o, u, need_grad):
     logits, means, r_ls, coef = mixture_parts(raw, o)
     log_w = logits - logsumexp(xp, logits, axis=1)  # (B, K, H, W)
     inv_scale, d_ls = softclip_inv_scale(xp, r_ls, o.log_sigma_min)
+    log_scale, _ = softclip(xp, r_ls, o.log_sigma_min)
     y = _levels_to_unit(x, levels, dtype)[:, None]  # (B, 1, C, H, W)
     xk = x[:, None]
     if coef is not None:
@@ -789,7 +864,7 @@ def _mixture(ns, x, raw, o, u, need_grad):
         )
     else:
         loc = means
-    log_mass, g_loc, g_ls = logistic_bin(ns, xk, y, loc, inv_scale, levels, need_grad)
+    log_mass, g_loc, g_ls = logistic_bin(ns, xk, y, loc, inv_scale, log_scale, levels, need_grad)
     # the component log masses M_k stay apart from the log-weights: shifted by their
     # maximum m first, a large common part of them cancels exactly instead of rounding
     # the log-weights away in float32 (as in the kernels)

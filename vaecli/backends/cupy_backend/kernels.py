@@ -81,6 +81,7 @@ SOURCE = r"""
 #define K_NORMAL_BIN_NARROW 1.0
 #define K_SIMPSON_MAX_WIDTH_FLOAT32 0.2
 #define K_SIMPSON_MAX_WIDTH_FLOAT64 0.003
+#define K_TINY_BIN_WIDTH 8.673617379884035472e-19
 
 // ---------------------------------------------------- float/double overloads
 K_INLINE float  k_exp(float v)    { return expf(v); }
@@ -139,6 +140,11 @@ K_INLINE real softclip_inv_scale(real t, real floor, real exp_neg_floor, int use
     return u >= (real)0 ? k_exp(-t) * big : k_exp(-floor) * big;
 }
 
+// expm1(v)/v, 1 at v = 0 (and where -ftz flushes a subnormal v to 0)
+K_INLINE real exprel(real v) {
+    return v != (real)0 ? k_expm1(v) / v : (real)1;
+}
+
 // log(1 - e^-d), d >= 0: log(-expm1(-d)) below ln 2, log1p(-e^-d) above
 K_INLINE real log1mexp(real d) {
     return d < (real)K_LN2 ? k_log(-k_expm1(-d)) : k_log1p(-k_exp(-d));
@@ -174,14 +180,17 @@ K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real
                                                            : (real)K_SIMPSON_MAX_WIDTH_FLOAT64;
     real log_mass, g_centre;
     if (!first && !final_bin && (real)2 * w * ((real)1 + k_abs(cc)) < simpson_max) {
-        // narrow against sigma: Simpson's rule on the density
+        // narrow against sigma: Simpson's rule on the density, M = (w/3) phi(cc) S, its log
+        // as log(h/3 S) - log sigma (w is subnormal or 0 at a huge sigma), and w phi(p)/M
+        // = 3 e^(wc - w^2/2)/S in closed form (phi(p)/M ~ 1/(2w) would overflow there)
         const real wc = w * cc;
         const real w2 = (real)0.5 * w * w;
-        log_mass = k_log(w / (real)3 * ((real)4 + k_exp(wc - w2) + k_exp(-wc - w2)))
-                   - (real)0.5 * cc * cc - (real)K_HALF_LOG_2PI;
-        const real a_term = k_exp((real)-0.5 * p * p - (real)K_HALF_LOG_2PI - log_mass);  // phi(p)/M
-        g_centre = -a_term * k_expm1((real)-2 * wc);
-        *g_log_sigma = (real)-2 * w * a_term + q * g_centre;
+        const real e_p = k_exp(wc - w2);
+        const real s_sum = (real)4 + e_p + k_exp(-wc - w2);
+        log_mass = k_log(half_bin / (real)3 * s_sum) - log_sigma - (real)0.5 * cc * cc - (real)K_HALF_LOG_2PI;
+        const real w_a = (real)3 * e_p / s_sum;  // w phi(p)/M
+        g_centre = (real)2 * cc * w_a * exprel((real)-2 * wc);
+        *g_log_sigma = (real)-2 * w_a + q * g_centre;
     } else {
         const real log_q = log_ndtr(q);
         const real hz_q = normal_hazard(q);
@@ -212,9 +221,11 @@ K_INLINE real normal_bin(int xv, int last, real y, real mu, real log_sigma, real
 // With a, b = c -+ w, e_a = e^-|a|, e_b = e^-|b|, P = (1 + e_a)(1 + e_b) and d = 2w:
 // mass = e^-(max(a, 0) + max(-b, 0)) (1 - e^-d)/P; the first bin drops the a-terms, the
 // last the b-terms and the width term.  One log per bin, one reciprocal for both sigmoids.
+// Below d = TINY_BIN_WIDTH (a huge s: d may be subnormal or 0), 1 - e^-d = d = 2h/s is
+// taken as log(2h) - log s, log s = softclip(raw_log_scale) recomputed there only.
 // With g_mu null (the value alone) neither derivative is formed.
-K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, real half_bin,
-                           real* g_mu, real* g_log_scale) {
+K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, real raw_log_scale,
+                           real floor, int use_floor, real half_bin, real* g_mu, real* g_log_scale) {
     const real c = (y - mu) * inv_scale;
     const real w = half_bin * inv_scale;
     const real a = c - w;
@@ -234,9 +245,13 @@ K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, re
     const real sum = e_a + e_b + e_a * e_b;  // P - 1
     const real d = (real)2 * w;
     const bool small = d < (real)K_LN2;
+    const bool tiny = d < (real)K_TINY_BIN_WIDTH;
     real log_mass, m = (real)0, e = (real)0;
     if (first || final_bin) {
         log_mass = -(linear + k_log1p(sum));
+    } else if (tiny) {   // 1 - e^-d = d = 2h/s, from the log-scale
+        real unused;
+        log_mass = k_log((real)2 * half_bin * inv_p) - softclip(raw_log_scale, floor, use_floor, &unused) - linear;
     } else if (small) {  // 1 - e^-d = m, from expm1 (log1mexp's branches)
         m = -k_expm1(-d);
         log_mass = k_log(m * inv_p) - linear;
@@ -246,7 +261,7 @@ K_INLINE real logistic_bin(int xv, int last, real y, real mu, real inv_scale, re
     }
     if (!g_mu) return log_mass;  // the value alone
     real width = (real)0;
-    if (!first && !final_bin) width = small ? d * ((real)1 - m) / m : d * e / ((real)1 - e);
+    if (!first && !final_bin) width = tiny ? (real)1 : (small ? d * ((real)1 - m) / m : d * e / ((real)1 - e));
     const real big_a = ((real)1 + e_b) * inv_p;  // 1/(1 + e_a)
     const real big_b = ((real)1 + e_a) * inv_p;  // 1/(1 + e_b)
     const real s_a = first ? (real)0 : (a >= (real)0 ? big_a : e_a * big_a);       // sigma(a)
@@ -396,8 +411,8 @@ extern "C" __global__ void logistic(
         real dls;
         const real inv_scale = softclip_inv_scale(raw[i_ls], floor, exp_neg_floor, use_floor, &dls);
         real g_mu, g_ls;
-        value[i] = logistic_bin(xv, last, y, raw[i_mu], inv_scale, half_bin, need_grad ? &g_mu : (real*)0,
-                                &g_ls);
+        value[i] = logistic_bin(xv, last, y, raw[i_mu], inv_scale, raw[i_ls], floor, use_floor, half_bin,
+                                need_grad ? &g_mu : (real*)0, &g_ls);
         if (need_grad) {
             const real w = weight[b];
             grad[i_mu] = w * g_mu;
@@ -461,9 +476,11 @@ K_INLINE real mixture_component(const real* r, const int* xs, real* g, const lon
             loc += t_b * y_r + t_c * y_g;
         }
         real dls;
-        const real inv_scale = softclip_inv_scale(r[j_ls * hw], floor, exp_neg_floor, use_floor, &dls);
+        const real r_ls = r[j_ls * hw];
+        const real inv_scale = softclip_inv_scale(r_ls, floor, exp_neg_floor, use_floor, &dls);
         real g_loc, g_ls;
-        mass += logistic_bin(xv, last, y, loc, inv_scale, half_bin, g ? &g_loc : (real*)0, &g_ls);
+        mass += logistic_bin(xv, last, y, loc, inv_scale, r_ls, floor, use_floor, half_bin, g ? &g_loc : (real*)0,
+                             &g_ls);
         if (g) {
             g[j_mu * hw] = g_loc;
             g[j_ls * hw] = g_ls * dls;
