@@ -24,7 +24,7 @@ def test_options_are_completed_typed_and_checked():
         models.parse_options("conv", {"width": "wide"})
     with pytest.raises(VaeError, match="latent_dim must be an integer >= 1, got 0"):
         models.parse_options("conv", {"latent_dim": 0})
-    with pytest.raises(VaeError, match="unknown model 'resnet'; choose one of: conv"):
+    with pytest.raises(VaeError, match="unknown model 'resnet'; choose one of: conv, mlp"):
         TrainConfig(model="resnet")
 
 
@@ -40,12 +40,19 @@ def test_vae_models_lists_each_model_with_its_defaults():
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
     assert rows[0]["name"] == "conv" and rows[0]["options"] == {"latent_dim": 20, "width": 32}
+    assert rows[1]["name"] == "mlp" and rows[1]["options"] == {"latent_dim": 20, "hidden": 400, "depth": 1}
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model-option", "depth=2"], "Error: model conv has no option(s) depth; its options are: latent_dim, width"),
     (["--model-option", "width"], "Error: Invalid value for --model-option: 'width' is not KEY=VALUE"),
-    (["--model", "resnet"], "Error: Invalid value for '--model'"),
+    (["--model", "resnet"], "Error: Invalid value for '--model': 'resnet' is neither one of conv, mlp nor "
+                            "package.module:function"),
+    (["--model", "no_such_module_here:build"], "Error: --model no_such_module_here:build: cannot import "
+                                               "no_such_module_here (ModuleNotFoundError"),
+    (["--model", "vaecli.units:no_function"], "Error: --model vaecli.units:no_function: vaecli.units has no function "
+                                              "no_function"),
+    (["--model", "vaecli.units:bits_per_dim"], "Error: --model vaecli.units:bits_per_dim: the factory did not take"),
 ])
 def test_train_refuses_bad_model_options_in_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r.h5"), "--epochs", "0", *args])
@@ -110,3 +117,32 @@ def test_conv_follows_the_protocol():
     assert torch.equal(mean_path.groups[0].z, mean_path.groups[0].mean)
     assert model.generate(eps, 0.5).shape == (3, 1, 8, 8)
     torch.testing.assert_close(model.generate(eps, 0.5), model.decode(0.5 * eps))
+
+
+@pytest.mark.parametrize("name", ["conv", "mlp"])
+def test_every_model_trains_resumes_evaluates_and_samples(tmp_path, name):
+    """The CLI path of each registered model, small: train 1 epoch, resume to 2, evaluate
+    every likelihood metric, sample and reconstruct."""
+    import numpy as np
+
+    from fakes import blob_images
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=blob_images(48, size=8))
+    out = str(tmp_path / "r.h5")
+    common = ["--data", str(data), "--model", name, "--latent-dim", "3", "--batch-size", "16", "--device", "cpu",
+              "--quiet", "--out", out]
+    for epochs, extra in (("1", []), ("2", ["--resume"])):
+        result = CliRunner().invoke(main, ["train", *common, "--epochs", epochs, *extra])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", out, "--metric", "elbo", "--metric", "bpd", "--metric", "nll",
+                                       "--metric", "kl", "--metric", "active-units", "--iw-samples", "4",
+                                       "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)["results"]
+    assert np.isfinite(results["bpd"]["value"]) and results["bpd"]["value"] > 0  # (2 epochs: barely trained)
+    assert results["active-units"]["unit"] == "of 3 latent dims"
+    for command in (["sample", out, "-n", "4", "-o", str(tmp_path / "s.png")],
+                    ["reconstruct", out, "-n", "2", "--rows", "1", "-o", str(tmp_path / "r.png")]):
+        result = CliRunner().invoke(main, [*command, "--device", "cpu"])
+        assert result.exit_code == 0, result.output

@@ -16,11 +16,22 @@ from .launcher import launch_data_parallel
 MODEL_SHORTCUTS = ("latent_dim", "width")  # model options with flags of their own
 
 
+class ModelName(click.ParamType):
+    """A registered model name, or a user's factory as package.module:function."""
+
+    name = "MODEL"
+
+    def convert(self, value, param, ctx):
+        if value in models.MODELS or models.is_user_model(value):
+            return value
+        self.fail(f"{value!r} is neither one of {', '.join(models.MODELS)} nor package.module:function", param, ctx)
+
+
 def model_options(f):
     """--model, --model-option KEY=VALUE and the shortcut flags of common model options."""
     for option in reversed([
-        click.option("--model", type=click.Choice(list(models.MODELS)), default=models.DEFAULT_MODEL,
-                     show_default=True, help="Model family (vae models lists them with their options)."),
+        click.option("--model", type=ModelName(), default=models.DEFAULT_MODEL, show_default=True,
+                     help="Model family (vae models lists them), or your own as package.module:function."),
         click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
                      help="An option of the model (repeatable), e.g. --model-option width=64."),
         click.option("--latent-dim", type=click.IntRange(1), default=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from dataclasses import dataclass
 
 from ..errors import VaeError
@@ -27,6 +28,18 @@ class ConvOptions:
 
 
 @dataclass(frozen=True)
+class MlpOptions:
+    latent_dim: int = 20  # dimensions of the one Gaussian latent
+    hidden: int = 400  # units of each hidden layer
+    depth: int = 1  # hidden layers in the encoder and in the decoder
+
+    def __post_init__(self):
+        _at_least("latent_dim", self.latent_dim, 1)
+        _at_least("hidden", self.hidden, 1)
+        _at_least("depth", self.depth, 0)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     summary: str
@@ -39,16 +52,29 @@ MODELS: dict[str, ModelInfo] = {
     for info in (
         ModelInfo("conv", "the sigma-VAE paper's small convolutional VAE (3 convs each way, one latent)",
                   ConvOptions, "vaecli.models.conv:build"),
+        ModelInfo("mlp", "the fully connected VAE of Kingma and Welling (any image size)",
+                  MlpOptions, "vaecli.models.mlp:build"),
     )
 }
 DEFAULT_MODEL = "conv"
 
 
+PROTOCOL = ("encode", "posterior", "forward", "generate", "latent_size", "image_shape", "likelihood")
+
+
+def is_user_model(name: str) -> bool:
+    """A model of the user's own, named by the factory that builds it: "package.module:function"."""
+    module, sep, function = name.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in (*module.split("."), function))
+
+
 def info(name: str) -> ModelInfo:
-    try:
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise VaeError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+    if is_user_model(name):
+        return ModelInfo(name, f"a model of your own, built by {name}", None, name)
+    raise VaeError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, or give your own as "
+                   "package.module:function")
 
 
 def _at_least(option, value, low):
@@ -61,6 +87,8 @@ def parse_options(name: str, given: dict | None = None) -> dict:
     as strings from the command line) over the defaults, checked.  Unknown names are
     one error listing the known ones."""
     spec = info(name).options
+    if spec is None:  # a user's model: its factory checks its options; strings become numbers where they read so
+        return {str(k): _literal(v) for k, v in dict(given or {}).items()}
     fields = {f.name: f for f in dataclasses.fields(spec)}
     given = dict(given or {})
     unknown = sorted(set(given) - set(fields))
@@ -96,9 +124,44 @@ def _typed(model, key, value, field):
     return value
 
 
+def _literal(value):
+    """A command-line value as the JSON literal it spells (3, 0.5, true, null, [1, 2]), else the string."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
 def build(name: str, options: dict, image_shape, likelihood):
     """The model ``name`` with ``options`` (complete, from :func:`parse_options`) for images
-    of ``image_shape`` (C, H, W) and the decoder ``likelihood``."""
-    module, _, function = info(name).factory.partition(":")
-    factory = getattr(importlib.import_module(module), function)
-    return factory(tuple(image_shape), likelihood, info(name).options(**options))
+    of ``image_shape`` (C, H, W) and the decoder ``likelihood``.  A user's model is built
+    by its factory, ``function(image_shape, likelihood, **options)``, imported by name
+    (nothing stored in a run file is ever executed: only this module import)."""
+    spec = info(name)
+    factory = _factory(spec.factory)
+    if spec.options is not None:
+        return factory(tuple(image_shape), likelihood, spec.options(**options))
+    try:
+        model = factory(tuple(image_shape), likelihood, **options)
+    except TypeError as exc:
+        raise VaeError(f"--model {name}: the factory did not take the options {options}: {exc}") from None
+    missing = [a for a in PROTOCOL if not hasattr(model, a)]
+    if missing or not hasattr(model, "parameters"):
+        raise VaeError(f"--model {name} built a {type(model).__name__} without {', '.join(missing) or 'parameters'}"
+                       " of the model protocol (see vaecli/models/protocol.py)")
+    return model
+
+
+def _factory(reference: str):
+    module_name, _, function = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure to import the user's module is one line
+        raise VaeError(f"--model {reference}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+                       "is it installed or on PYTHONPATH?") from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise VaeError(f"--model {reference}: {module_name} has no function {function}")
+    return factory
