@@ -24,7 +24,7 @@ def test_options_are_completed_typed_and_checked():
         models.parse_options("conv", {"width": "wide"})
     with pytest.raises(VaeError, match="latent_dim must be an integer >= 1, got 0"):
         models.parse_options("conv", {"latent_dim": 0})
-    with pytest.raises(VaeError, match="unknown model 'resnet'; choose one of: conv, mlp"):
+    with pytest.raises(VaeError, match="unknown model 'resnet'; choose one of: conv, mlp, hvae"):
         TrainConfig(model="resnet")
 
 
@@ -41,12 +41,13 @@ def test_vae_models_lists_each_model_with_its_defaults():
     rows = json.loads(result.stdout)
     assert rows[0]["name"] == "conv" and rows[0]["options"] == {"latent_dim": 20, "width": 32}
     assert rows[1]["name"] == "mlp" and rows[1]["options"] == {"latent_dim": 20, "hidden": 400, "depth": 1}
+    assert rows[2]["name"] == "hvae" and rows[2]["options"]["resolutions"] == "auto"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model-option", "depth=2"], "Error: model conv has no option(s) depth; its options are: latent_dim, width"),
     (["--model-option", "width"], "Error: Invalid value for --model-option: 'width' is not KEY=VALUE"),
-    (["--model", "resnet"], "Error: Invalid value for '--model': 'resnet' is neither one of conv, mlp nor "
+    (["--model", "resnet"], "Error: Invalid value for '--model': 'resnet' is neither one of conv, mlp, hvae nor "
                             "package.module:function"),
     (["--model", "no_such_module_here:build"], "Error: --model no_such_module_here:build: cannot import "
                                                "no_such_module_here (ModuleNotFoundError"),
@@ -119,7 +120,7 @@ def test_conv_follows_the_protocol():
     torch.testing.assert_close(model.generate(eps, 0.5), model.decode(0.5 * eps))
 
 
-@pytest.mark.parametrize("name", ["conv", "mlp"])
+@pytest.mark.parametrize("name", ["conv", "mlp", "hvae"])
 def test_every_model_trains_resumes_evaluates_and_samples(tmp_path, name):
     """The CLI path of each registered model, small: train 1 epoch, resume to 2, evaluate
     every likelihood metric, sample and reconstruct."""
@@ -130,8 +131,10 @@ def test_every_model_trains_resumes_evaluates_and_samples(tmp_path, name):
     data = tmp_path / "d.npz"
     np.savez(data, images=blob_images(48, size=8))
     out = str(tmp_path / "r.h5")
-    common = ["--data", str(data), "--model", name, "--latent-dim", "3", "--batch-size", "16", "--device", "cpu",
-              "--quiet", "--out", out]
+    size = ["--model-option", "width=8", "--model-option", "latent_channels=2"] if name == "hvae" else \
+        ["--latent-dim", "3"]
+    common = ["--data", str(data), "--model", name, *size, "--batch-size", "16", "--device", "cpu", "--quiet",
+              "--out", out]
     for epochs, extra in (("1", []), ("2", ["--resume"])):
         result = CliRunner().invoke(main, ["train", *common, "--epochs", epochs, *extra])
         assert result.exit_code == 0, result.output
@@ -141,8 +144,37 @@ def test_every_model_trains_resumes_evaluates_and_samples(tmp_path, name):
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)["results"]
     assert np.isfinite(results["bpd"]["value"]) and results["bpd"]["value"] > 0  # (2 epochs: barely trained)
-    assert results["active-units"]["unit"] == "of 3 latent dims"
+    latents = 2 * 2 * (1 + 4 * 4) if name == "hvae" else 3  # hvae on 8x8: groups at 1x1 and 4x4, 2 each
+    assert results["active-units"]["unit"] == f"of {latents} latent dims"
     for command in (["sample", out, "-n", "4", "-o", str(tmp_path / "s.png")],
                     ["reconstruct", out, "-n", "2", "--rows", "1", "-o", str(tmp_path / "r.png")]):
         result = CliRunner().invoke(main, [*command, "--device", "cpu"])
         assert result.exit_code == 0, result.output
+
+
+def test_hvae_groups_priors_and_temperatures():
+    from vaecli.models.hvae import auto_resolutions
+    from vaecli.runs import build_model
+
+    assert auto_resolutions(28) == (1, 7, 14) and auto_resolutions(32) == (1, 4, 8, 16)
+    config = TrainConfig(model="hvae", model_options={"width": 8, "latent_channels": 2, "resolutions": "1,4"})
+    torch.manual_seed(0)
+    model = build_model(config, (1, 8, 8), "cpu")
+    assert model.group_names == ("1x1/0", "1x1/1", "4x4/0", "4x4/1") and model.latent_size == 2 * (2 + 32)
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    out = model(x, torch.randn(3, model.latent_size))
+    assert len(out.groups) == 4 and all(g.prior_mean is not None for g in out.groups)
+    assert out.groups[2].z.shape == (3, 2, 4, 4) and out.raw.shape == (3, 1, 8, 8)
+    # every group below the top conditions its prior on the groups above: the prior of
+    # group 2 moves when group 0's noise does
+    eps = torch.randn(1, model.latent_size)
+    moved = eps.clone()
+    moved[0, :2] += 3.0
+    priors = [model(x[:1], e).groups[2].prior_mean for e in (eps, moved)]
+    assert not torch.allclose(*priors)
+    # temperature 0 draws each group's prior mean
+    raw0 = model.generate(torch.randn(2, model.latent_size), 0.0)
+    assert torch.allclose(raw0[0], raw0[1], atol=1e-6)
+    assert model.generate(eps, [1.0, 0.5, 0.0, 1.0]).shape == (1, 1, 8, 8)
+    with pytest.raises(VaeError, match="3 temperatures for 4 latent groups"):
+        model.generate(eps, [1.0, 1.0, 1.0])

@@ -40,6 +40,21 @@ class MlpOptions:
 
 
 @dataclass(frozen=True)
+class HvaeOptions:
+    width: int = 32  # channels of the residual state, bottom-up and top-down
+    resolutions: str = "auto"  # sides of the latent groups, e.g. "1,7,14"; auto: 1 and side/8, /4, /2
+    blocks: int = 2  # residual blocks per resolution, each top-down one with a latent group
+    latent_channels: int = 8  # latent maps per group
+
+    def __post_init__(self):
+        _at_least("width", self.width, 1)
+        _at_least("blocks", self.blocks, 1)
+        _at_least("latent_channels", self.latent_channels, 1)
+        if not isinstance(self.resolutions, str):
+            raise VaeError(f"model option resolutions must be 'auto' or sides like 1,7,14, got {self.resolutions!r}")
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     summary: str
@@ -54,6 +69,8 @@ MODELS: dict[str, ModelInfo] = {
                   ConvOptions, "vaecli.models.conv:build"),
         ModelInfo("mlp", "the fully connected VAE of Kingma and Welling (any image size)",
                   MlpOptions, "vaecli.models.mlp:build"),
+        ModelInfo("hvae", "a top-down hierarchical VAE (VDVAE/NVAE family): latent groups at several resolutions",
+                  HvaeOptions, "vaecli.models.hvae:build"),
     )
 }
 DEFAULT_MODEL = "conv"
