@@ -13,7 +13,8 @@ import torch
 
 from . import registry
 from .constants import ACTIVE_UNIT_THRESHOLD
-from .models.protocol import draw_noise, log_weight, posterior_means, repeat_features, total_kl
+from .models.protocol import (draw_noise, group_names, group_sizes, kl_per_group, log_weight, posterior_means,
+                              repeat_features)
 from .calibration import needs_calibration
 from .units import bits_per_dim, equivalent_beta
 
@@ -79,12 +80,17 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     want = {m for m in metrics if applicability(lik.name, m, binarized)[0]}
-    rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "mse", "iw", "iw_pmf", "post_means")}
+    rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "kl_groups", "mse", "iw", "iw_pmf", "post_means",
+                            "group_dims")}
     for index, x in _batches(images, batch_size, device, rank, world):
         gen.manual_seed(batch_seed(seed, index))
         features = model.encode(x)
         if "active-units" in want:
             rows["post_means"].append((index, posterior_means(model, features).double()))
+            if not rows["group_dims"]:
+                eps = torch.zeros(1, model.latent_size, device=device, dtype=next(model.parameters()).dtype)
+                first = features if isinstance(features, torch.Tensor) else type(features)(f[:1] for f in features)
+                rows["group_dims"].append((index, torch.tensor(group_sizes(model.posterior(first, eps).groups))))
         # the KL is that of the ELBO's posterior samples (analytic per group, averaged over the samples)
         if want & {"elbo", "bpd", "mse", "kl"}:
             for key, values in _elbo_rows(model, x, features, want, elbo_samples, gen).items():
@@ -94,8 +100,29 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
                 rows[key].append((index, values))
         if progress:
             progress(x.shape[0])
-    results = _summaries(lik, gather_rows(rows, world), metrics, binarized, images.shape, elbo_samples, iw_samples)
+    rows = gather_rows(rows, world)
+    results = _summaries(lik, rows, metrics, binarized, images.shape, elbo_samples, iw_samples)
+    _per_group(model, rows, results)
     return _with_sigmas(lik, results)
+
+
+def _per_group(model, rows, results):
+    """KL and active units of each latent group, as JSON {group name: value} (models with
+    several groups report the rate each group carries)."""
+    import json
+
+    if results.get("kl", {}).get("applicable") and rows["kl_groups"]:
+        per_image = torch.cat(rows["kl_groups"]).cpu().numpy()  # (N, G)
+        names = group_names(model, per_image.shape[1])
+        results["kl"]["per_group"] = json.dumps({n: float(v) for n, v in zip(names, per_image.mean(0))})
+    if results.get("active-units", {}).get("applicable") and rows["group_dims"]:
+        sizes = rows["group_dims"][0].tolist()
+        active = torch.cat(rows["post_means"]).var(0).cpu().numpy() > ACTIVE_UNIT_THRESHOLD
+        names, start, counts = group_names(model, len(sizes)), 0, {}
+        for name, size in zip(names, sizes):
+            counts[name] = f"{int(active[start:start + size].sum())} of {size}"
+            start += size
+        results["active-units"]["per_group"] = json.dumps(counts)
 
 
 def _elbo_rows(model, x, features, want, samples, gen) -> dict:
@@ -104,9 +131,15 @@ def _elbo_rows(model, x, features, want, samples, gen) -> dict:
     lik = model.likelihood
     same_pmf = not lik.info.continuous  # log_prob is the PMF itself
     rec = kl = rec_pmf = sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    kl_groups = 0.0
     for _ in range(samples):
         out = model.posterior(features, draw_noise(model, x.shape[0], gen))
-        kl = kl + total_kl(out.groups).double()
+        parts = kl_per_group(out.groups)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part  # the sum in group order, as training's total_kl
+        kl = kl + total.double()
+        kl_groups = kl_groups + torch.stack(parts, 1).double()  # (B, G)
         log_px = None
         if "elbo" in want:
             log_px = lik.log_prob(x, out.raw).double()
@@ -117,7 +150,8 @@ def _elbo_rows(model, x, features, want, samples, gen) -> dict:
             y = x.double() / (2**lik.n_bits - 1)
             sq = sq + ((lik.mean(out.raw).double() - y) ** 2).mean(dim=(1, 2, 3))
     kl = kl / samples
-    return {"kl": kl, "elbo": rec / samples - kl, "elbo_pmf": rec_pmf / samples - kl, "mse": sq / samples}
+    return {"kl": kl, "kl_groups": kl_groups / samples, "elbo": rec / samples - kl,
+            "elbo_pmf": rec_pmf / samples - kl, "mse": sq / samples}
 
 
 def _importance_rows(model, x, features, iw_samples, gen) -> dict:

@@ -100,6 +100,10 @@ def eval_lines(run_path, run, results: dict, metrics, n_images: int) -> list:
             extra = f"  (sigma {r['decoder_sigma']:.4f}, equivalent beta {r['equivalent_beta']:.4g})"
         value = f"{r['value']:.0f}" if metric == "active-units" else f"{r['value']:.4f} ± {r['stderr']:.4f}"
         lines.append(f"  {metric:13s} {value} {r['unit']}{extra}")
+        if "per_group" in r and len(json.loads(r["per_group"])) > 1:
+            groups = json.loads(r["per_group"])
+            lines.append(f"  {'':13s} per group: " + ", ".join(
+                f"{name} {v:.2f}" if isinstance(v, float) else f"{name} {v}" for name, v in groups.items()))
     return lines
 
 

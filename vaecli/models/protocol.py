@@ -131,5 +131,16 @@ def posterior_means(model, features) -> torch.Tensor:
     return torch.cat([_flat(g.mean) for g in model.posterior(features, eps).groups], dim=1)
 
 
+def group_names(model, count: int) -> tuple:
+    """The names of a model's latent groups (its ``group_names``, else z0, z1, ...)."""
+    names = tuple(getattr(model, "group_names", ()))
+    return names if len(names) == count else tuple(f"z{i}" for i in range(count))
+
+
+def group_sizes(groups) -> list:
+    """Latent dimensions per group of a pass."""
+    return [int(g.mean[0].numel()) for g in groups]
+
+
 def _first(features) -> torch.Tensor:
     return features if isinstance(features, torch.Tensor) else _first(features[0])
