@@ -450,3 +450,60 @@ def test_when_the_uncompiled_capture_fails_too_training_goes_on_eagerly(monkeypa
                                 "before (RuntimeError: first)")
     assert not step.graph_wanted and step.graph is None
     assert int(sums.images) == 10 * 8  # 6 warm-up steps, 4 eager ones (the second failure's batch included)
+
+
+def _stepper(**measures):
+    torch.manual_seed(0)
+    config = TrainConfig(model_options=dict(latent_dim=4, width=4))
+    model = build_model(config, (1, 12, 12), torch.device("cpu"))
+    opt = make_optimizer(model.parameters(), 1e-3)
+    return model, opt, TrainStep(model, model, opt, beta=1.0, world=1, precision="float32", device="cpu",
+                                 levels=256, **measures)
+
+
+def test_grad_clip_takes_the_step_of_the_clipped_gradient():
+    """The clipped step equals a plain Adam step on gradients scaled to norm grad_clip."""
+    x, eps = _batch()
+    model, opt, step = _stepper(grad_clip=0.5)
+    step(x, x, eps, x.shape[0], EpochSums("cpu"), NonFiniteGuard(5, "cpu"))
+    ref, ref_opt, ref_step = _stepper()
+    raw, log_px, kl, _ = ref_step._forward(x, eps)
+    (-(log_px - kl).sum() / x.shape[0]).backward()
+    norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), float("inf"))
+    assert norm > 0.5  # the clip binds
+    for p in ref.parameters():
+        p.grad.mul_(0.5 / (norm + 1e-6))
+    ref_opt.step()
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_grad_skip_skips_a_step_whose_norm_is_too_large():
+    x, eps = _batch()
+    model, opt, step = _stepper(grad_skip=1e-6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sums = EpochSums("cpu")
+    step(x, x, eps, x.shape[0], sums, NonFiniteGuard(5, "cpu"))
+    assert int(sums.skipped) == 1
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_free_bits_floor_each_groups_kl_in_the_objective_only():
+    x, eps = _batch()
+    _, _, plain = _stepper()
+    _, _, floored = _stepper(free_bits=1e6)
+    _, log_px, kl, objective = floored._forward(x, eps)
+    torch.testing.assert_close(objective, torch.full_like(kl, 1e6))  # one group, under the floor
+    sums = EpochSums("cpu")
+    floored(x, x, eps, x.shape[0], sums, NonFiniteGuard(5, "cpu"))
+    assert float(sums.kl) == pytest.approx(float(kl.sum()), rel=1e-5)  # the true KL is what is logged
+    assert float(sums.loss) == pytest.approx(-float((log_px - 1e6).sum()), rel=1e-5)  # loss = -objective
+    _, _, kl_plain, objective_plain = plain._forward(x, eps)
+    assert objective_plain is kl_plain  # off: the objective is the KL itself
+
+
+def test_the_hvae_default_measures_come_from_the_model():
+    assert (TrainConfig(model="hvae").grad_clip, TrainConfig(model="hvae").grad_skip) == (1e4, 1e5)
+    assert (TrainConfig().grad_clip, TrainConfig().grad_skip) == (0.0, 0.0)
+    assert TrainConfig(model="hvae", grad_clip=0).grad_clip == 0.0

@@ -47,12 +47,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the forward pass, likelihood and KL
     cuda_graph: bool = True  # capture the whole step in a CUDA graph (CUDA, one process)
     memory_format: str = "contiguous"  # layout of the conv weights and activations in training: or channels_last
+    grad_clip: float | None = None  # clip the gradient's 2-norm to this; 0: off; None: the model's default
+    grad_skip: float | None = None  # skip a step whose gradient 2-norm exceeds this; 0: off; None: the model's
+    free_bits: float = 0.0  # each latent group's KL counts in the objective as at least this many nats an image
 
     def __post_init__(self):
         self._check_types()
         registry.info(self.likelihood)
         registry.num_levels(self.n_bits)
         object.__setattr__(self, "model_options", models.parse_options(self.model, self.model_options))
+        for measure in ("grad_clip", "grad_skip"):  # the model's default where none is given; 0 is off
+            if getattr(self, measure) is None:
+                object.__setattr__(self, measure, float(models.info(self.model).training.get(measure, 0.0)))
         checks = [
             (self.backend in LIKELIHOOD_BACKENDS,
              f"backend must be {' or '.join(LIKELIHOOD_BACKENDS)}, got {self.backend!r}"),
@@ -67,6 +73,9 @@ class TrainConfig:
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}"),
+            (self.grad_skip >= 0, f"grad_skip must be >= 0 (0: off), got {self.grad_skip}"),
+            (self.free_bits >= 0, f"free_bits must be >= 0, got {self.free_bits}"),
             (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
             (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
             (self.memory_format in MEMORY_FORMATS,

@@ -90,6 +90,13 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
               help="Softclip floor of every log-scale, or 'none' to disable it (unstable: for experiments).")
 @click.option("--max-nonfinite", type=click.IntRange(1), default=20, show_default=True,
               help="Consecutive non-finite steps (skipped) after which training stops.")
+@click.option("--grad-clip", type=FiniteFloat(min=0), default=None,
+              help="Clip the gradient's 2-norm to this; 0 turns it off [default: the model's; hvae 1e4, else off].")
+@click.option("--grad-skip", type=FiniteFloat(min=0), default=None,
+              help="Skip steps whose gradient 2-norm exceeds this (counted as skipped); 0 turns it off "
+                   "[default: the model's; hvae 1e5, else off].")
+@click.option("--free-bits", type=FiniteFloat(min=0), default=0.0, show_default=True,
+              help="Each latent group's KL counts in the objective as at least this many nats an image.")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,
               help="bf16: the network under bfloat16 autocast; the likelihood and KL stay float32.")
 @click.option("--compile", "compile_", is_flag=True,

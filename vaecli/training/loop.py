@@ -72,7 +72,8 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
                            device=device, levels=2**config.n_bits,
                            all_finite=distributed.all_finite if world > 1 else None,
                            compile_forward=config.compile, cuda_graph=config.cuda_graph,
-                           full_batch=config.batch_size)
+                           full_batch=config.batch_size, grad_clip=config.grad_clip, grad_skip=config.grad_skip,
+                           free_bits=config.free_bits)
 
     def checkpoint(status):
         if rank == 0:

@@ -39,7 +39,7 @@ import warnings
 import torch
 
 from ..errors import VaeError
-from ..models.protocol import total_kl
+from ..models.protocol import kl_per_group, total_kl
 
 PRECISIONS = ("float32", "bf16")
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN autotuning, Adam state
@@ -221,12 +221,17 @@ class TrainStep:
 
     def __init__(self, model, stepper, optimizer, *, beta: float, world: int, precision: str, device,
                  levels: int, all_finite=None, compile_forward: bool = False, cuda_graph: bool = False,
-                 full_batch: int | None = None, log=None):
+                 full_batch: int | None = None, log=None, grad_clip: float | None = None,
+                 grad_skip: float | None = None, free_bits: float = 0.0):
         if precision not in PRECISIONS:
             raise VaeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model, self.stepper, self.optimizer = model, stepper, optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.beta, self.world, self.levels = beta, world, levels
+        # stability measures (None / 0: off): clip the gradient's 2-norm to grad_clip, skip a
+        # step whose norm exceeds grad_skip (as a non-finite one is), and free bits: each
+        # latent group's KL counts in the objective as at least free_bits nats an image
+        self.grad_clip, self.grad_skip, self.free_bits = grad_clip, grad_skip, free_bits
         self.device = torch.device(device)
         self.autocast = precision == "bf16"
         self.all_finite = all_finite or (lambda flag: flag)
@@ -260,17 +265,25 @@ class TrainStep:
         raw = out.raw.float()  # likelihood and KL in float32
         log_px = lik.log_prob(x_in, raw)  # (B,) nats
         kl = total_kl(out.groups)  # (B,) nats, the sum over the latent groups
-        return raw, log_px, kl
+        kl_objective = kl
+        if self.free_bits:
+            kl_objective = sum(torch.clamp(part, min=self.free_bits) for part in kl_per_group(out.groups))
+        return raw, log_px, kl, kl_objective
 
     def _step(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         lik = self.model.likelihood
-        raw, log_px, kl = self.forward(x_in, eps)
-        terms = torch.sub(log_px, kl, alpha=self.beta)
+        raw, log_px, kl, kl_objective = self.forward(x_in, eps)
+        terms = torch.sub(log_px, kl_objective, alpha=self.beta)
         # mean over the global batch; DDP averages gradients over the ranks
         loss = terms.sum() * (-self.world / n_global)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        ok = self.all_finite(self._finite(loss))
+        ok = self._finite(loss)
+        if self.grad_clip or self.grad_skip:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"), foreach=True)
+            if self.grad_skip:
+                ok = ok & (norm < self.grad_skip)  # NaN compares False: skipped too
+        ok = self.all_finite(ok)
         self.optimizer.found_inf = torch.where(ok, self._found_inf[0], self._found_inf[1])
         self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
         guard.update(ok)
