@@ -33,6 +33,31 @@ def training_curves(runs, out):
     _save(fig, out)
 
 
+def group_rates(runs, out):
+    """The test KL each latent group carries, per epoch: one panel per run."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        h = run.history
+        columns = sorted((k for k in h if k.startswith("test_kl_group")), key=lambda k: int(k[len("test_kl_group"):]))
+        if not columns:
+            raise VaeError(f"{run.path} has one latent group; --kind groups is for models with several (hvae)")
+        names = json.loads(run.attrs.get("latent_groups", "[]"))
+        names = names if len(names) == len(columns) else [c[len("test_kl_"):] for c in columns]
+        for column, name in zip(columns, names):
+            ax.plot(h["epoch"], h[column], marker="o", label=name)
+        ax.set(title=f"{run.config.model} {run.config.likelihood} ({os.path.basename(run.path)})", xlabel="epoch",
+               ylabel="test KL of the group (nats / image)", yscale="log")
+        ax.legend(fontsize=7)
+    _save(fig, out)
+
+
 def rate_distortion(runs, out):
     """KL (rate, nats) against MSE (distortion), one point per run; FID as colour
     where the runs have it.  Uses the stored test evaluations (vae eval / vae sweep).

@@ -75,8 +75,9 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
 @click.command("plot", context_settings=CONTEXT)
 @click.argument("run_paths", metavar="RUN|DIR...", nargs=-1, required=True, type=RUNS)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="curves.png", show_default=True)
-@click.option("--kind", type=click.Choice(["curves", "rate-distortion"]), default="curves", show_default=True,
-              help="Training curves, or KL (rate) against MSE (distortion), one point per run, FID as colour.")
+@click.option("--kind", type=click.Choice(["curves", "rate-distortion", "groups"]), default="curves",
+              show_default=True, help="Training curves; KL (rate) against MSE (distortion), one point per run, "
+                                      "FID as colour; or the rate of each latent group per epoch (hvae).")
 def plot_command(run_paths, out, kind):
     """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
     from .. import plots, runfile
@@ -86,7 +87,8 @@ def plot_command(run_paths, out, kind):
     paths = expand_runs(run_paths)
     check_out(out, paths)
     runs = [runfile.read(p) for p in paths]
-    (plots.training_curves if kind == "curves" else plots.rate_distortion)(runs, out)
+    {"curves": plots.training_curves, "rate-distortion": plots.rate_distortion, "groups": plots.group_rates}[kind](
+        runs, out)
     click.echo(f"wrote {out}")
 
 

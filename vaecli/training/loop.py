@@ -13,7 +13,7 @@ import torch
 from .. import runfile, runs
 from ..config import TrainConfig
 from ..errors import VaeError
-from ..models.protocol import draw_noise, total_kl
+from ..models.protocol import draw_noise, kl_per_group, total_kl
 from ..report import epoch_line, progress_postfix
 from ..units import equivalent_beta
 from .. import calibration
@@ -67,7 +67,8 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
         if run.step_in_epoch > steps_per_epoch:
             raise VaeError(f"{out}: invalid run file: step {run.step_in_epoch} of an epoch that has "
                            f"{steps_per_epoch} steps")
-    attrs = state.run_attrs(previous, config, device, train_set, test_set, steps_per_epoch)
+    attrs = state.run_attrs(previous, config, device, train_set, test_set, steps_per_epoch,
+                            getattr(model, "group_names", ()))
     train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
                            device=device, levels=2**config.n_bits,
                            all_finite=distributed.all_finite if world > 1 else None,
@@ -233,6 +234,9 @@ class _EpochLoop:
         h["train_loss"].append(float(sums.loss) / n if finite else none)
         h["test_rec"].append(test["rec"])
         h["test_kl"].append(test["kl"])
+        if len(test["kl_groups"]) > 1:  # the rate each latent group carries
+            for i, value in enumerate(test["kl_groups"]):
+                h.setdefault(f"test_kl_group{i}", []).append(value)
         h["test_elbo"].append(test["rec"] - test["kl"])
         h["sigma"].append(sigma if sigma is not None else math.nan)
         h["equivalent_beta"].append(equivalent_beta(sigma) if sigma is not None else math.nan)
@@ -269,15 +273,18 @@ def _test_elbo(model, images, config, batch_size=512):
     model.eval()
     lik = model.likelihood
     rec = kl = 0.0
+    groups = None
     gen = torch.Generator(device=images.device).manual_seed(config.seed + 3)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
         rec += float(lik.log_prob(x, out.raw).double().sum())
         kl += float(total_kl(out.groups).double().sum())
+        parts = torch.stack([part.double().sum() for part in kl_per_group(out.groups)])
+        groups = parts if groups is None else groups + parts
     n = max(images.shape[0], 1)
     model.train()
-    return {"rec": rec / n, "kl": kl / n}
+    return {"rec": rec / n, "kl": kl / n, "kl_groups": [] if groups is None else (groups / n).tolist()}
 
 
 def _progress_bar(enabled, total, initial):

@@ -5,6 +5,7 @@ continues exactly where the checkpointed one stood."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -108,8 +109,10 @@ def versions() -> str:
             f"numpy {np.__version__}; scipy {scipy.__version__}; h5py {h5py.__version__}")
 
 
-def run_attrs(previous, config: TrainConfig, device, train_set, test_set, steps_per_epoch: int) -> dict:
-    """The run file's root attributes that describe the run (not its progress)."""
+def run_attrs(previous, config: TrainConfig, device, train_set, test_set, steps_per_epoch: int,
+              latent_groups=()) -> dict:
+    """The run file's root attributes that describe the run (not its progress); the names
+    of the model's latent groups (the history's test_kl_group<i> columns) as JSON."""
     return {
         "created": previous.attrs["created"] if previous else runfile._now(),
         "likelihood": config.likelihood, "model": config.model, "n_bits": config.n_bits, "seed": config.seed,
@@ -118,6 +121,7 @@ def run_attrs(previous, config: TrainConfig, device, train_set, test_set, steps_
         "dataset_checksum": train_set.checksum, "test_checksum": test_set.checksum,
         "image_shape": np.asarray(train_set.images.shape[1:], dtype=np.int64), "num_train": len(train_set.images),
         "num_test": len(test_set.images), "steps_per_epoch": steps_per_epoch,
+        "latent_groups": json.dumps(list(latent_groups)),
         "library_versions": versions(),
     }
 
@@ -152,6 +156,7 @@ class TrainingState:
             optimizer.load_state_dict(fused_state(optimizer_from_numpy(previous.optimizer)))
             match_layouts(optimizer)
         self.history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
+        self.history.update({k: list(v) for k, v in previous.history.items() if k.startswith("test_kl_group")})
         self.epochs_done = int(previous.attrs["epochs_done"])
         self.step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
         if self.step_in_epoch and rank == 0:  # the sums so far (global ones); the other ranks add theirs to 0
