@@ -46,3 +46,21 @@ def write_blobs(directory, n: int, seed: int = 0):
     np.savez(path, images=blob_images(n, seed=seed))
     return path
 
+
+
+def stand_in_inception(path, seed: int = 0, width: int = 2048):
+    """A small TorchScript network with the FID Inception's interface, saved at
+    ``path``: (N, 3, 299, 299) in [-1, 1] -> (N, width) non-negative features
+    (4x4 average pooling, a seeded linear map, ReLU).  Load it with
+    ``FeatureExtractor(path, allow_unknown=True)``: its hash is not the Inception's."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(48, width), torch.nn.ReLU()).eval()
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), str(path))
+    return path

