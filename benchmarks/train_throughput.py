@@ -44,24 +44,26 @@ from vaecli.runs import build_model, resolve_device
 from vaecli.training import train
 
 
-def baseline_epoch_seconds(images, test, batch, device, epochs, workers):
+def baseline_epoch_seconds(images, test, batch, device, epochs, workers, model_config=None):
     """Seconds per epoch of the plain loop (best of epochs 2..N) and its last test ELBO."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    model = build_model(TrainConfig(), tuple(images.shape[1:]), device)
+    from vaecli.models.protocol import total_kl
+
+    model = build_model(model_config or TrainConfig(), tuple(images.shape[1:]), device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = TensorDataset(torch.from_numpy(images).float())
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, drop_last=False)
     test_x = torch.from_numpy(test).float()
 
     def loss_of(x, mse=None):
-        raw, mu, logvar = model(x)
+        raw, groups = model(x, torch.randn(x.shape[0], model.latent_size, device=x.device))
         y, m = x / 255.0, torch.sigmoid(raw)
         sq = (y - m) ** 2
         log_sigma = 0.5 * torch.log(sq.mean() if mse is None else mse)
         log_sigma = -6 + F.softplus(log_sigma + 6)
         rec = (0.5 * sq / (2 * log_sigma).exp() + log_sigma + 0.5 * math.log(2 * math.pi)).sum()
-        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
+        kl = total_kl(groups).sum()  # the model's KL, as its own code would sum it
         return (rec + kl) / x.shape[0], sq.sum()
 
     times = []
@@ -104,10 +106,11 @@ VARIANTS = {  # name -> TrainConfig options
 }
 
 
-def vaecli_epoch_seconds(batch, device, epochs, variant, data, seed=0):
+def vaecli_epoch_seconds(batch, device, epochs, variant, data, seed=0, model=None):
     """Best epoch time (epochs 2..N) and the last test ELBO of `vaecli.training.train`."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), seed=seed, **VARIANTS[variant])
+        config = TrainConfig(batch_size=batch, epochs=epochs, device=str(device), seed=seed,
+                             **(model or {}), **VARIANTS[variant])
         run = train(config, os.path.join(tmp, "r.h5"), progress=False, log=lambda s: None, data=data)
     seconds = list(run.history["seconds"])
     return (min(seconds[1:]) if len(seconds) > 1 else seconds[0]), float(run.history["test_elbo"][-1])
@@ -137,7 +140,15 @@ def main():
     p.add_argument("--repeat", type=int, default=1, help="passes over the training images per epoch")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for both loops (mean, and ELBO sd)")
     p.add_argument("--json", default=None, help="write the rows here (rewritten after each row)")
+    p.add_argument("--model", default="conv", help="the model both loops train (vae models)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
+    from vaecli.models import parse_options
+
+    model = {"model": args.model, "model_options": parse_options(
+        args.model, dict(pair.split("=", 1) for pair in args.model_option))}
+    # the same stability measures in both loops: none (vaecli's model defaults are turned off)
+    model.update(grad_clip=0.0, grad_skip=0.0, ema=0.0)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     device = resolve_device(args.device)
@@ -148,7 +159,8 @@ def main():
                                     labels=None)
     n = len(train_set.images)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    print(f"\ntraining throughput, mnist5k x{args.repeat} ({n} images an epoch, 28x28), sigma-VAE, {name}, torch {torch.__version__}")
+    print(f"\ntraining throughput, mnist5k x{args.repeat} ({n} images an epoch, 28x28), sigma-VAE, "
+          f"model {args.model} {model['model_options']}, {name}, torch {torch.__version__}")
     print(f"epochs {args.epochs} (best of epochs 2..N), baseline DataLoader workers {args.workers}, "
           f"seeds {args.seeds} (means; test ELBO mean ± sd over seeds)")
     print("| batch | vaecli variant | baseline images/s | vaecli images/s | ratio | baseline test ELBO | "
@@ -156,15 +168,16 @@ def main():
     print("|---|---|---|---|---|---|---|")
     seeds = range(args.seeds)
     report = {"device": name, "torch": torch.__version__, "images_per_epoch": n, "epochs": args.epochs,
+              "model": args.model, "model_options": model["model_options"],
               "workers": args.workers, "seeds": args.seeds, "rows": []}
     for batch in args.batch or (128, 1024):
         base = []
         for seed in seeds:
             torch.manual_seed(seed)
             base.append(baseline_epoch_seconds(train_set.images, test_set.images, batch, device, args.epochs,
-                                               args.workers))
+                                               args.workers, TrainConfig(**model)))
         for variant in args.variant or ["float32"]:
-            ours = [vaecli_epoch_seconds(batch, device, args.epochs, variant, (train_set, test_set), seed)
+            ours = [vaecli_epoch_seconds(batch, device, args.epochs, variant, (train_set, test_set), seed, model)
                     for seed in seeds]
             base_rate, our_rate = _mean([n / t for t, _ in base]), _mean([n / t for t, _ in ours])
             print(f"| {batch} | {variant} | {base_rate:,.0f} | {our_rate:,.0f} | {our_rate / base_rate:.2f} | "
