@@ -178,3 +178,29 @@ def test_hvae_groups_priors_and_temperatures():
     assert model.generate(eps, [1.0, 0.5, 0.0, 1.0]).shape == (1, 1, 8, 8)
     with pytest.raises(VaeError, match="3 temperatures for 4 latent groups"):
         model.generate(eps, [1.0, 1.0, 1.0])
+
+
+def test_the_weights_average_is_stored_resumes_exactly_and_is_what_evaluation_uses(tmp_path):
+    import numpy as np
+
+    from fakes import FakeData, blob_images
+    from vaecli import runfile
+    from vaecli.runs import load_model
+    from vaecli.training import train
+
+    data = (FakeData(blob_images(64, size=8)), FakeData(blob_images(16, size=8, seed=1)))
+    config = TrainConfig(model="hvae", epochs=2, batch_size=16, model_options={"width": 4, "latent_channels": 1})
+    assert config.ema == 0.999 and TrainConfig().ema == 0.0
+    full = train(config, tmp_path / "full.h5", data=data, progress=False)
+    assert set(full.ema) == {k for k in full.model if k in dict(load_model(full, "cpu").named_parameters())}
+    assert any(not np.array_equal(full.ema[k], full.model[k]) for k in full.ema)
+    train(config.replace(epochs=1), tmp_path / "part.h5", data=data, progress=False)
+    resumed = train(config, tmp_path / "part.h5", data=data, resume=True, progress=False)
+    for k in full.ema:
+        np.testing.assert_array_equal(resumed.ema[k], full.ema[k])
+    model = load_model(runfile.read(tmp_path / "full.h5"), "cpu")
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(p.detach().numpy(), full.ema[name])
+    conv = train(TrainConfig(epochs=1, batch_size=16, model_options={"latent_dim": 2, "width": 2}),
+                 tmp_path / "conv.h5", data=data, progress=False)
+    assert conv.ema == {}

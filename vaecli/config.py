@@ -50,13 +50,15 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradient's 2-norm to this; 0: off; None: the model's default
     grad_skip: float | None = None  # skip a step whose gradient 2-norm exceeds this; 0: off; None: the model's
     free_bits: float = 0.0  # each latent group's KL counts in the objective as at least this many nats an image
+    ema: float | None = None  # decay of the weights' moving average used to evaluate and sample; 0: off;
+    #                           None: the model's default
 
     def __post_init__(self):
         self._check_types()
         registry.info(self.likelihood)
         registry.num_levels(self.n_bits)
         object.__setattr__(self, "model_options", models.parse_options(self.model, self.model_options))
-        for measure in ("grad_clip", "grad_skip"):  # the model's default where none is given; 0 is off
+        for measure in ("grad_clip", "grad_skip", "ema"):  # the model's default where none is given; 0 is off
             if getattr(self, measure) is None:
                 object.__setattr__(self, measure, float(models.info(self.model).training.get(measure, 0.0)))
         checks = [
@@ -76,6 +78,7 @@ class TrainConfig:
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}"),
             (self.grad_skip >= 0, f"grad_skip must be >= 0 (0: off), got {self.grad_skip}"),
             (self.free_bits >= 0, f"free_bits must be >= 0, got {self.free_bits}"),
+            (0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0: off), got {self.ema}"),
             (self.max_nonfinite >= 1, f"max non-finite steps must be >= 1, got {self.max_nonfinite}"),
             (self.precision in ("float32", "bf16"), f"precision must be float32 or bf16, got {self.precision!r}"),
             (self.memory_format in MEMORY_FORMATS,

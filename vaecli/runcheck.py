@@ -22,6 +22,13 @@ MAX_DATASET_BYTES = 2**31  # no array of a run file declared larger than 2 GiB i
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_CHANNELS = 4
 STATUSES = ("training", "interrupted", "complete")
+# the columns training writes (vaecli/training/state.py's HISTORY_COLUMNS; a test keeps
+# the two equal): every reader of a history may use any of them
+HISTORY_COLUMNS = (
+    "epoch", "train_elbo", "train_rec", "train_kl", "train_loss", "test_elbo", "test_rec", "test_kl",
+    "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
+)
+INT64_LIMIT = 2**63  # integers of a config (seeds, sizes, counts) that torch and NumPy take
 RNG_STATE_BYTES = 5056  # torch's CPU generator state (the CUDA one is 16 bytes)
 
 
@@ -47,7 +54,11 @@ def validate(run):
     """Check everything a reader uses; a VaeError naming the file and the first problem."""
     try:
         _root(run.attrs, run.config)
+        _config(run.config, run.attrs)
         _arrays("model", run.model, floating=True)
+        _arrays("ema", run.ema, floating=True)
+        if set(run.ema) - set(run.model):
+            raise _Invalid(f"ema holds {sorted(set(run.ema) - set(run.model))[:3]}, which the model has not")
         _optimizer(run.optimizer)
         _rng(run.rng)
         _progress(run.progress, run.attrs)
@@ -61,7 +72,7 @@ def validate(run):
 
 # ---------------------------------------------------------------------- pieces
 
-def _is_int(v):
+def is_int(v):
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
@@ -73,7 +84,8 @@ def _need(mapping, key, kind, where, check=None, why=""):
     if key not in mapping:
         raise _Invalid(f"{where} has no {key}")
     value = mapping[key]
-    ok = {"int": _is_int, "number": _is_number, "str": lambda v: isinstance(v, str),
+    ok = {"int": is_int, "number": _is_number, "str": lambda v: isinstance(v, str),
+          "list": lambda v: isinstance(v, list),
           "bool": lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1)}[kind](value)
     if not ok or (check is not None and not check(value)):
         raise _Invalid(f"{where} {key} is {value!r}" + (f"; {why}" if why else f"; expected {kind}"))
@@ -82,7 +94,8 @@ def _need(mapping, key, kind, where, check=None, why=""):
 
 def _root(attrs, config):
     where = "the root"
-    _need(attrs, "dataset", "str", where)
+    for key in ("vaecli_version", "created", "device", "dataset"):
+        _need(attrs, key, "str", where)
     _need(attrs, "dataset_checksum", "str", where, lambda v: len(v) == 64, "expected a SHA-256 (64 hex digits)")
     status = _need(attrs, "status", "str", where, lambda v: v in STATUSES, f"expected one of {', '.join(STATUSES)}")
     done = _need(attrs, "epochs_done", "int", where, lambda v: 0 <= v <= config.epochs,
@@ -92,13 +105,37 @@ def _root(attrs, config):
     if "likelihood" in attrs and attrs["likelihood"] != config.likelihood:
         raise _Invalid(f"the root likelihood {attrs['likelihood']!r} is not the config's {config.likelihood!r}")
     shape = attrs.get("image_shape")
-    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape)
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(is_int(v) and v >= 1 for v in shape)
             or shape[0] > MAX_IMAGE_CHANNELS or max(shape[1:]) > MAX_IMAGE_SIDE):
         raise _Invalid(f"image_shape is {shape!r}; expected (C, H, W) with C <= {MAX_IMAGE_CHANNELS} and "
                        f"sides <= {MAX_IMAGE_SIDE}")
     for key in ("num_train", "num_test", "steps_per_epoch"):
-        if key in attrs:
+        if key in attrs or key != "steps_per_epoch":
             _need(attrs, key, "int", where, lambda v: v >= 0, "expected an integer >= 0")
+
+
+def _config(config, attrs):
+    """What TrainConfig itself leaves open: integers that torch and NumPy take (int64),
+    the seed in the range `vae train --seed` accepts, and an image size that is the
+    stored images' (the loaders resize to it)."""
+    import dataclasses
+
+    def ints(value, name):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from ints(v, f"{name} {k}")
+        elif is_int(value):
+            yield name, value
+
+    for name, value in ints(dataclasses.asdict(config), "config"):
+        if not -INT64_LIMIT <= value < INT64_LIMIT:
+            raise _Invalid(f"{name.replace('config model_options', 'config model option')} is {value}; "
+                           f"out of the 64-bit integer range")
+    if not 0 <= config.seed < INT64_LIMIT:
+        raise _Invalid(f"config seed is {config.seed}; expected 0 .. 2**63 - 1")
+    shape = attrs["image_shape"]
+    if config.image_size is not None and shape[1:] != [config.image_size] * 2:
+        raise _Invalid(f"config image_size is {config.image_size}, but the images are {shape[1]}x{shape[2]}")
 
 
 def _arrays(where, arrays, floating=False, dtype=None):
@@ -116,10 +153,27 @@ def _optimizer(optimizer):
         return
     groups = optimizer.get("param_groups")
     if (not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups)
-            or not all(isinstance(g.get("params"), list) and all(_is_int(p) for p in g["params"]) for g in groups)):
+            or not all(isinstance(g.get("params"), list) and all(is_int(p) for p in g["params"]) for g in groups)):
         raise _Invalid("optimizer param_groups is not a list of groups with integer params")
+    for i, group in enumerate(groups):
+        _adam_group(group, f"optimizer param_groups[{i}]")
     for index, state in optimizer["state"].items():
         _arrays(f"optimizer/state/{index}", state, floating=True)
+
+
+def _adam_group(group, where):
+    """The hyperparameters vaecli's Adam (fused, minimizing, no AMSGrad) steps with."""
+    for key, low in (("lr", 0.0), ("eps", 0.0), ("weight_decay", 0.0)):
+        _need(group, key, "number", where, lambda v: math.isfinite(v) and v >= low and (key != "lr" or v > 0),
+              f"expected a finite number {'>' if key == 'lr' else '>='} 0")
+    _need(group, "betas", "list", where, lambda v: len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+          "expected two numbers in [0, 1)")
+    for key in ("amsgrad", "maximize", "differentiable", "decoupled_weight_decay"):
+        if key in group and not isinstance(group[key], bool):
+            raise _Invalid(f"{where} {key} is {group[key]!r}; expected true or false")
+    for key in ("amsgrad", "maximize", "differentiable"):
+        if group.get(key):
+            raise _Invalid(f"{where} {key} is true; vaecli's fused Adam steps without it")
 
 
 def _rng(rng):
@@ -130,7 +184,7 @@ def _rng(rng):
 
 def _progress(progress, attrs):
     step = progress.get("step_in_epoch", 0)
-    if not _is_int(step) or step < 0 or step > int(attrs.get("steps_per_epoch", step)):
+    if not is_int(step) or step < 0 or step > int(attrs.get("steps_per_epoch", step)):
         raise _Invalid(f"progress step_in_epoch is {step!r}; expected 0 .. steps_per_epoch")
     for key in ("rec", "kl", "loss", "sse", "images", "skipped"):
         if key in progress and not _is_number(progress[key]):
@@ -138,6 +192,9 @@ def _progress(progress, attrs):
 
 
 def _history(history, epochs_done):
+    missing = [name for name in HISTORY_COLUMNS if name not in history]
+    if missing and (history or epochs_done):
+        raise _Invalid(f"history has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} column")
     lengths = {}
     for name, column in history.items():
         if not isinstance(column, np.ndarray) or column.ndim != 1 or column.dtype.kind not in "fiu":
@@ -147,6 +204,8 @@ def _history(history, epochs_done):
         raise _Invalid(f"history columns differ in length: {dict(sorted(lengths.items()))}")
     if lengths and next(iter(lengths.values())) != epochs_done:
         raise _Invalid(f"history has {next(iter(lengths.values()))} rows for {epochs_done} epochs done")
+    if history and not np.array_equal(history["epoch"], np.arange(1, epochs_done + 1)):
+        raise _Invalid(f"history/epoch is {_short(history['epoch'])}; expected the epochs 1 .. {epochs_done}")
 
 
 def _calibration(calibration):
@@ -159,6 +218,13 @@ def _calibration(calibration):
                   "expected a positive finite sigma")
     _need(calibration, "mse", "number", where, lambda v: math.isfinite(v) and v >= 0, "expected a finite MSE >= 0")
     _need(calibration, "method", "str", where)
+    if "pmf_sigma" in calibration:
+        _need(calibration, "pmf_method", "str", where)
+    for key in ("pmf_images", "epoch"):
+        if key in calibration:
+            _need(calibration, key, "int", where, lambda v: v >= 0, "expected an integer >= 0")
+    if "pmf_train_bits" in calibration:
+        _need(calibration, "pmf_train_bits", "number", where)
 
 
 def _evaluations(evaluations):
@@ -233,6 +299,12 @@ def check_resume_state(path, model, optimizer_state, rng: dict):
             fail(path, f"rng/{name} is missing; cannot resume the random streams")
         if rng[name].shape != (RNG_STATE_BYTES,) and name in ("torch_cpu", "data_order_epoch_start"):
             fail(path, f"rng/{name} has {rng[name].size} bytes; a torch CPU generator state has {RNG_STATE_BYTES}")
+
+
+def _short(values, n=4) -> str:
+    """An array as text, its first ``n`` values."""
+    values = np.asarray(values).ravel()
+    return "[" + ", ".join(repr(v.item()) for v in values[:n]) + (", ...]" if len(values) > n else "]")
 
 
 def _model_name(model) -> str:

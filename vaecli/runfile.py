@@ -220,6 +220,7 @@ class Run:
     calibration: dict
     evaluations: dict = field(default_factory=dict)  # split -> metric -> dict
     samples: dict = field(default_factory=dict)  # name -> (ndarray, attrs)
+    ema: dict = field(default_factory=dict)  # parameter name -> ndarray: the weights' moving average, if kept
 
     @property
     def image_shape(self):
@@ -256,7 +257,7 @@ def read(path) -> Run:
                 fmt = f.attrs.get("format")
         except (OSError, RuntimeError):
             raise VaeError(f"{path} is a damaged HDF5 file (not a vaecli run file)") from None
-        if fmt in (FORMAT, FORMAT.encode()):
+        if isinstance(fmt, (str, bytes)) and fmt in (FORMAT, FORMAT.encode()):
             raise VaeError(f"{path} is a vaecli run file without its seal (edited outside vaecli?); "
                            "if you edited it on purpose, reseal it with vaecli.runfile.seal(path)")
         raise VaeError(f"{path} is an HDF5 file but not a vaecli run file")
@@ -269,13 +270,15 @@ def read(path) -> Run:
             attrs = _attrs(f)
             if attrs.get("format") != FORMAT:
                 raise VaeError(f"{path} is an HDF5 file but not a vaecli run file")
-            version = int(attrs.get("schema_version", 0))
+            version = attrs.get("schema_version")
+            if not runcheck.is_int(version) or version < 1:
+                raise runcheck._Invalid(f"schema_version is {version!r}; expected an integer >= 1")
             if version > SCHEMA_VERSION:
                 raise VaeError(
                     f"{path} has run-file schema {version}, newer than this vaecli "
                     f"{__version__} reads ({SCHEMA_VERSION}); upgrade vaecli"
                 )
-            config = TrainConfig.from_json(attrs["config"])
+            config = _config(path, attrs)
             model = {k: _read(f, f"model/{k}") for k in f["model"]} if "model" in f else {}
             optimizer = None
             if "optimizer" in f:
@@ -296,6 +299,7 @@ def read(path) -> Run:
             if "evaluations" in f:
                 for split in f["evaluations"]:
                     evaluations[split] = {m: _attrs(f["evaluations"][split][m]) for m in f["evaluations"][split]}
+            ema = {k: _read(f, f"ema/{k}") for k in f["ema"]} if "ema" in f else {}
             samples = {}
             if "samples" in f:
                 samples = {k: (_read(f, f"samples/{k}"), _attrs(f["samples"][k])) for k in f["samples"]}
@@ -305,9 +309,20 @@ def read(path) -> Run:
         runcheck.fail(path, str(exc))
     except (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as exc:
         raise VaeError(f"{path} is a damaged vaecli run file ({type(exc).__name__}: {exc})") from None
-    run = Run(path, attrs, config, model, optimizer, rng, progress, history, calibration, evaluations, samples)
+    run = Run(path, attrs, config, model, optimizer, rng, progress, history, calibration, evaluations, samples,
+              ema)
     runcheck.validate(run)
     return run
+
+
+def _config(path, attrs) -> TrainConfig:
+    """The run's TrainConfig from its JSON; what is wrong with it names the file."""
+    if not isinstance(attrs.get("config"), str):
+        raise runcheck._Invalid(f"the root config is {attrs.get('config')!r}; expected the TrainConfig as JSON")
+    try:
+        return TrainConfig.from_json(attrs["config"])
+    except VaeError as exc:
+        raise runcheck._Invalid(f"config: {exc}") from None
 
 
 def _read(f, name):
@@ -322,7 +337,7 @@ def _read(f, name):
 
 
 def write(path, *, config: TrainConfig, attrs: dict, model: dict, optimizer: dict | None, rng: dict,
-          progress: dict, history: dict, calibration: dict, samples: dict | None = None):
+          progress: dict, history: dict, calibration: dict, samples: dict | None = None, ema: dict | None = None):
     """Write a whole checkpoint atomically.  Evaluations of earlier weights are not
     carried over (they would describe another model)."""
     with atomic_h5(path) as f:
@@ -337,6 +352,10 @@ def write(path, *, config: TrainConfig, attrs: dict, model: dict, optimizer: dic
         g = f.create_group("model")
         for k, v in model.items():
             g.create_dataset(k, data=v)
+        if ema is not None:  # the moving average of the parameters, which evaluation uses
+            g = f.create_group("ema")
+            for k, v in ema.items():
+                g.create_dataset(k, data=v)
         if optimizer is not None:
             g = f.create_group("optimizer")
             g.attrs["param_groups"] = json.dumps(optimizer["param_groups"])

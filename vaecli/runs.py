@@ -138,7 +138,11 @@ def load_model(run: runfile.Run, device="auto", for_evaluation=True):
     device = resolve_device(device) if isinstance(device, str) else device
     model = build_model(run.config, run.image_shape, device)
     runcheck.check_model_state(run.path, model, run.model)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in run.model.items()})
+    # evaluation and sampling use the weights' moving average where the run kept one
+    weights = {**run.model, **run.ema} if for_evaluation and run.ema else run.model
+    if for_evaluation and run.ema:
+        runcheck.check_model_state(run.path, model, weights)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
     if for_evaluation:
         apply_calibration(model, run.calibration, run.path)
     model.eval()

@@ -95,6 +95,9 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
 @click.option("--grad-skip", type=FiniteFloat(min=0), default=None,
               help="Skip steps whose gradient 2-norm exceeds this (counted as skipped); 0 turns it off "
                    "[default: the model's; hvae 1e5, else off].")
+@click.option("--ema", type=FiniteFloat(min=0, max=1, max_open=True), default=None,
+              help="Decay of a moving average of the weights, which evaluation and sampling use; 0 turns it "
+                   "off [default: the model's; hvae 0.999, else off].")
 @click.option("--free-bits", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Each latent group's KL counts in the objective as at least this many nats an image.")
 @click.option("--precision", type=click.Choice(["float32", "bf16"]), default="float32", show_default=True,

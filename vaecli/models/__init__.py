@@ -73,7 +73,7 @@ MODELS: dict[str, ModelInfo] = {
         # initial gradient 2-norms of the default hvae on mnist5k are ~5e3, ~4e2 after 30
         # steps (nats per image): clip at twice the first, skip only steps 20x beyond it
         ModelInfo("hvae", "a top-down hierarchical VAE (VDVAE/NVAE family): latent groups at several resolutions",
-                  HvaeOptions, "vaecli.models.hvae:build", training={"grad_clip": 1e4, "grad_skip": 1e5}),
+                  HvaeOptions, "vaecli.models.hvae:build", training={"grad_clip": 1e4, "grad_skip": 1e5, "ema": 0.999}),
     )
 }
 DEFAULT_MODEL = "conv"

@@ -19,6 +19,7 @@ from ..units import equivalent_beta
 from .. import calibration
 from . import distributed, state
 from .interrupt import Abort, InterruptFlag, NonFinite
+from .ema import WeightAverage
 from .step import NonFiniteGuard, TrainStep, make_optimizer
 
 READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
@@ -62,6 +63,8 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
         runfile.remove_stale_temporaries(out)
     stepper = _data_parallel(model, config, device) if world > 1 else model
     run = state.TrainingState(config, device)
+    if config.ema:
+        run.ema = WeightAverage(model, config.ema)
     if previous is not None:
         run.restore(previous, model, optimizer, rank)
         if run.step_in_epoch > steps_per_epoch:
@@ -74,7 +77,7 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
                            all_finite=distributed.all_finite if world > 1 else None,
                            compile_forward=config.compile, cuda_graph=config.cuda_graph,
                            full_batch=config.batch_size, grad_clip=config.grad_clip, grad_skip=config.grad_skip,
-                           free_bits=config.free_bits)
+                           free_bits=config.free_bits, ema=run.ema)
 
     def checkpoint(status):
         if rank == 0:
@@ -147,7 +150,8 @@ class _EpochLoop:
             started = time.perf_counter()
             self._steps(interrupted)
             self._stop_if_tripped()
-            extra_seconds = self._end_epoch()
+            with run.evaluation_weights(self.model):
+                extra_seconds = self._end_epoch()
             run.history["seconds"].append(time.perf_counter() - started - extra_seconds)
             if not any(math.isfinite(v) for v in run.history["train_elbo"]):
                 raise NothingTrained(run.epochs_done + 1)
@@ -158,7 +162,9 @@ class _EpochLoop:
                 self.log(epoch_line(run.history, config))
             if run.epochs_done == config.epochs:
                 gen = torch.Generator(device=self.train_images.device).manual_seed(config.seed + 4)
-                run.samples = {"prior": (runs.prior_pictures(self.model, SAMPLE_GRID, gen),
+                with run.evaluation_weights(self.model):
+                    pictures = runs.prior_pictures(self.model, SAMPLE_GRID, gen)
+                run.samples = {"prior": (pictures,
                                          {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
                                           "temperature": 1.0})}
             checkpoint("complete" if run.epochs_done == config.epochs else "training")

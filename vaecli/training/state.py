@@ -146,6 +146,13 @@ class TrainingState:
         self.sums = EpochSums(device)
         self.calibration = {}
         self.samples = None
+        self.ema = None  # a WeightAverage of the weights, where the config asks for one
+
+    def evaluation_weights(self, model):
+        """A context in which the model holds the weights evaluation uses: the average, if any."""
+        import contextlib
+
+        return self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext()
 
     def restore(self, previous, model, optimizer, rank: int):
         """Continue from a checkpoint: weights, Adam, history, progress and random streams."""
@@ -162,6 +169,15 @@ class TrainingState:
         if self.step_in_epoch and rank == 0:  # the sums so far (global ones); the other ranks add theirs to 0
             self.sums = EpochSums(self.device, previous.progress)
         self.calibration = dict(previous.calibration)
+        if self.ema is not None:
+            if previous.ema:
+                runcheck.check_model_state(previous.path, model, previous.ema)
+                # the steps the average has taken in: Adam's count of steps taken
+                steps = max((float(s["step"]) for s in (previous.optimizer or {}).get("state", {}).values()),
+                            default=0.0)
+                self.ema.load(previous.ema, steps)
+            else:  # a run without an average yet: it starts from the weights resumed
+                self.ema.load({k: v for k, v in previous.model.items() if k in self.ema.names})
         rng = previous.rng
         try:
             torch.set_rng_state(torch.from_numpy(rng["torch_cpu"]))
@@ -200,6 +216,7 @@ class TrainingState:
             model={k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
             optimizer=optimizer_to_numpy(optimizer.state_dict()), rng=self.rng(), progress=progress,
             history=self.history, calibration=self.calibration, samples=self.samples,
+            ema=self.ema.state() if self.ema is not None else None,
         )
 
 

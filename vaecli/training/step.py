@@ -222,7 +222,7 @@ class TrainStep:
     def __init__(self, model, stepper, optimizer, *, beta: float, world: int, precision: str, device,
                  levels: int, all_finite=None, compile_forward: bool = False, cuda_graph: bool = False,
                  full_batch: int | None = None, log=None, grad_clip: float | None = None,
-                 grad_skip: float | None = None, free_bits: float = 0.0):
+                 grad_skip: float | None = None, free_bits: float = 0.0, ema=None):
         if precision not in PRECISIONS:
             raise VaeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model, self.stepper, self.optimizer = model, stepper, optimizer
@@ -232,6 +232,7 @@ class TrainStep:
         # step whose norm exceeds grad_skip (as a non-finite one is), and free bits: each
         # latent group's KL counts in the objective as at least free_bits nats an image
         self.grad_clip, self.grad_skip, self.free_bits = grad_clip, grad_skip, free_bits
+        self.ema = ema  # a WeightAverage updated after each step taken, or None
         self.device = torch.device(device)
         self.autocast = precision == "bf16"
         self.all_finite = all_finite or (lambda flag: flag)
@@ -287,6 +288,8 @@ class TrainStep:
         self.optimizer.found_inf = torch.where(ok, self._found_inf[0], self._found_inf[1])
         self.optimizer.step()  # the fused kernel leaves everything as it was when found_inf is 1
         guard.update(ok)
+        if self.ema is not None:
+            self.ema.update(ok)
         sse = None
         if lik.info.gaussian_family:
             with torch.no_grad():
