@@ -19,6 +19,12 @@ import numpy as np
 from .errors import VaeError
 
 MAX_DATASET_BYTES = 2**31  # no array of a run file declared larger than 2 GiB is read
+MAX_RUN_BYTES = 2**33  # nor arrays declared larger than 8 GiB in all
+# deflate (gzip, what vaecli compresses samples with) packs at most 1032 bytes into one:
+# a dataset that declares more than that many times the bytes it stores holds mostly
+# nothing (chunks never written, read back as fill values)
+MAX_DEFLATE_RATIO = 1032
+SMALL_DATASET_BYTES = 2**16  # below this a dataset's storage is not compared
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_CHANNELS = 4
 STATUSES = ("training", "interrupted", "complete")
@@ -40,14 +46,40 @@ def fail(path, what):
     raise VaeError(f"{path}: invalid run file: {what}")
 
 
-def check_declared_size(name, dataset):
-    """Refuse a dataset whose declared size is absurd before reading a byte of it."""
+def check_declared_size(name, dataset) -> int:
+    """Refuse a dataset whose declared size is absurd, or far beyond the bytes the file
+    stores for it, before reading a byte of it.  Returns its size in bytes."""
     try:
         size = int(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
-    except (TypeError, ValueError) as exc:
-        raise _Invalid(f"{name} has an unreadable shape or dtype ({exc})") from None
+        stored = dataset.id.get_storage_size()
+    except (TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise _Invalid(f"{name} has an unreadable shape, dtype or storage ({exc})") from None
     if size > MAX_DATASET_BYTES:
-        raise _Invalid(f"{name} declares {size / 2**30:.1f} GiB (shape {dataset.shape}), more than a run file holds")
+        raise _Invalid(f"{name} declares {_size_text(size)} (shape {dataset.shape}), more than a run file holds")
+    if size > SMALL_DATASET_BYTES and size > MAX_DEFLATE_RATIO * stored:
+        raise _Invalid(f"{name} declares {_size_text(size)} (shape {dataset.shape}) but the file stores "
+                       f"{_size_text(stored)} of it")
+    return size
+
+
+class SizeBudget:
+    """The bytes of the arrays read from one run file so far, each checked first."""
+
+    def __init__(self):
+        self.total = 0
+
+    def take(self, name, dataset):
+        self.total += check_declared_size(name, dataset)
+        if self.total > MAX_RUN_BYTES:
+            raise _Invalid(f"its arrays declare more than {_size_text(MAX_RUN_BYTES)} in all (at {name}), "
+                           "more than a run file holds")
+
+
+def _size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def validate(run):
@@ -186,9 +218,13 @@ def _progress(progress, attrs):
     step = progress.get("step_in_epoch", 0)
     if not is_int(step) or step < 0 or step > int(attrs.get("steps_per_epoch", step)):
         raise _Invalid(f"progress step_in_epoch is {step!r}; expected 0 .. steps_per_epoch")
-    for key in ("rec", "kl", "loss", "sse", "images", "skipped"):
-        if key in progress and not _is_number(progress[key]):
-            raise _Invalid(f"progress {key} is {progress[key]!r}; expected a number")
+    for key in ("rec", "kl", "loss", "sse"):  # sums of finite steps only
+        if key in progress:
+            _need(progress, key, "number", "progress", math.isfinite, "expected a finite number")
+    for key in ("images", "skipped"):
+        if key in progress:
+            _need(progress, key, "number", "progress", lambda v: math.isfinite(v) and v >= 0 and v == int(v),
+                  "expected a count (a whole number >= 0)")
 
 
 def _history(history, epochs_done):
@@ -235,6 +271,8 @@ def _evaluations(evaluations):
                 _need(r, "reason", "str", where)
                 continue
             _need(r, "value", "number", where)
+            if metric == "mse":  # a mean of squares (NaN where the model's outputs were)
+                _need(r, "value", "number", where, lambda v: not v < 0, "expected a mean squared error >= 0")
             _need(r, "unit", "str", where)
             if "stderr" in r:
                 _need(r, "stderr", "number", where)

@@ -279,30 +279,31 @@ def read(path) -> Run:
                     f"{__version__} reads ({SCHEMA_VERSION}); upgrade vaecli"
                 )
             config = _config(path, attrs)
-            model = {k: _read(f, f"model/{k}") for k in f["model"]} if "model" in f else {}
+            budget = runcheck.SizeBudget()  # every array's declared size checked before it is read
+            model = {k: _read(f, budget, f"model/{k}") for k in f["model"]} if "model" in f else {}
             optimizer = None
             if "optimizer" in f:
                 g = f["optimizer"]
                 optimizer = {
                     "param_groups": runcheck.parse_json(g.attrs["param_groups"], "optimizer param_groups"),
-                    "state": {int(i): {k: _read(f, f"optimizer/state/{i}/{k}") for k in g["state"][i]}
+                    "state": {int(i): {k: _read(f, budget, f"optimizer/state/{i}/{k}") for k in g["state"][i]}
                               for i in g["state"]},
                 }
-            rng = {k: _read(f, f"rng/{k}") for k in f["rng"]} if "rng" in f else {}
+            rng = {k: _read(f, budget, f"rng/{k}") for k in f["rng"]} if "rng" in f else {}
             progress = {}
             if "progress" in f:
                 progress = _attrs(f["progress"])
-                progress.update({k: _read(f, f"progress/{k}") for k in f["progress"]})
-            history = {k: _read(f, f"history/{k}") for k in f["history"]} if "history" in f else {}
+                progress.update({k: _read(f, budget, f"progress/{k}") for k in f["progress"]})
+            history = {k: _read(f, budget, f"history/{k}") for k in f["history"]} if "history" in f else {}
             calibration = _attrs(f["calibration"]) if "calibration" in f else {}
             evaluations = {}
             if "evaluations" in f:
                 for split in f["evaluations"]:
                     evaluations[split] = {m: _attrs(f["evaluations"][split][m]) for m in f["evaluations"][split]}
-            ema = {k: _read(f, f"ema/{k}") for k in f["ema"]} if "ema" in f else {}
+            ema = {k: _read(f, budget, f"ema/{k}") for k in f["ema"]} if "ema" in f else {}
             samples = {}
             if "samples" in f:
-                samples = {k: (_read(f, f"samples/{k}"), _attrs(f["samples"][k])) for k in f["samples"]}
+                samples = {k: (_read(f, budget, f"samples/{k}"), _attrs(f["samples"][k])) for k in f["samples"]}
     except VaeError:
         raise
     except runcheck._Invalid as exc:
@@ -325,14 +326,15 @@ def _config(path, attrs) -> TrainConfig:
         raise runcheck._Invalid(f"config: {exc}") from None
 
 
-def _read(f, name):
-    """A dataset's values, its declared size checked before any byte is read."""
+def _read(f, budget, name):
+    """A dataset's values, its declared size checked (and counted in ``budget``) before
+    any byte is read."""
     import h5py
 
     d = f[name]
     if not isinstance(d, h5py.Dataset):
         raise runcheck._Invalid(f"{name} is a group where an array belongs")
-    runcheck.check_declared_size(name, d)
+    budget.take(name, d)
     return d[()]
 
 
