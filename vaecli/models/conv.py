@@ -16,10 +16,10 @@ from torch import nn
 
 from ..api import Likelihood
 from ..errors import VaeError
-from .protocol import LatentGroup, Pass
+from .protocol import OneGaussianLatent
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(OneGaussianLatent, nn.Module):
     def __init__(self, image_channels: int, image_size: int, likelihood: Likelihood,
                  latent_dim: int = 20, width: int = 32):
         super().__init__()
@@ -56,20 +56,6 @@ class ConvVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, Z) -> raw decoder output (B, out_channels, H, W)."""
         return self.decoder(self.from_latent(z).view(-1, *self.feature_shape))
-
-    def posterior(self, features, eps: torch.Tensor) -> Pass:
-        """z = mu + sigma eps from the posterior (mu, logvar) = ``features``, decoded."""
-        mu, logvar = features
-        z = mu + torch.exp(0.5 * logvar) * eps
-        return Pass(self.decode(z), (LatentGroup(z, mu, logvar),))
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Pass:
-        """The training pass: encode, sample with the standard normal noise ``eps`` (B, Z), decode."""
-        return self.posterior(self.encode(x), eps)
-
-    def generate(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Raw decoder output of z = temperature * eps, z from the prior N(0, T^2 I)."""
-        return self.decode(temperature * eps)
 
 
 def build(image_shape, likelihood: Likelihood, options) -> ConvVAE:

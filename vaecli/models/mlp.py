@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..api import Likelihood
-from .protocol import LatentGroup, Pass
+from .protocol import OneGaussianLatent
 
 
 def _stack(inputs: int, hidden: int, depth: int) -> list:
@@ -24,7 +24,7 @@ def _stack(inputs: int, hidden: int, depth: int) -> list:
     return layers
 
 
-class MlpVAE(nn.Module):
+class MlpVAE(OneGaussianLatent, nn.Module):
     def __init__(self, image_shape, likelihood: Likelihood, latent_dim: int = 20, hidden: int = 400, depth: int = 1):
         super().__init__()
         c, h, w = image_shape
@@ -43,17 +43,6 @@ class MlpVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).view(-1, *self.raw_shape)
-
-    def posterior(self, features, eps: torch.Tensor) -> Pass:
-        mu, logvar = features
-        z = mu + torch.exp(0.5 * logvar) * eps
-        return Pass(self.decode(z), (LatentGroup(z, mu, logvar),))
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Pass:
-        return self.posterior(self.encode(x), eps)
-
-    def generate(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return self.decode(temperature * eps)
 
 
 def build(image_shape, likelihood: Likelihood, options) -> MlpVAE:

@@ -56,6 +56,25 @@ class Pass(NamedTuple):
     groups: tuple
 
 
+class OneGaussianLatent:
+    """The protocol's sampling methods for a model with one Gaussian latent and a
+    standard normal prior, from its ``encode(x) -> (mu, logvar)`` and ``decode(z) -> raw``."""
+
+    def posterior(self, features, eps: torch.Tensor) -> Pass:
+        """z = mu + sigma eps from the posterior (mu, logvar) = ``features``, decoded."""
+        mu, logvar = features
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return Pass(self.decode(z), (LatentGroup(z, mu, logvar),))
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Pass:
+        """The training pass: encode, sample with the standard normal noise ``eps`` (B, Z), decode."""
+        return self.posterior(self.encode(x), eps)
+
+    def generate(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Raw decoder output of z = temperature * eps, z from the prior N(0, T^2 I)."""
+        return self.decode(temperature * eps)
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
