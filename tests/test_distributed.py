@@ -46,22 +46,36 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def _args(data, out, likelihood, epochs=3):
-    return ["train", "--data", str(data), "--epochs", str(epochs), "--batch-size", "32", "--latent-dim", "2",
-            "--width", "2", "--mixtures", "2", "--seed", "1", "--quiet", "--likelihood", likelihood,
-            "--out", str(out)]
+CONV = ("--latent-dim", "2", "--width", "2")
+HVAE = ("--model", "hvae", "--model-option", "width=4", "--model-option", "latent_channels=2",
+        "--model-option", "blocks=1")  # with its defaults: gradient clipping and the weights' average
+MLP = ("--model", "mlp", "--model-option", "latent_dim=2", "--model-option", "hidden=16")
+
+
+def _args(data, out, likelihood, epochs=3, model=CONV):
+    return ["train", "--data", str(data), "--epochs", str(epochs), "--batch-size", "32", *model,
+            "--mixtures", "2", "--seed", "1", "--quiet", "--likelihood", likelihood, "--out", str(out)]
 
 
 @pytest.mark.parametrize("likelihood, extra", [("sigma", []), ("sigma-learned", []), ("logistic-mixture", []),
-                                               ("sigma", ["--memory-format", "channels_last"])])
+                                               ("sigma", ["--memory-format", "channels_last"]),
+                                               ("sigma", ["model", HVAE]), ("logistic-mixture", ["model", HVAE]),
+                                               ("sigma", ["model", MLP])])
 def test_two_ranks_follow_the_single_process_trajectory(tmp_path, data_file, likelihood, extra):
+    model = extra[1] if extra[:1] == ["model"] else CONV
+    extra = [] if extra[:1] == ["model"] else extra
     single, double = tmp_path / "one.h5", tmp_path / "two.h5"
-    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, single, likelihood), *extra],
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, single, likelihood, model=model), *extra],
                    env=_env(), check=True, capture_output=True, timeout=300)
-    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, double, likelihood), *extra,
-                           "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, double, likelihood, model=model),
+                           *extra, "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = runfile.read(single), runfile.read(double)
+    if model is HVAE:  # the average, which evaluation uses, follows the same trajectory
+        assert a.ema and set(a.ema) == set(b.ema)
+        for k in a.ema:
+            np.testing.assert_allclose(b.ema[k], a.ema[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+        assert any(k.startswith("test_kl_group") for k in b.history)
     for k in a.model:
         np.testing.assert_allclose(b.model[k], a.model[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
     for k in ("train_elbo", "train_kl", "test_elbo"):
@@ -250,3 +264,15 @@ def test_distributed_fid_of_two_image_sets_equals_one_process(tmp_path, data_fil
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["fid"] == one["fid"] and two["kid"] == one["kid"]  # the same features, gathered in batch order
     assert (one["n_a"], one["n_b"]) == (96, 10)
+
+
+def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path, data_file):
+    """Rank 0's clock decides; the ranks agree at a sync point and the run is complete."""
+    out = tmp_path / "two.h5"
+    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, out, "sigma", epochs=100000),
+                           "--time-budget", "3s", "--nproc", "2"], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = runfile.read(out)
+    assert run.attrs["status"] == "complete" and 0 < int(run.attrs["epochs_done"]) < 100000
+    assert float(np.sum(run.history["seconds"])) >= 3.0

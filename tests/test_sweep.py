@@ -98,3 +98,28 @@ def test_sweep_fid_options(tmp_path):
     result = CliRunner().invoke(main, ["sweep", "--out-dir", str(tmp_path / "s"), "--dataset", str(data), *SMALL,
                                        "--metric", "fid"])
     assert result.exit_code == 2 and "--metric fid needs --fid-samples N" in result.output
+
+
+def test_a_model_axis_with_shared_options_and_a_time_budget(tmp_path):
+    """--model is an axis: each model's runs are named by it; a --model-option goes to the
+    models that have it; --time-budget reaches every run's config."""
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).integers(0, 256, (80, 1, 8, 8), dtype=np.uint8))
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out-dir", str(out), "--dataset", str(data), "--likelihood", "sigma", "--model", "conv",
+            "--model", "mlp", "--model", "hvae", "--model-option", "width=4", "--model-option", "blocks=1",
+            "--epochs", "1", "--time-budget", "1h", "--batch-size", "32", "--device", "cpu", "--metric", "bpd"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    from vaecli import runfile
+
+    runs = {p.name: runfile.read(p) for p in out.glob("*.h5")}
+    assert sorted(runs) == ["hvae-sigma-beta1-seed0.h5", "mlp-sigma-beta1-seed0.h5", "sigma-beta1-seed0.h5"]
+    assert runs["sigma-beta1-seed0.h5"].config.model_options["width"] == 4
+    assert runs["hvae-sigma-beta1-seed0.h5"].config.model_options["blocks"] == 1
+    assert runs["hvae-sigma-beta1-seed0.h5"].config.model_options["width"] == 4
+    assert all(r.config.time_budget == 3600.0 and "bpd" in r.evaluations["test"] for r in runs.values())
+    compared = CliRunner().invoke(main, ["compare", str(out), "--format", "json"])
+    assert sorted(row["model"] for row in json.loads(compared.stdout)) == ["conv", "hvae", "mlp"]
+    nobody = CliRunner().invoke(main, args[:-2] + ["--model-option", "frob=1"])
+    assert nobody.exit_code == 2 and "no model of conv, mlp, hvae has the option 'frob'" in nobody.output

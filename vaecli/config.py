@@ -32,7 +32,8 @@ class TrainConfig:
     mixtures: int = DEFAULT_MIXTURES
     n_bits: int = DEFAULT_N_BITS
     log_sigma_min: float | None = LOG_SIGMA_MIN
-    epochs: int = 10
+    epochs: int = 10  # the most epochs (a time budget may end training sooner)
+    time_budget: float | None = None  # seconds of training (the history's seconds) after which it ends; None: no limit
     batch_size: int = 128
     lr: float = 1e-3
     model: str = models.DEFAULT_MODEL  # a name from vaecli.models
@@ -73,6 +74,8 @@ class TrainConfig:
             (self.sigma is None or self.sigma > 0, f"sigma must be > 0, got {self.sigma}"),
             (self.mixtures >= 1, f"mixtures must be >= 1, got {self.mixtures}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.time_budget is None or self.time_budget > 0,
+             f"time budget must be > 0 seconds, got {self.time_budget}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}"),

@@ -119,7 +119,9 @@ def info_lines(run_path, run) -> list:
         f"data         {a['dataset']} {tuple(a['image_shape'])}, {a['num_train']} train / {a['num_test']} test, "
         f"sha256 {a['dataset_checksum'][:16]}…",
         f"training     {a['epochs_done']}/{c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "
-        f"seed {c.seed}, device {a['device']}",
+        f"seed {c.seed}, device {a['device']}"
+        + (f", time budget {c.time_budget:g} s ({math.fsum(run.history.get('seconds', [])):.1f} s trained)"
+           if c.time_budget is not None else ""),
         f"step         precision {c.precision}, compile {'on' if c.compile else 'off'}, "
         f"memory {c.memory_format}, CUDA graph {a.get('cuda_graph', 'not recorded')}",
         f"versions     {a.get('library_versions', '?')}",

@@ -132,7 +132,7 @@ def _root(attrs, config):
     status = _need(attrs, "status", "str", where, lambda v: v in STATUSES, f"expected one of {', '.join(STATUSES)}")
     done = _need(attrs, "epochs_done", "int", where, lambda v: 0 <= v <= config.epochs,
                  f"expected 0 .. {config.epochs} (the config's epochs)")
-    if status == "complete" and done != config.epochs and config.epochs:
+    if status == "complete" and done != config.epochs and config.epochs and config.time_budget is None:
         raise _Invalid(f"status is complete with {done} of {config.epochs} epochs done")
     if "likelihood" in attrs and attrs["likelihood"] != config.likelihood:
         raise _Invalid(f"the root likelihood {attrs['likelihood']!r} is not the config's {config.likelihood!r}")
@@ -218,6 +218,9 @@ def _progress(progress, attrs):
     step = progress.get("step_in_epoch", 0)
     if not is_int(step) or step < 0 or step > int(attrs.get("steps_per_epoch", step)):
         raise _Invalid(f"progress step_in_epoch is {step!r}; expected 0 .. steps_per_epoch")
+    if "seconds" in progress:  # training seconds of the epoch so far
+        _need(progress, "seconds", "number", "progress", lambda v: math.isfinite(v) and v >= 0,
+              "expected a finite number of seconds >= 0")
     for key in ("rec", "kl", "loss", "sse"):  # sums of finite steps only
         if key in progress:
             _need(progress, key, "number", "progress", math.isfinite, "expected a finite number")

@@ -1,4 +1,4 @@
-"""A grid of training runs (likelihoods x betas x seeds) in one directory, resumable:
+"""A grid of training runs (models x likelihoods x betas x seeds) in one directory, resumable:
 finished runs are skipped, interrupted ones resumed, then every run is evaluated."""
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ def _beta_text(beta: float) -> str:
     return short if float(short) == beta else repr(beta)
 
 
-def run_name(likelihood, beta, seed) -> str:
-    return f"{likelihood}-beta{_beta_text(beta)}-seed{seed}.h5"
+def run_name(likelihood, beta, seed, model="conv") -> str:
+    """The run's file name; models other than the default conv lead it (a user's
+    factory with its dots and colon as underscores)."""
+    prefix = "" if model == "conv" else model.replace(":", "_").replace(".", "_") + "-"
+    return f"{prefix}{likelihood}-beta{_beta_text(beta)}-seed{seed}.h5"
 
 
 def run_paths(directory) -> list:
@@ -48,10 +51,12 @@ def _stale(metric, stored, iw_samples) -> bool:
 
 
 def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, fid_samples=0, inception=None,
-          allow_unknown_weights=False, iw_samples=100, log=print, progress=False):
-    """Train and evaluate the grid; returns the run file paths.  A run file already in
-    the directory is continued (or skipped when complete) only if it was made with the
-    same settings; otherwise the sweep stops with one line, as `vae train --resume` does."""
+          allow_unknown_weights=False, iw_samples=100, log=print, progress=False, models=None):
+    """Train and evaluate the grid; returns the run file paths.  ``models`` (model name
+    -> its options; default: ``base``'s model) is the grid's outer axis.  A run file
+    already in the directory is continued (or skipped when complete) only if it was
+    made with the same settings; otherwise the sweep stops with one line, as
+    `vae train --resume` does."""
     from .runs import evaluate_run, load_split
     from .training import train
     from .training.state import check_resume, is_finished
@@ -59,9 +64,11 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
     os.makedirs(directory, exist_ok=True)
     paths = []
     test = None
-    for name, beta, seed in grid(likelihoods, betas, seeds):
-        path = os.path.join(directory, run_name(name, beta, seed))
-        config = base.replace(likelihood=name, beta=beta, seed=seed)
+    models = models or {base.model: base.model_options}
+    cells = [(model, *cell) for model in models for cell in grid(likelihoods, betas, seeds)]
+    for model, name, beta, seed in cells:
+        path = os.path.join(directory, run_name(name, beta, seed, model))
+        config = base.replace(model=model, model_options=models[model], likelihood=name, beta=beta, seed=seed)
         previous = runfile.read(path) if os.path.exists(path) else None
         if previous is not None:
             try:

@@ -32,6 +32,28 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Duration(click.ParamType):
+    """Seconds, as a number of seconds or with a unit: 90, 90s, 30m, 1.5h."""
+
+    name = "DURATION"
+    UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            text = str(value).strip().lower()
+            scale = self.UNITS.get(text[-1:], None)
+            try:
+                seconds = float(text[:-1] if scale else text) * (scale or 1.0)
+            except ValueError:
+                self.fail(f"{value!r} is not a duration (seconds, or a number with s, m or h: 1800, 30m, 1.5h)",
+                          param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite duration", param, ctx)
+        return seconds
+
+
 def jsonable(value):
     """``value`` with every non-finite float as None (JSON has no NaN or infinity) and
     NumPy scalars and arrays as Python numbers and lists."""

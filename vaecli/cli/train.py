@@ -10,7 +10,8 @@ from .. import models, registry
 from ..backends import LIKELIHOOD_BACKENDS
 from ..config import MEMORY_FORMATS
 from ..constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
-from .common import (CONTEXT, METRIC_CHOICES, SEED, FiniteFloat, echo_json, inception_options, tqdm_log)
+from .common import (CONTEXT, METRIC_CHOICES, SEED, Duration, FiniteFloat, echo_json, inception_options,
+                     tqdm_log)
 from .launcher import launch_data_parallel
 
 MODEL_SHORTCUTS = ("latent_dim", "width")  # model options with flags of their own
@@ -72,6 +73,9 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
               help="Components of logistic-mixture.")
 @click.option("--n-bits", type=click.IntRange(1, 8), default=8, show_default=True, help="Bits per value.")
 @click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--time-budget", type=Duration(), default=None,
+              help="End training once it has run this long (e.g. 1800, 30m, 1.5h; training steps and the "
+                   "per-epoch test pass count), within an epoch if need be; --epochs is then the most epochs.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate.")
@@ -83,7 +87,7 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
               help="The run file to write.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its own options; of those given here, only --epochs "
-                   "(more), --device, --max-nonfinite, --compile, --memory-format and --cuda-graph may differ.")
+                   "(more), --time-budget, --device, --max-nonfinite, --compile, --memory-format and --cuda-graph may differ.")
 @click.option("--dequantize", is_flag=True, help="Add uniform noise to the levels (continuous decoders).")
 @click.option("--binarize", is_flag=True, help="Binarize the data at 128 (for bernoulli).")
 @click.option("--log-sigma-min", default=str(LOG_SIGMA_MIN_DEFAULT), show_default=True,
@@ -161,6 +165,7 @@ def _train_config(ctx, options, out, resume):
     if not resume:
         return TrainConfig(**o, model_options=parse_model_options(o["model"], pairs, **shortcuts)), False
     from .. import runfile
+    from ..training.state import is_finished
 
     stored_run = runfile.read(out)
     stored = stored_run.config
@@ -171,9 +176,27 @@ def _train_config(ctx, options, out, resume):
         given["model_options"] = parse_model_options(given.get("model", stored.model), pairs,
                                                      stored.model_options, **shortcuts)
     config = stored.replace(**given)
-    finished = (stored_run.attrs.get("status") == "complete"
-                and int(stored_run.attrs.get("epochs_done", 0)) == config.epochs)
-    return config, finished
+    return config, is_finished(stored_run, config)
+
+
+def _shared_options(names, pairs, shortcuts) -> dict:
+    """Each model's options when a sweep has several: every KEY=VALUE (and shortcut flag)
+    goes to each model that has that option; one that no model has is an error."""
+    given = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--model-option")
+        given[key.strip().replace("-", "_")] = value.strip()
+    given.update({k: v for k, v in shortcuts.items() if v is not None})
+    known = {name: models.option_names(name) for name in names}  # None: a user's model takes every option
+    known = {name: set(given) if keys is None else set(keys) for name, keys in known.items()}
+    unknown = [k for k in given if not any(k in keys for keys in known.values())]
+    if unknown:
+        raise click.BadParameter(f"no model of {', '.join(names)} has the option {unknown[0]!r}",
+                                 param_hint="--model-option")
+    return {name: models.parse_options(name, {k: v for k, v in given.items() if k in known[name]})
+            for name in names}
 
 
 def _parse_floor(text):
@@ -198,8 +221,16 @@ def _parse_floor(text):
               help="Betas of the fixed-variance gaussian [default: the paper's 0.001 0.01 0.1 1 10].")
 @click.option("--seed", "seeds", multiple=True, type=SEED, help="Seeds [default: 0].")
 @click.option("--dataset", default=None, help="Dataset name [default: mnist5k].")
-@model_options
+@click.option("--model", "model_names", type=ModelName(), multiple=True,
+              help="Model families to train (repeatable: an axis of the grid) [default: conv].")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
+              help="An option of the models (repeatable); with several --model, it goes to each model "
+                   "that has it.")
+@click.option("--latent-dim", type=click.IntRange(1), default=None, help="The model option latent_dim.")
+@click.option("--width", type=click.IntRange(1), default=None, help="The model option width.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--time-budget", type=Duration(), default=None,
+              help="End each run's training once it has run this long (e.g. 30m); --epochs is then the most.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
@@ -210,8 +241,8 @@ def _parse_floor(text):
 @click.option("--fid-samples", type=click.IntRange(0), default=0, show_default=True,
               help="Prior samples for FID (0: no FID).")
 @inception_options
-def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model, model_option, latent_dim, width, epochs,
-                  batch_size, lr, mixtures, device, metrics, iw_samples, fid_samples, inception,
+def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, model_option, latent_dim, width, epochs,
+                  time_budget, batch_size, lr, mixtures, device, metrics, iw_samples, fid_samples, inception,
                   allow_unknown_weights):
     """Train and evaluate a grid of runs (likelihoods x betas x seeds) into a directory.
 
@@ -222,15 +253,21 @@ def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model, model_opti
     from ..config import DEFAULT_DATASET, TrainConfig
     from ..sweep import PAPER_BETAS, sweep
 
-    options = parse_model_options(model, model_option, latent_dim=latent_dim, width=width)
-    base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, batch_size=batch_size, lr=lr,
-                       model=model, model_options=options, mixtures=mixtures, device=device)
+    names = list(dict.fromkeys(model_names or (models.DEFAULT_MODEL,)))
+    shortcuts = dict(latent_dim=latent_dim, width=width)
+    if len(names) == 1:
+        grid_models = {names[0]: parse_model_options(names[0], model_option, **shortcuts)}
+    else:
+        grid_models = _shared_options(names, model_option, shortcuts)
+    base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, time_budget=time_budget,
+                       batch_size=batch_size, lr=lr, model=names[0], model_options=grid_models[names[0]],
+                       mixtures=mixtures, device=device)
     if "fid" in metrics and not fid_samples:
         raise click.UsageError("--metric fid needs --fid-samples N (the prior samples FID is computed on)")
     metrics = [m for m in (metrics or ("elbo", "bpd", "kl", "mse", "active-units")) if m != "fid"]
     paths = sweep(out_dir, base, likelihoods or registry.NAMES, betas or PAPER_BETAS, seeds or (0,), metrics,
                   fid_samples=fid_samples, inception=inception, allow_unknown_weights=allow_unknown_weights,
-                  iw_samples=iw_samples, log=click.echo)
+                  iw_samples=iw_samples, log=click.echo, models=grid_models)
     click.echo(f"{len(paths)} runs in {out_dir}; see `vae compare {out_dir}`")
 
 

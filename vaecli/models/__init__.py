@@ -97,6 +97,13 @@ def info(name: str) -> ModelInfo:
                    "package.module:function")
 
 
+def option_names(name: str):
+    """The names of model ``name``'s options; None for a user's model, whose factory
+    takes whatever it is given."""
+    spec = info(name).options
+    return None if spec is None else tuple(f.name for f in dataclasses.fields(spec))
+
+
 def _at_least(option, value, low):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise VaeError(f"model option {option} must be an integer >= {low}, got {value!r}")

@@ -82,10 +82,10 @@ def all_finite(flag: torch.Tensor) -> torch.Tensor:
     return t[0] > 0
 
 
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when ``flag`` is set on any (a MAX all-reduce; a host read)."""
+def any_ranks(flags, device) -> list:
+    """Each flag, True on every rank when it is set on any (a MAX all-reduce; one host read)."""
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return [bool(v > 0) for v in t.tolist()]

@@ -33,9 +33,13 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     previous = state.previous_run(out, config, resume)
     if state.is_finished(previous, config):  # nothing to train: the file stays as it is
         if distributed.environment_rank() == 0:  # under torchrun, one rank says so
-            done = config.epochs
-            log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
-                f"(--epochs {done + 1} or more trains on)")
+            done = int(previous.attrs["epochs_done"])
+            if done == config.epochs:
+                log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
+                    f"(--epochs {done + 1} or more trains on)")
+            else:
+                log(f"{out} is already complete: its time budget of {config.time_budget:g} s is spent "
+                    f"({done} epochs); nothing to train (a larger --time-budget trains on)")
         return previous
     out_dir = state.check_out_dir(out)
 
@@ -146,32 +150,55 @@ class _EpochLoop:
 
     def run(self, interrupted, checkpoint):
         run, config = self.state, self.config
-        while run.epochs_done < config.epochs:
-            started = time.perf_counter()
-            self._steps(interrupted)
+        out_of_time = False
+        while run.epochs_done < config.epochs and not out_of_time:  # (one epoch a pass)
+            self.started = time.perf_counter()
+            out_of_time = self._steps(interrupted)
             self._stop_if_tripped()
             with run.evaluation_weights(self.model):
                 extra_seconds = self._end_epoch()
-            run.history["seconds"].append(time.perf_counter() - started - extra_seconds)
+            run.history["seconds"].append(run.epoch_seconds + time.perf_counter() - self.started - extra_seconds)
+            run.epoch_seconds = 0.0
+            ended_early = out_of_time  # within the epoch
+            out_of_time = out_of_time or self._spent(state.trained_seconds(run.history))
             if not any(math.isfinite(v) for v in run.history["train_elbo"]):
                 raise NothingTrained(run.epochs_done + 1)
+            steps_done, run.step_in_epoch = run.step_in_epoch, 0
             run.epochs_done += 1
-            run.step_in_epoch = 0
             run.sums.reset()
             if self.progress:
                 self.log(epoch_line(run.history, config))
-            if run.epochs_done == config.epochs:
+                if out_of_time:
+                    where = (f"after step {steps_done}/{self.steps_per_epoch} of epoch {run.epochs_done}"
+                             if ended_early else f"with epoch {run.epochs_done}")
+                    self.log(f"time budget of {config.time_budget:g} s spent {where}: training ends here")
+            if run.epochs_done == config.epochs or out_of_time:
                 gen = torch.Generator(device=self.train_images.device).manual_seed(config.seed + 4)
                 with run.evaluation_weights(self.model):
                     pictures = runs.prior_pictures(self.model, SAMPLE_GRID, gen)
                 run.samples = {"prior": (pictures,
                                          {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
                                           "temperature": 1.0})}
-            checkpoint("complete" if run.epochs_done == config.epochs else "training")
+            checkpoint("complete" if run.epochs_done == config.epochs or out_of_time else "training")
 
-    def _steps(self, interrupted):
-        """The rest of the epoch's steps; a KeyboardInterrupt after the step in flight on a signal."""
+    def _spent(self, seconds: float) -> bool:
+        """Whether the budget is spent, by rank 0's clock on every rank (a collective
+        under torchrun: each rank calls it at the same point)."""
+        spent = state.out_of_time(seconds, self.config)
+        if self.world > 1 and self.config.time_budget is not None:
+            spent = distributed.any_ranks([spent and self.rank == 0], self.train_images.device)[0]
+        return spent
+
+    def seconds_so_far(self) -> float:
+        """Training seconds of the run up to now (the epoch in progress included)."""
+        return state.trained_seconds(self.state.history) + self.state.epoch_seconds + time.perf_counter() - self.started
+
+    def _steps(self, interrupted) -> bool:
+        """The rest of the epoch's steps; a KeyboardInterrupt after the step in flight on a
+        signal.  True when the time budget ran out (after the step that spent it)."""
         run, config, world = self.state, self.config, self.world
+        if self.world == 1 and state.out_of_time(self.seconds_so_far(), config):
+            return True  # (a resumed run whose budget was spent by the steps checkpointed)
         order = run.epoch_order(self.train_images.shape[0])
         self.model.train()
         last_read = time.perf_counter()
@@ -197,10 +224,25 @@ class _EpochLoop:
                 self._stop_if_tripped()
             if world == 1:
                 if interrupted.flag:
-                    raise KeyboardInterrupt
+                    raise self._interrupt()
+                if state.out_of_time(self.seconds_so_far(), config):
+                    return True
             elif (step + 1) % distributed.INTERRUPT_SYNC_STEPS == 0 or step + 1 == self.steps_per_epoch:
-                if distributed.any_rank(interrupted.flag, x.device):  # every rank stops after the same step
-                    raise KeyboardInterrupt
+                # every rank stops after the same step: on a signal, or when rank 0's clock
+                # says the budget is spent
+                spent = state.out_of_time(self.seconds_so_far(), config)
+                flags = distributed.any_ranks([interrupted.flag, spent and self.rank == 0], x.device)
+                if flags[0]:
+                    raise self._interrupt()
+                if flags[1]:
+                    return True
+        return False
+
+    def _interrupt(self) -> KeyboardInterrupt:
+        """Stop here: the epoch's seconds so far go into the checkpoint."""
+        self.state.epoch_seconds += time.perf_counter() - self.started
+        self.started = time.perf_counter()
+        return KeyboardInterrupt()
 
     def _stop_if_tripped(self):
         at = self.guard.tripped()

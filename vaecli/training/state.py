@@ -21,8 +21,8 @@ HISTORY_COLUMNS = (
     "epoch", "train_elbo", "train_rec", "train_kl", "train_loss", "test_elbo", "test_rec", "test_kl",
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
-# Options that may differ when resuming: more epochs, another device, the step's machinery.
-RESUMABLE_CHANGES = ("epochs", "device", "max_nonfinite", "compile", "cuda_graph", "memory_format")
+# Options that may differ when resuming: more epochs or time, another device, the step's machinery.
+RESUMABLE_CHANGES = ("epochs", "time_budget", "device", "max_nonfinite", "compile", "cuda_graph", "memory_format")
 CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
 
 
@@ -65,13 +65,29 @@ def previous_run(out: str, config: TrainConfig, resume: bool):
     if config.epochs < done:
         raise VaeError(f"{out} has {done} epochs done; --epochs {config.epochs} cannot resume it "
                        f"(give --epochs {done} or more)")
+    spent = trained_seconds(previous.history)  # (an epoch in progress past the budget ends at once)
+    if out_of_time(spent, config) and not is_finished(previous, config):
+        raise VaeError(f"{out} has trained {spent:.1f} s already; --time-budget {config.time_budget:g} cannot "
+                       f"resume it (give a larger budget, or none)")
     return previous
 
 
+def trained_seconds(history, progress=None) -> float:
+    """Seconds of training so far: the history's epochs and the epoch in progress."""
+    return float(np.sum(history.get("seconds", []))) + float((progress or {}).get("seconds", 0.0))
+
+
+def out_of_time(seconds: float, config: TrainConfig) -> bool:
+    return config.time_budget is not None and seconds >= config.time_budget
+
+
 def is_finished(previous, config: TrainConfig) -> bool:
-    """A complete run with all of ``config.epochs`` done: nothing to train."""
-    return (previous is not None and previous.attrs.get("status") == "complete"
-            and int(previous.attrs.get("epochs_done", 0)) == config.epochs)
+    """A complete run with all of ``config.epochs`` done, or its time budget spent:
+    nothing to train."""
+    if previous is None or previous.attrs.get("status") != "complete":
+        return False
+    done = int(previous.attrs.get("epochs_done", 0))
+    return done == config.epochs or (done > 0 and out_of_time(trained_seconds(previous.history), config))
 
 
 def check_out_dir(out: str) -> str:
@@ -143,6 +159,7 @@ class TrainingState:
         self.epoch_order_state = self.data_order.get_state()
         self.history = {k: [] for k in HISTORY_COLUMNS}
         self.epochs_done, self.step_in_epoch = 0, 0
+        self.epoch_seconds = 0.0  # training seconds of the epoch in progress before this process
         self.sums = EpochSums(device)
         self.calibration = {}
         self.samples = None
@@ -166,6 +183,7 @@ class TrainingState:
         self.history.update({k: list(v) for k, v in previous.history.items() if k.startswith("test_kl_group")})
         self.epochs_done = int(previous.attrs["epochs_done"])
         self.step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
+        self.epoch_seconds = float(previous.progress.get("seconds", 0.0)) if self.step_in_epoch else 0.0
         if self.step_in_epoch and rank == 0:  # the sums so far (global ones); the other ranks add theirs to 0
             self.sums = EpochSums(self.device, previous.progress)
         self.calibration = dict(previous.calibration)
@@ -209,7 +227,8 @@ class TrainingState:
 
     def save(self, out: str, config: TrainConfig, attrs: dict, model, optimizer, status: str, graph_state: str):
         """Write the checkpoint (atomically: the old file or the new one, never a torn one)."""
-        progress = {"step_in_epoch": self.step_in_epoch, **(self.sums.to_dict() if self.step_in_epoch else {})}
+        progress = {"step_in_epoch": self.step_in_epoch,
+                    **({**self.sums.to_dict(), "seconds": self.epoch_seconds} if self.step_in_epoch else {})}
         runfile.write(
             out, config=config, attrs=dict(attrs, status=status, epochs_done=self.epochs_done,
                                               cuda_graph=graph_state),
