@@ -6,7 +6,9 @@
 #   2. training throughput against the plain loop (CUDA graph in float32, bf16 and channels-last
 #      memory; seeds 0 and 1; the eager step was measured at the plain loop's speed before),
 #      then where the step's time goes: ms per step and its kernels by time, captured and
-#      eager, float32 and bf16, contiguous and channels-last memory (benchmarks/step_profile.py),
+#      eager, float32 and bf16, contiguous and channels-last memory (benchmarks/step_profile.py);
+#      and the hierarchical VAE's throughput against its plain loop, then 3 epochs of it with its
+#      stability defaults (does that step capture?),
 #   3. the likelihood benchmark (torch eager, CuPy fused under each gradient policy,
 #      torch.compile with BENCH_COMPILE=1; each also replayed from a CUDA graph),
 #   4. the CuPy tests and `vae verify` on both GPU backends,
@@ -49,7 +51,7 @@ BENCH_COMPILE="${BENCH_COMPILE-}"  # BENCH_COMPILE=1 adds torch.compile rows to 
 t0=$(date +%s)
 : > "$out/steps.txt"
 # the targets table reads these: none may be left from an earlier run in the same folder
-rm -f "$out"/{train_throughput,train_throughput_compiled,bench,precision_study,rounding_control,step_profile}.json
+rm -f "$out"/{train_throughput,train_throughput_hvae,train_throughput_compiled,bench,precision_study,rounding_control,step_profile}.json
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'devices', torch.cuda.device_count(), cupy.cuda.runtime.getDeviceCount())"
@@ -82,6 +84,17 @@ step "train throughput" 200 \
   "python3 benchmarks/train_throughput.py --device cuda --batch 128 --batch 1024 --epochs 3 --workers 4 \
      --repeat $repeat --seeds 2 --variant float32 --variant bf16 --variant channels_last \
      --json '$out/train_throughput.json' 2>&1 | tee '$out/train_throughput.txt'"
+# the hierarchical VAE (vae train --model hvae): its throughput against the plain loop of
+# the same model (stability measures off in both), then a short run with its defaults
+# (gradient clipping and skipping, the weights' average) to see whether that step captures
+step "train throughput, hvae" 70 \
+  "python3 benchmarks/train_throughput.py --device cuda --model hvae --batch 128 --batch 1024 --epochs 3 \
+     --workers 4 --repeat $repeat --variant float32 --variant bf16 --json '$out/train_throughput_hvae.json' \
+     2>&1 | tee '$out/train_throughput_hvae.txt'"
+step "main job hvae" 60 \
+  "rm -f /tmp/gpu_train_hvae.h5; python3 -m vaecli train --device cuda --model hvae --epochs 3 --quiet --json \
+     --out /tmp/gpu_train_hvae.h5 > '$out/train_hvae.json' && python3 -m vaecli eval /tmp/gpu_train_hvae.h5 \
+     --metric elbo --metric bpd --metric kl --json > '$out/eval_hvae.json'"
 step "step profile" 75 \
   "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
      --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
@@ -150,12 +163,12 @@ for f in ("verify_torch_cuda.json", "verify_cupy.json"):
     fails = [f"{r['likelihood']}/{r['kind']}/C{r['channels']}/{r['dtype']}" for r in d["results"] if not r["passed"]]
     print(f"{f}: {d['passed']} passed, {d['failed']} failed, skipped {d['skipped'] or '-'}; "
           f"worst rel error {worst}; failing: {fails[:8]}")
-for backend in ("torch", "cupy"):
+for backend in ("torch", "cupy", "hvae"):
     try:
         t = json.loads((out / f"train_{backend}.json").read_text())["last_epoch"]
         e = json.loads((out / f"eval_{backend}.json").read_text())["results"]
         graph = json.loads((out / f"train_{backend}.json").read_text()).get("cuda_graph")
-        print(f"train --backend {backend} (3 epochs, cuda): {t['seconds']:.2f} s last epoch, test ELBO "
+        print(f"train {'--model' if backend == 'hvae' else '--backend'} {backend} (3 epochs, cuda): {t['seconds']:.2f} s last epoch, test ELBO "
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}, CUDA graph: {graph}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
@@ -167,7 +180,7 @@ for f in ("precision_study.txt", "rounding_control.txt"):  # their per-seed rows
 for f in ("pytest_fid_math.txt", "fid_cuda.json", "eval_throughput.txt"):
     if (out / f).exists():
         print(f"{f}: " + " | ".join(l.strip() for l in (out / f).read_text().splitlines() if l.strip())[-200:])
-for f in ("train_throughput.txt", "train_throughput_compiled.txt", "bench.txt"):
+for f in ("train_throughput.txt", "train_throughput_hvae.txt", "train_throughput_compiled.txt", "bench.txt"):
     if (out / f).exists():
         print("\n".join(l for l in (out / f).read_text().splitlines() if l.startswith(("|", "training", "likelihood"))))
 if (out / "step_profile.txt").exists():  # its first table; the kernels per variant stay in the file

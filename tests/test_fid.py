@@ -193,3 +193,29 @@ def test_fid_of_a_set_with_itself_is_zero_not_negative():
     features = rng.normal(size=(40, 8)) * 100
     stats = fid.statistics(features)
     assert fid.frechet(stats, stats) == 0.0
+
+
+@pytest.mark.parametrize("model, options", [("hvae", ["--model-option", "width=4", "--model-option",
+                                                      "latent_channels=2", "--model-option", "blocks=1"]),
+                                            ("mlp", ["--model-option", "hidden=16", "--latent-dim", "2"])])
+def test_fid_of_each_model_family(inception_path, tmp_path, mnist, model, options):
+    """`vae eval --metric fid` of an hvae or mlp run, and `vae fid` of its samples against
+    the data: the same FID Inception path as the conv model."""
+    data = tmp_path / "d.npz"
+    np.savez(data, images=mnist[:64])
+    run = tmp_path / "r.h5"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--model", model, *options, "--epochs", "1",
+                                       "--batch-size", "32", "--device", "cpu", "--quiet", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", str(run), "--metric", "fid", "--fid-samples", "16", "--inception",
+                                       str(inception_path), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.stdout)["results"]["fid"]
+    assert np.isfinite(stored["value"]) and stored["value"] > 0 and stored["n_generated"] == 16
+    samples = tmp_path / "s.npz"
+    assert CliRunner().invoke(main, ["sample", str(run), "-n", "16", "-o", str(samples), "--device", "cpu"]
+                              ).exit_code == 0
+    result = CliRunner().invoke(main, ["fid", str(samples), str(data), "--inception", str(inception_path),
+                                       "--device", "cpu", "--kid-subset-size", "8", "--kid-subsets", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fid"] > 0

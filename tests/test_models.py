@@ -204,3 +204,39 @@ def test_the_weights_average_is_stored_resumes_exactly_and_is_what_evaluation_us
     conv = train(TrainConfig(epochs=1, batch_size=16, model_options={"latent_dim": 2, "width": 2}),
                  tmp_path / "conv.h5", data=data, progress=False)
     assert conv.ema == {}
+
+
+def test_sample_takes_a_temperature_per_latent_group(tmp_path):
+    """vae sample --temperature T1,T2,...: one per group of an hvae, top first; a count
+    that is not the model's is one line; the temperatures are stored with the samples."""
+    import numpy as np
+
+    from fakes import blob_images
+    from vaecli import runfile
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=blob_images(32, size=8))
+    out = str(tmp_path / "r.h5")
+    train = ["train", "--data", str(data), "--model", "hvae", "--model-option", "width=4", "--model-option",
+             "latent_channels=2", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet", "--out", out]
+    assert CliRunner().invoke(main, train).exit_code == 0
+    info = CliRunner().invoke(main, ["info", out])
+    assert "4 latent groups: 1x1/0, 1x1/1, 4x4/0, 4x4/1" in info.output
+    arrays = {}
+    for name, temperature in (("cold", "0,0,0,0"), ("mixed", "1,1,0,0"), ("warm", "1")):
+        path = tmp_path / f"{name}.npz"
+        result = CliRunner().invoke(main, ["sample", out, "-n", "6", "--temperature", temperature, "--device", "cpu",
+                                           "--mode", "mean", "-o", str(path)])
+        assert result.exit_code == 0, result.output
+        arrays[name] = np.load(path)
+    # temperature 0 everywhere: every sample is the chain of prior means, the same picture
+    assert (arrays["cold"]["images"] == arrays["cold"]["images"][:1]).all()
+    assert list(arrays["mixed"]["temperature"]) == [1.0, 1.0, 0.0, 0.0]
+    assert not (arrays["mixed"]["images"] == arrays["mixed"]["images"][:1]).all()
+    stored = CliRunner().invoke(main, ["sample", out, "-n", "2", "--temperature", "1,0.5,0.5,0", "--format", "run",
+                                       "--device", "cpu"])
+    assert stored.exit_code == 0, stored.output
+    assert runfile.read(out).samples["prior_mean_t1-0.5-0.5-0_s0"][0].shape == (2, 1, 8, 8)
+    wrong = CliRunner().invoke(main, ["sample", out, "--temperature", "1,0.5", "-o", str(tmp_path / "x.png")])
+    assert wrong.exit_code == 2 and "2 temperatures for the model's 4 latent groups (1x1/0, 1x1/1, 4x4/0, 4x4/1)" \
+        in wrong.output and not (tmp_path / "x.png").exists()

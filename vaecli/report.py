@@ -109,13 +109,22 @@ def eval_lines(run_path, run, results: dict, metrics, n_images: int) -> list:
 
 # ---------------------------------------------------------------------------- info
 
+def _groups_text(attrs) -> str:
+    """The model's latent groups, top first, where it has more than one."""
+    try:
+        names = json.loads(attrs.get("latent_groups", "[]"))
+    except ValueError:
+        return ""
+    return f"; {len(names)} latent groups: {', '.join(map(str, names))}" if len(names) > 1 else ""
+
+
 def info_lines(run_path, run) -> list:
     a, c = run.attrs, run.config
     options = ", ".join(f"{k} {v}" for k, v in c.model_options.items())
     lines = [
         f"run file     {run_path} (schema {a['schema_version']}, vaecli {a['vaecli_version']}, {a.get('status')})",
         f"likelihood   {c.likelihood} (backend {c.backend}, n_bits {c.n_bits}, beta {c.beta})",
-        f"model        {c.model} ({options})",
+        f"model        {c.model} ({options})" + _groups_text(a),
         f"data         {a['dataset']} {tuple(a['image_shape'])}, {a['num_train']} train / {a['num_test']} test, "
         f"sha256 {a['dataset_checksum'][:16]}…",
         f"training     {a['epochs_done']}/{c.epochs} epochs, batch {c.batch_size}, lr {c.lr}, "

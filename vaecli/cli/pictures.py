@@ -9,14 +9,45 @@ from .common import CONTEXT, RUN_FILE, RUNS, SEED, FiniteFloat, check_out, expan
 SAMPLE_BATCH = 1000  # prior samples decoded at a time by `vae sample`
 
 
+class Temperatures(click.ParamType):
+    """One temperature, or one per latent group: 0.8 or 1,1,0.8,0.6 (finite, >= 0)."""
+
+    name = "T[,T...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float, tuple)):
+            return value
+        values = []
+        for part in str(value).split(","):
+            number = FiniteFloat(min=0).convert(part.strip(), param, ctx)
+            values.append(number)
+        return values[0] if len(values) == 1 else tuple(values)
+
+
+def _per_group(model, temperature):
+    """A number, or a list with one temperature per latent group of ``model``."""
+    if not isinstance(temperature, tuple):
+        return temperature
+    from ..models.protocol import group_names
+
+    names = tuple(getattr(model, "group_names", ()))
+    if len(temperature) != len(names):
+        count = len(names) or 1
+        raise click.BadParameter(f"{len(temperature)} temperatures for the model's {count} latent group"
+                                 f"{'s' if count > 1 else ''} ({', '.join(group_names(model, count))}): give one, "
+                                 f"or one per group", param_hint="--temperature")
+    return list(temperature)
+
+
 @click.command("sample", context_settings=CONTEXT)
 @click.argument("run_path", metavar="RUN", type=RUN_FILE)
 @click.option("-n", "num", type=click.IntRange(1), default=64, show_default=True)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "npz", "h5", "run"]), default=None,
               help="png grid, npz/h5 arrays, or 'run' (store in the run file) [default: from -o].")
-@click.option("--temperature", type=FiniteFloat(min=0), default=1.0, show_default=True,
-              help="Scale of the prior: z ~ N(0, T^2 I).")
+@click.option("--temperature", type=Temperatures(), default="1", show_default=True,
+              help="Scale of the prior: z ~ N(0, T^2 I); or one per latent group, top first, as "
+                   "T1,T2,... (vae info lists a model's groups).")
 @click.option("--mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
               help="Picture the decoder mean, or draw from the decoder distribution.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -39,9 +70,11 @@ def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, sca
     runfile.check_writable(run_path if fmt == "run" else out)  # before the work, not after
     model = load_model(run, device)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    temperature = _per_group(model, temperature)
     levels = prior_pictures(model, num, gen, temperature=temperature, mode=mode, batch=SAMPLE_BATCH)
     if fmt == "run":
-        name = f"prior_{mode}_t{temperature:g}_s{seed}"
+        text = "-".join(f"{t:g}" for t in temperature) if isinstance(temperature, list) else f"{temperature:g}"
+        name = f"prior_{mode}_t{text}_s{seed}"
         runfile.store_samples(run_path, name, levels, {"temperature": temperature, "mode": mode, "seed": seed})
         out = f"{run_path} (samples/{name})"
     else:
