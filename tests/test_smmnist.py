@@ -62,3 +62,58 @@ def test_bad_arguments_are_one_line(digits):
         smmnist.generate(np.zeros((0, 28, 28), np.uint8), 2)
     with pytest.raises(VaeError, match="cannot hold digits of side 32"):
         smmnist.generate(digits, 1, size=32)
+
+
+def test_the_named_dataset_is_the_pinned_recipe_and_is_cached(tmp_path, monkeypatch):
+    from vaecli.datasets import catalog
+
+    monkeypatch.setenv("VAECLI_CACHE", str(tmp_path))
+    test = datasets.load("smmnist", "test")
+    assert test.images.shape == (1000, 20, 1, 64, 64) and test.frames == 20
+    assert test.checksum == catalog.SMMNIST_SHA256["test"]  # the same videos on every machine
+    assert "from mnist5k test" in test.source
+    cached = list((tmp_path / "smmnist").glob("test-*.npz"))
+    assert len(cached) == 1
+    # a cache file that was altered is not used: the videos are made again, as pinned
+    with np.load(cached[0]) as npz:
+        videos = npz["images"].copy()
+    videos[0, 0, 0, 0, 0] ^= 1
+    np.savez_compressed(cached[0], images=videos)
+    assert datasets.load("smmnist", "test").checksum == catalog.SMMNIST_SHA256["test"]
+    assert datasets.load("sm-mnist", "test", size=32).images.shape == (1000, 20, 1, 32, 32)
+
+
+def test_video_files_and_folders_load_as_n_t_c_h_w(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    videos = rng.integers(0, 256, (3, 4, 1, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "v.npz", images=videos)
+    np.save(tmp_path / "last.npy", videos.transpose(0, 1, 3, 4, 2))  # (N, T, H, W, C)
+    for name in ("v.npz", "last.npy"):
+        data = datasets.load(tmp_path / name)
+        np.testing.assert_array_equal(data.images, videos)
+        assert data.frames == 4 and data.shape == (4, 1, 16, 16)
+    folder = tmp_path / "clips"
+    for i, video in enumerate(videos):
+        (folder / f"clip{i}").mkdir(parents=True)
+        for t, frame in enumerate(video):
+            Image.fromarray(frame[0]).save(folder / f"clip{i}" / f"frame_{t:03d}.png")
+    np.testing.assert_array_equal(datasets.load(folder).images, videos)
+    (folder / "clip1" / "frame_003.png").unlink()
+    with pytest.raises(VaeError, match=r"clip1: 3 frames of \(1, 16, 16\) but clip0 has 4"):
+        datasets.load(folder)
+    with pytest.raises(VaeError, match=r"ambiguous between \(N, T, C, H, W\) and \(N, T, H, W, C\)"):
+        np.save(tmp_path / "odd.npy", np.zeros((2, 3, 3, 4, 3), np.uint8))
+        datasets.load(tmp_path / "odd.npy")
+
+
+def test_image_models_refuse_videos_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from vaecli.cli import main
+
+    np.savez(tmp_path / "v.npz", images=np.zeros((10, 3, 1, 16, 16), np.uint8))
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "v.npz"), "--out", str(tmp_path / "r.h5")])
+    assert result.exit_code == 1 and "the data are videos" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r.h5").exists()

@@ -92,6 +92,13 @@ CELEBA_DEFAULT_SIZE = 64
 DOWNLOAD_TIMEOUT_S = 60  # per network operation, not per file
 DOWNLOAD_CHUNK = 1 << 20  # bytes read and hashed at a time
 
+# Stochastic moving MNIST as vaecli makes it (vaecli.datasets.smmnist): videos per split,
+# from mnist5k's digits of that split, seed 0, and the SHA-256 (images_checksum) each
+# split must have: the recipe pinned, so that every machine trains on the same videos.
+SMMNIST_SEQUENCES = {"train": 4000, "test": 1000}
+SMMNIST_SEED = 0
+SMMNIST_SHA256 = {"train": "16307de73db77c792aa3fd0c701e56512e574167add61dbd06028c4b523a7750",
+                  "test": "eb2d71f5af59af1c874c268a88eff602d711b9d46ca93dd99d7511b29b016228"}
 SYSTEM_DIRS = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
 
 
@@ -199,10 +206,19 @@ SPECS: dict[str, Spec] = {
             "{dir}/img_align_celeba/*.jpg and {dir}/list_eval_partition.txt"
         ),
     ),
+    "smmnist": Spec(
+        "smmnist",
+        "stochastic moving MNIST (SVG's video benchmark), generated here from mnist5k's digits: "
+        "4,000 train / 1,000 test videos of 20 frames, 2 digits, 1x64x64",
+        ("train", "test"),
+        MNIST_ATTRIBUTION + "; the moving-digit recipe of E. Denton and R. Fergus, Stochastic Video Generation "
+        "with a Learned Prior (ICML 2018)",
+        "https://github.com/edenton/svg",
+    ),
 }
 NAMES = tuple(SPECS)
 DOWNLOADABLE = tuple(n for n, s in SPECS.items() if s.remote)
-ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
+ALIASES = {"sm-mnist": "smmnist", "stochastic-moving-mnist": "smmnist", "fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
            "mnist-5k": "mnist5k", "mnist_5k": "mnist5k"}
 
 
@@ -434,6 +450,10 @@ def list_local(data_dir=None) -> list[dict]:
     """
     rows = []
     for s in SPECS.values():
+        if s.name == "smmnist":  # made from the bundled digits, on first use
+            rows.append({"name": s.name, "found": True, "where": "generated from mnist5k (cached on first use)",
+                         "splits": list(s.splits), "sizes": dict(SMMNIST_SEQUENCES), "summary": s.summary})
+            continue
         if s.name == "mnist5k":
             path = bundled_path()
             found = path.is_file()

@@ -59,10 +59,10 @@ class Dataset:
 
     def __post_init__(self):
         x = self.images
-        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
-            raise VaeError(f"Dataset images must be a uint8 (N, C, H, W) array, got "
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (4, 5):
+            raise VaeError(f"Dataset images must be a uint8 (N, C, H, W) array (videos: (N, T, C, H, W)), got "
                            f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
-        if x.shape[0] == 0 or x.shape[1] not in IMAGE_CHANNELS or 0 in x.shape[2:]:
+        if x.shape[0] == 0 or x.shape[-3] not in IMAGE_CHANNELS or 0 in x.shape[1:]:
             raise VaeError(f"Dataset {self.name!r}: images of shape {x.shape} (need N >= 1, C in 1 or 3)")
         if self.n_bits != DEFAULT_N_BITS:
             raise VaeError(f"Dataset {self.name!r}: datasets hold 8-bit data, got n_bits={self.n_bits}")
@@ -74,14 +74,18 @@ class Dataset:
 
     @property
     def num_dims(self) -> int:
-        """D = C*H*W, the number of dimensions of one image."""
-        _, c, h, w = self.images.shape
-        return c * h * w
+        """D = C*H*W, the number of dimensions of one image (of one video: T*C*H*W)."""
+        return int(np.prod(self.images.shape[1:]))
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
+    def shape(self) -> tuple:
+        """(C, H, W) of one image; (T, C, H, W) of one video."""
         return tuple(self.images.shape[1:])
+
+    @property
+    def frames(self) -> int | None:
+        """Frames of each video; None for images."""
+        return int(self.images.shape[1]) if self.images.ndim == 5 else None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -102,10 +106,11 @@ def _float_advice(a: np.ndarray) -> str:
 
 
 def to_images(array, where: str) -> np.ndarray:
-    """Check and convert an image array to uint8 ``(N, C, H, W)``; ``where`` names its origin.
+    """Check and convert an image array to uint8 ``(N, C, H, W)`` (videos: ``(N, T, C, H,
+    W)``); ``where`` names its origin.
 
     Accepts ``(N, H, W)``, ``(N, C, H, W)`` and ``(N, H, W, C)`` with ``C`` in (1, 3)
-    when the layout is unambiguous, and any integer dtype whose values lie in 0..255.
+    when the layout is unambiguous, videos ``(N, T, C, H, W)`` and ``(N, T, H, W, C)``, and any integer dtype whose values lie in 0..255.
     Refuses floats (data is integers), booleans, empty arrays and other shapes.
     """
     a = np.asarray(array)
@@ -123,6 +128,16 @@ def to_images(array, where: str) -> np.ndarray:
                            f"of {a.shape[1]}x{a.shape[2]}; store images as (N, H, W), (N, C, H, W) or "
                            f"(N, H, W, C) (one image: add a first axis of 1)")
         a = a[:, None]
+    elif a.ndim == 5:  # videos: (N, T, C, H, W) or (N, T, H, W, C)
+        first, last = a.shape[2] in IMAGE_CHANNELS, a.shape[4] in IMAGE_CHANNELS
+        if first and last:
+            raise VaeError(f"{where}: videos of shape {a.shape} are ambiguous between (N, T, C, H, W) "
+                           f"and (N, T, H, W, C); store them as (N, T, C, H, W) with H, W not 1 or 3")
+        if last:
+            a = a.transpose(0, 1, 4, 2, 3)
+        elif not first:
+            raise VaeError(f"{where}: videos of shape {a.shape} have no channel axis of size 1 or 3; "
+                           f"need (N, T, C, H, W) or (N, T, H, W, C) with C = 1 or 3")
     elif a.ndim == 4:
         first, last = a.shape[1] in IMAGE_CHANNELS, a.shape[3] in IMAGE_CHANNELS
         if first and last:
@@ -132,12 +147,14 @@ def to_images(array, where: str) -> np.ndarray:
             a = a.transpose(0, 3, 1, 2)
         elif not first:
             raise VaeError(f"{where}: images of shape {a.shape} have no channel axis of size 1 or 3; "
-                           f"need (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+                           f"need (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3 (videos: "
+                           f"(N, T, C, H, W))")
     else:
-        raise VaeError(f"{where}: images of shape {a.shape}; need (N, H, W), (N, C, H, W) or (N, H, W, C)")
+        raise VaeError(f"{where}: images of shape {a.shape}; need (N, H, W), (N, C, H, W) or (N, H, W, C), "
+                       f"or videos (N, T, C, H, W)")
     if a.shape[0] == 0:
         raise VaeError(f"{where}: the dataset is empty (shape {a.shape})")
-    if 0 in a.shape[2:]:
+    if 0 in a.shape[1:]:
         raise VaeError(f"{where}: images of zero size (shape {a.shape})")
     lo, hi = int(a.min()), int(a.max())
     if lo < 0 or hi > MAX_LEVEL:

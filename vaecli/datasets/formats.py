@@ -475,6 +475,14 @@ def image_files(folder) -> list[Path]:
         raise VaeError(f"cannot read folder {folder}: {exc.strerror or oneline(exc)}") from None
 
 
+def sub_folders(folder) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted by name."""
+    try:
+        return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise VaeError(f"cannot read folder {folder}: {exc.strerror or oneline(exc)}") from None
+
+
 # ----------------------------------------------------------------------------------
 # NumPy (.npz, .npy) and HDF5 arrays
 # ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ..errors import VaeError
 from . import catalog, formats
 from .catalog import (CELEBA_CROP, CELEBA_DEFAULT_SIZE, CELEBA_SPLIT_CODES, CIFAR_ARCHIVE, CIFAR_BATCHES,
                       CIFAR_FOLDER, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, SPECS)
-from .core import Dataset, center_crop, resize, to_labels
+from .core import Dataset, center_crop, images_checksum, resize, to_labels
 
 MAX_SIZE = 1024  # largest square side a loader will resize to
 
@@ -65,8 +65,12 @@ def _load(name_or_path, split, size, data_dir) -> Dataset:
 
 
 def _finish(images, labels, *, name, split, source, attribution="", size=None) -> Dataset:
-    if size is not None and images.shape[2:] != (size, size):
-        images = resize(images, size)
+    if size is not None and images.shape[-2:] != (size, size):
+        if images.ndim == 5:  # videos: each frame
+            n, t = images.shape[:2]
+            images = resize(images.reshape(n * t, *images.shape[2:]), size).reshape(n, t, -1, size, size)
+        else:
+            images = resize(images, size)
     return Dataset(images=images, labels=labels, name=name, split=split, source=str(source),
                    attribution=attribution)
 
@@ -192,8 +196,55 @@ def _load_celeba(split, size, data_dir):
                               attribution=SPECS["celeba"].attribution)
 
 
+def _load_smmnist(split, size, data_dir):
+    """Stochastic moving MNIST made from mnist5k's digits of ``split``, generated once
+    and cached (compressed) as ``<cache>/smmnist/<split>-<recipe>.npz``; a cached file
+    is used only if its checksum is the pinned one."""
+    from . import smmnist
+
+    count, seed = catalog.SMMNIST_SEQUENCES[split], catalog.SMMNIST_SEED
+    recipe = f"v{smmnist.RECIPE}-seed{seed}-{count}x{smmnist.FRAMES}-{smmnist.DIGITS}digits"
+    path = catalog.default_cache_dir() / "smmnist" / f"{split}-{recipe}.npz"
+    pinned = catalog.SMMNIST_SHA256[split]
+    videos = None
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                videos = npz["images"]
+        except Exception:  # noqa: BLE001 - a damaged cache is made again
+            videos = None
+        if videos is not None and images_checksum(videos) != pinned:
+            videos = None
+    if videos is None:
+        digits = _load_mnist5k(split, None, None).images
+        videos = smmnist.generate(digits, count, split=split, seed=seed)
+        if pinned and images_checksum(videos) != pinned:
+            raise VaeError(f"smmnist {split}: the videos generated here differ from vaecli's pinned recipe "
+                           f"(SHA-256 {images_checksum(videos)[:16]}..., expected {pinned[:16]}...): this NumPy "
+                           f"({np.__version__}) draws other random numbers; runs would not be comparable")
+        _write_atomically(path, videos)
+    return _finish(videos, None, name="smmnist", split=split, size=size,
+                   source=f"generated: {recipe} from mnist5k {split}",
+                   attribution=catalog.SPECS["smmnist"].attribution)
+
+
+def _write_atomically(path: Path, videos: np.ndarray):
+    """A cache file written beside its final name and renamed (never half written);
+    a cache that cannot be written is skipped (the videos are made again next time)."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            np.savez_compressed(f, images=videos)
+        os.replace(f.name, path)
+    except OSError:
+        pass
+
+
 _NAMED = {
     "mnist5k": _load_mnist5k,
+    "smmnist": _load_smmnist,
     "mnist": _load_idx("mnist"),
     "fashion-mnist": _load_idx("fashion-mnist"),
     "cifar10": _load_cifar10,
@@ -267,9 +318,36 @@ def _load_folder(folder: Path, split: str, size: int | None) -> Dataset:
 
 def _load_image_folder(folder: Path, size: int | None) -> Dataset:
     paths = formats.image_files(folder)
+    if not paths and formats.sub_folders(folder):
+        return _load_video_folder(folder, size)
     if not paths:
         raise VaeError(f"{folder}: no dataset files found (no PNG/JPEG images, CIFAR-10 batches, "
-                       f"SVHN .mat, IDX or CelebA files)")
+                       f"SVHN .mat, IDX or CelebA files, or folders of video frames)")
+    return Dataset(images=_folder_images(folder, paths, size), labels=None, name=folder.name, split="all",
+                   source=str(folder))
+
+
+def _load_video_folder(folder: Path, size: int | None) -> Dataset:
+    """A folder of folders, each one video: its frames are its images in name order
+    (frame_000.png, frame_001.png, ...).  Every video has the same number of frames of
+    one size and channel count."""
+    videos, first = [], None
+    for sub in formats.sub_folders(folder):
+        paths = formats.image_files(sub)
+        if not paths:
+            raise VaeError(f"{sub}: no PNG/JPEG frames (each folder of {folder} is one video)")
+        frames = _folder_images(sub, paths, size)
+        if first is not None and frames.shape != videos[0].shape:
+            raise VaeError(f"{sub}: {len(frames)} frames of {frames.shape[1:]} but {first.name} has "
+                           f"{len(videos[0])} of {videos[0].shape[1:]}; every video of a folder needs the same "
+                           "number of frames, of one size and channel count")
+        first = first or sub
+        videos.append(frames)
+    return Dataset(images=np.stack(videos), labels=None, name=folder.name, split="all", source=str(folder))
+
+
+def _folder_images(folder: Path, paths, size: int | None) -> np.ndarray:
+    """The images of ``paths`` (in ``folder``) as one uint8 (N, C, H, W) array."""
     images = []
     for path in paths:
         img = formats.read_image(path)
@@ -283,4 +361,4 @@ def _load_image_folder(folder: Path, size: int | None) -> Dataset:
                            f"{images[0].shape[2]}x{images[0].shape[1]}; the images of a folder must share "
                            f"one size (vae train --image-size N resizes them)")
         images.append(img)
-    return Dataset(images=np.stack(images), labels=None, name=folder.name, split="all", source=str(folder))
+    return np.stack(images)

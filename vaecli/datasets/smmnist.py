@@ -30,6 +30,7 @@ DIGITS = 2  # digits per sequence, as in SVG's SM-MNIST
 FRAMES = 20  # frames per sequence
 MAX_SPEED = 4  # |velocity| per axis in pixels a frame; a bounce draws 1..4 away from the border
 SPLIT_CODES = {"train": 0, "test": 1}  # the split's word in each sequence's seed
+RECIPE = 1  # the version of this recipe, in cache file names: a change of recipe is a new number
 
 
 def scaled_digits(digits: np.ndarray, digit_size: int = DIGIT_SIZE) -> np.ndarray:

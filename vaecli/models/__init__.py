@@ -161,12 +161,22 @@ def _literal(value):
         return value
 
 
+def check_shape(name: str, image_shape):
+    """Image models take (C, H, W); video data (T, C, H, W) needs a sequence model, and
+    vaecli has none yet: one line saying so."""
+    if len(tuple(image_shape)) == 4:
+        raise VaeError(f"--model {name}: the data are videos (frames, channels, height, width = "
+                       f"{tuple(int(v) for v in image_shape)}), and vaecli's models are image models: training "
+                       "and evaluating sequence models is not supported yet")
+
+
 def build(name: str, options: dict, image_shape, likelihood):
     """The model ``name`` with ``options`` (complete, from :func:`parse_options`) for images
     of ``image_shape`` (C, H, W) and the decoder ``likelihood``.  A user's model is built
     by its factory, ``function(image_shape, likelihood, **options)``, imported by name
     (nothing stored in a run file is ever executed: only this module import)."""
     spec = info(name)
+    check_shape(name, image_shape)
     factory = _factory(spec.factory)
     if spec.options is not None:
         return factory(tuple(image_shape), likelihood, spec.options(**options))
