@@ -13,7 +13,10 @@
 # Environment: BUDGET (30m), OUT (study-models), CORE (the CPU core this queue runs on: 0),
 # RUNS (model:likelihood:seed words, in order; default below), FID (0: prior samples for
 # FID; 10000 is the issue's number, about 30 min a run on one core).
+# CODE=DIR runs vaecli from DIR (a git worktree at a fixed commit), so that work on the
+# checkout does not change the code of runs in progress.
 set -euo pipefail
+if [[ -n "${CODE:-}" ]]; then export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"; fi
 out="${OUT:-study-models}"
 budget="${BUDGET:-30m}"
 core="${CORE:-0}"
@@ -32,9 +35,9 @@ evaluate() {  # the run's results as JSON beside it: its test split, then mnist5
   echo "== $(date -u +%FT%TZ) evaluating $file"
   local metrics=(--metric elbo --metric bpd --metric kl --metric mse --metric active-units) fid=()
   [[ "${FID:-0}" -gt 0 ]] && fid=(--metric fid --fid-samples "$FID")
-  taskset -c "$core" vae eval "$file" "${metrics[@]}" --metric nll --iw-samples 10 "${fid[@]}" --device cpu \
+  taskset -c "$core" python3 -m vaecli eval "$file" "${metrics[@]}" --metric nll --iw-samples 10 "${fid[@]}" --device cpu \
     --json > "$file.test.tmp"
-  taskset -c "$core" vae eval "$file" "${metrics[@]}" --data "$mnist5k" --device cpu --no-store --json \
+  taskset -c "$core" python3 -m vaecli eval "$file" "${metrics[@]}" --data "$mnist5k" --device cpu --no-store --json \
     > "$file.mnist5k.tmp"
   python3 "$(dirname "$0")/model_study_result.py" "$file" "$file.test.tmp" "$file.mnist5k.tmp" > "$json.tmp"
   mv "$json.tmp" "$json"
@@ -57,7 +60,7 @@ train)
       resume=()
       [[ -f "$file" ]] && resume=(--resume)
       echo "== $(date -u +%FT%TZ) training $file on core $core"
-      taskset -c "$core" vae train --dataset fashion-mnist --model "$model" --likelihood "$likelihood" \
+      taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" --likelihood "$likelihood" \
         --seed "$seed" --epochs 1000 --time-budget "$budget" --out "$file" --device cpu --quiet "${resume[@]}"
     fi
     evaluate "$file"
