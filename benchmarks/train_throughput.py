@@ -57,7 +57,7 @@ def baseline_epoch_seconds(images, test, batch, device, epochs, workers, model_c
     test_x = torch.from_numpy(test).float()
 
     def loss_of(x, mse=None):
-        raw, groups = model(x, torch.randn(x.shape[0], model.latent_size, device=x.device))
+        raw, groups = model(x, torch.randn(x.shape[0], model.latent_size, device=x.device))[:2]
         y, m = x / 255.0, torch.sigmoid(raw)
         sq = (y - m) ** 2
         log_sigma = 0.5 * torch.log(sq.mean() if mse is None else mse)

@@ -276,3 +276,26 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path, data_file):
     run = runfile.read(out)
     assert run.attrs["status"] == "complete" and 0 < int(run.attrs["epochs_done"]) < 100000
     assert float(np.sum(run.history["seconds"])) >= 3.0
+
+
+def test_two_ranks_follow_one_process_for_the_video_model(tmp_path):
+    """SVG-LP under torchrun: the sigma-VAE's sigma from the global MSE over every
+    predicted frame of the global batch; the same trajectory as one process."""
+    from vaecli.datasets import smmnist
+
+    digits = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    data = tmp_path / "videos.npz"
+    np.savez(data, images=smmnist.generate(digits, 40, frames=5, size=16, digit_size=8, n_digits=1))
+    svg = ("--model", "svg", *[a for k, v in dict(width=4, g_dim=8, rnn_size=8, z_dim=2, n_past=2, n_future=3,
+                                                 predictor_layers=1).items() for a in ("--model-option", f"{k}={v}")])
+    single, double = tmp_path / "one.h5", tmp_path / "two.h5"
+    subprocess.run([sys.executable, "-m", "vaecli", *_args(data, single, "sigma", epochs=2, model=svg)],
+                   env=_env(), check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data, double, "sigma", epochs=2, model=svg),
+                           "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = runfile.read(single), runfile.read(double)
+    for k in a.model:
+        np.testing.assert_allclose(b.model[k], a.model[k], rtol=0, atol=WEIGHT_ATOL, err_msg=k)
+    np.testing.assert_allclose(b.history["test_elbo"], a.history["test_elbo"], rtol=ELBO_RTOL)
+    assert b.calibration["eval_sigma"] == pytest.approx(a.calibration["eval_sigma"], rel=1e-6)

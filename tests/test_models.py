@@ -47,7 +47,7 @@ def test_vae_models_lists_each_model_with_its_defaults():
 @pytest.mark.parametrize("args, message", [
     (["--model-option", "depth=2"], "Error: model conv has no option(s) depth; its options are: latent_dim, width"),
     (["--model-option", "width"], "Error: Invalid value for --model-option: 'width' is not KEY=VALUE"),
-    (["--model", "resnet"], "Error: Invalid value for '--model': 'resnet' is neither one of conv, mlp, hvae nor "
+    (["--model", "resnet"], "Error: Invalid value for '--model': 'resnet' is neither one of conv, mlp, hvae, svg nor "
                             "package.module:function"),
     (["--model", "no_such_module_here:build"], "Error: --model no_such_module_here:build: cannot import "
                                                "no_such_module_here (ModuleNotFoundError"),

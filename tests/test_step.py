@@ -467,7 +467,7 @@ def test_grad_clip_takes_the_step_of_the_clipped_gradient():
     model, opt, step = _stepper(grad_clip=0.5)
     step(x, x, eps, x.shape[0], EpochSums("cpu"), NonFiniteGuard(5, "cpu"))
     ref, ref_opt, ref_step = _stepper()
-    raw, log_px, kl, _ = ref_step._forward(x, eps)
+    raw, _, log_px, kl, _ = ref_step._forward(x, eps)
     (-(log_px - kl).sum() / x.shape[0]).backward()
     norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), float("inf"))
     assert norm > 0.5  # the clip binds
@@ -493,13 +493,13 @@ def test_free_bits_floor_each_groups_kl_in_the_objective_only():
     x, eps = _batch()
     _, _, plain = _stepper()
     _, _, floored = _stepper(free_bits=1e6)
-    _, log_px, kl, objective = floored._forward(x, eps)
+    _, _, log_px, kl, objective = floored._forward(x, eps)
     torch.testing.assert_close(objective, torch.full_like(kl, 1e6))  # one group, under the floor
     sums = EpochSums("cpu")
     floored(x, x, eps, x.shape[0], sums, NonFiniteGuard(5, "cpu"))
     assert float(sums.kl) == pytest.approx(float(kl.sum()), rel=1e-5)  # the true KL is what is logged
     assert float(sums.loss) == pytest.approx(-float((log_px - 1e6).sum()), rel=1e-5)  # loss = -objective
-    _, _, kl_plain, objective_plain = plain._forward(x, eps)
+    _, _, _, kl_plain, objective_plain = plain._forward(x, eps)
     assert objective_plain is kl_plain  # off: the objective is the KL itself
 
 

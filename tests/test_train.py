@@ -245,7 +245,7 @@ def test_model_sizes_itself(shape, likelihood):
     config = _config(likelihood=likelihood, model_options=dict(latent_dim=20, width=8), mixtures=2)
     model = build_model(config, shape, torch.device("cpu"))
     x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
-    raw, (group,) = model(x, torch.randn(2, model.latent_size))
+    raw, (group,) = model(x, torch.randn(2, model.latent_size))[:2]
     assert group.mean.shape == group.logvar.shape == group.z.shape == (2, 20)
     assert raw.shape == (2, model.likelihood.out_channels(shape[0]), *shape[1:])
     assert torch.isfinite(model.likelihood.log_prob(x, raw)).all()

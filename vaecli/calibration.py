@@ -25,7 +25,7 @@ from .backends import torch_backend
 from .constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
                          PMF_SIGMA_XTOL)
 from .errors import VaeError
-from .models.protocol import draw_noise
+from .models.protocol import draw_noise, target_of
 from .units import bits_per_dim
 
 _BATCH = 500
@@ -101,18 +101,19 @@ def pmf_sigma(model, images: torch.Tensor, *, seed: int, n_bits: int, log_sigma_
     keep = np.sort(np.random.default_rng(seed).permutation(n)[: min(n, n_images)])
     x_all = images[torch.from_numpy(keep).to(images.device)]
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    raws = []
+    raws, targets = [], []  # the images scored (a sequence model's predicted frames) and their raw outputs
     for start in range(0, x_all.shape[0], _BATCH):
         x = x_all[start : start + _BATCH]
-        raws.append(model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen)).raw.double())
+        out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
+        raws.append(out.raw.double())
+        targets.append(target_of(x, out))
     model.train(was_training)
-    dims = int(np.prod(x_all.shape[1:]))
-    total = x_all.shape[0] * dims
+    total = sum(t.numel() for t in targets)
 
     def nats_per_dim(log_sigma):
-        s = sum(float(torch_backend.log_pmf("sigma", x_all[i * _BATCH : (i + 1) * _BATCH], raw, n_bits=n_bits,
-                                            sigma=math.exp(log_sigma), log_sigma_min=log_sigma_min).sum())
-                for i, raw in enumerate(raws))
+        s = sum(float(torch_backend.log_pmf("sigma", target, raw, n_bits=n_bits, sigma=math.exp(log_sigma),
+                                            log_sigma_min=log_sigma_min).sum())
+                for target, raw in zip(targets, raws))
         return -s / total
 
     lo = log_sigma_min if log_sigma_min is not None else math.log(1e-4)

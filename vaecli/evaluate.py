@@ -13,7 +13,8 @@ import torch
 
 from . import registry
 from .constants import ACTIVE_UNIT_THRESHOLD
-from .models.protocol import (draw_noise, group_names, group_sizes, kl_per_group, log_weight, posterior_means,
+from .models.protocol import (draw_noise, group_names, group_sizes, kl_per_group, log_likelihood, log_weight,
+                              posterior_means, target_of, target_shape,
                               repeat_features)
 from .calibration import needs_calibration
 from .units import bits_per_dim, equivalent_beta
@@ -101,7 +102,9 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
         if progress:
             progress(x.shape[0])
     rows = gather_rows(rows, world)
-    results = _summaries(lik, rows, metrics, binarized, images.shape, elbo_samples, iw_samples)
+    # bits/dim over the dimensions scored: an image's, or a sequence model's predicted frames'
+    scored = (images.shape[0], *target_shape(model))
+    results = _summaries(lik, rows, metrics, binarized, scored, elbo_samples, iw_samples)
     _per_group(model, rows, results)
     return _with_sigmas(lik, results)
 
@@ -142,13 +145,15 @@ def _elbo_rows(model, x, features, want, samples, gen) -> dict:
         kl_groups = kl_groups + torch.stack(parts, 1).double()  # (B, G)
         log_px = None
         if "elbo" in want:
-            log_px = lik.log_prob(x, out.raw).double()
+            log_px = log_likelihood(lik, x, out).double()
             rec = rec + log_px
         if "bpd" in want:
-            rec_pmf = rec_pmf + (log_px if same_pmf and log_px is not None else lik.log_pmf(x, out.raw).double())
-        if "mse" in want:
-            y = x.double() / (2**lik.n_bits - 1)
-            sq = sq + ((lik.mean(out.raw).double() - y) ** 2).mean(dim=(1, 2, 3))
+            rec_pmf = rec_pmf + (log_px if same_pmf and log_px is not None
+                                 else log_likelihood(lik, x, out, pmf=True).double())
+        if "mse" in want:  # over the pixels scored: the image, or a sequence model's predicted frames
+            y = target_of(x, out).double() / (2**lik.n_bits - 1)
+            per_frame = ((lik.mean(out.raw).double() - y) ** 2).mean(dim=(1, 2, 3))
+            sq = sq + per_frame.view(x.shape[0], -1).mean(1)
     kl = kl / samples
     return {"kl": kl, "kl_groups": kl_groups / samples, "elbo": rec / samples - kl,
             "elbo_pmf": rec_pmf / samples - kl, "mse": sq / samples}
@@ -170,9 +175,10 @@ def _importance_rows(model, x, features, iw_samples, gen) -> dict:
         out = model.posterior(repeat_features(features, c), eps)
         xs = x.expand(c, *x.shape).reshape(c * b, *x.shape[1:])
         prior_minus_q = log_weight(out.groups).double().view(c, b)
-        log_w.append(lik.log_prob(xs, out.raw).double().view(c, b) + prior_minus_q)
+        log_w.append(log_likelihood(lik, xs, out).double().view(c, b) + prior_minus_q)
         # a discrete decoder's log_prob is its PMF: one evaluation serves both bounds
-        log_w_pmf.append(log_w[-1] if same_pmf else lik.log_pmf(xs, out.raw).double().view(c, b) + prior_minus_q)
+        log_w_pmf.append(log_w[-1] if same_pmf else
+                         log_likelihood(lik, xs, out, pmf=True).double().view(c, b) + prior_minus_q)
     k = float(iw_samples)
     return {"iw": torch.logsumexp(torch.cat(log_w), 0) - math.log(k),
             "iw_pmf": torch.logsumexp(torch.cat(log_w_pmf), 0) - math.log(k)}

@@ -1,4 +1,5 @@
-"""PNG pictures: image grids written with zlib alone (no imaging library needed)."""
+"""PNG pictures: image grids written with zlib alone (no imaging library needed); videos as
+PNG strips and animated GIFs (Pillow)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,39 @@ def row_pairs(upper: np.ndarray, lower: np.ndarray, per_row: int, rows: int) -> 
                            for r in range(rows)])
 
 
+def video_strips(videos: np.ndarray) -> np.ndarray:
+    """uint8 videos (N, T, C, H, W) -> one picture with a row of frames per video."""
+    n, t = videos.shape[:2]
+    return grid(videos.reshape(n * t, *videos.shape[2:]), rows=n)
+
+
+def gif_bytes(videos: np.ndarray, scale: int = 2, frame_ms: int = 200) -> bytes:
+    """uint8 videos (N, T, C, H, W) as an animated GIF (looping): frame t shows frame t of
+    every video, tiled as a grid."""
+    import io
+
+    from PIL import Image
+
+    frames = []
+    for t in range(videos.shape[1]):
+        picture = upscale(grid(videos[:, t]), scale)
+        frames.append(Image.fromarray(picture[:, :, 0] if picture.shape[2] == 1 else picture))
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return buffer.getvalue()
+
+
 def write_samples(path, fmt: str, levels: np.ndarray, attrs: dict, scale: int = 2):
-    """uint8 images (N, C, H, W) as a PNG grid, an .npz or an HDF5 file, written atomically at ``path``."""
+    """uint8 images (N, C, H, W) as a PNG grid, an .npz or an HDF5 file, written atomically at ``path``;
+    videos (N, T, C, H, W) also as an animated GIF, and as PNG strips (a row of frames each)."""
     from . import runfile
 
-    if fmt == "png":
-        write_png(path, upscale(grid(levels), scale))
+    if fmt == "gif":
+        if levels.ndim != 5:
+            raise VaeError("a GIF is for videos: these are images (use png)")
+        runfile.atomic_write_bytes(path, gif_bytes(levels, scale))
+    elif fmt == "png":
+        write_png(path, upscale(video_strips(levels) if levels.ndim == 5 else grid(levels), scale))
     elif fmt == "npz":
         import io
 
@@ -80,4 +108,4 @@ def write_samples(path, fmt: str, levels: np.ndarray, attrs: dict, scale: int = 
             for k, v in attrs.items():
                 d.attrs[k] = v
     else:
-        raise VaeError(f"unknown sample format {fmt!r}; use png, npz or h5")
+        raise VaeError(f"unknown sample format {fmt!r}; use png, gif, npz or h5")

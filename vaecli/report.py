@@ -79,13 +79,13 @@ def eval_lines(run_path, run, results: dict, metrics, n_images: int) -> list:
     reduced = "" if levels == 256 else f", {'binarized' if run.config.binarize else f'{levels} levels'}: " \
                                        "bits/dim of that data, not of the 8-bit images"
     lines = [f"{run_path}: {run.config.likelihood} on {first['data']} ({n_images} images{reduced})"]
-    if "fid" in results:
+    if results.get("fid", {}).get("applicable", True) and "fid" in results:
         r = results["fid"]
         verified = "" if r["inception_verified"] else ", UNVERIFIED weights (override)"
         lines.append(f"  {'fid':13s} {r['value']:.4f} ({r['n_generated']} generated vs {r['n_reference']} "
                      f"{r['reference']}{verified})")
     for metric, r in results.items():
-        if metric == "fid":
+        if metric == "fid" and r.get("applicable", True):
             continue
         if not r["applicable"]:
             lines.append(f"  {metric:13s} not applicable: {r['reason']}")
@@ -99,6 +99,10 @@ def eval_lines(run_path, run, results: dict, metrics, n_images: int) -> list:
         if metric == "elbo" and "decoder_sigma" in r:
             extra = f"  (sigma {r['decoder_sigma']:.4f}, equivalent beta {r['equivalent_beta']:.4g})"
         value = f"{r['value']:.0f}" if metric == "active-units" else f"{r['value']:.4f} ± {r['stderr']:.4f}"
+        if "best_per_step" in r:  # a video model's ssim or psnr
+            value = f"{r['value']:.4f}"
+            extra = ("\n" + f"  {'':13s} best per step: " + " ".join(f"{v:.3f}" for v in r["best_per_step"])
+                     + "\n" + f"  {'':13s} mean per step: " + " ".join(f"{v:.3f}" for v in r["mean_per_step"]))
         lines.append(f"  {metric:13s} {value} {r['unit']}{extra}")
         if "per_group" in r and len(json.loads(r["per_group"])) > 1:
             groups = json.loads(r["per_group"])

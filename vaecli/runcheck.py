@@ -27,6 +27,7 @@ MAX_DEFLATE_RATIO = 1032
 SMALL_DATASET_BYTES = 2**16  # below this a dataset's storage is not compared
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_CHANNELS = 4
+MAX_FRAMES = 10000  # frames of a video (T)
 STATUSES = ("training", "interrupted", "complete")
 # the columns training writes (vaecli/training/state.py's HISTORY_COLUMNS; a test keeps
 # the two equal): every reader of a history may use any of them
@@ -137,10 +138,11 @@ def _root(attrs, config):
     if "likelihood" in attrs and attrs["likelihood"] != config.likelihood:
         raise _Invalid(f"the root likelihood {attrs['likelihood']!r} is not the config's {config.likelihood!r}")
     shape = attrs.get("image_shape")
-    if (not isinstance(shape, list) or len(shape) != 3 or not all(is_int(v) and v >= 1 for v in shape)
-            or shape[0] > MAX_IMAGE_CHANNELS or max(shape[1:]) > MAX_IMAGE_SIDE):
+    if (not isinstance(shape, list) or len(shape) not in (3, 4) or not all(is_int(v) and v >= 1 for v in shape)
+            or shape[-3] > MAX_IMAGE_CHANNELS or max(shape[-2:]) > MAX_IMAGE_SIDE
+            or (len(shape) == 4 and shape[0] > MAX_FRAMES)):
         raise _Invalid(f"image_shape is {shape!r}; expected (C, H, W) with C <= {MAX_IMAGE_CHANNELS} and "
-                       f"sides <= {MAX_IMAGE_SIDE}")
+                       f"sides <= {MAX_IMAGE_SIDE}, or videos' (T, C, H, W) with T <= {MAX_FRAMES}")
     for key in ("num_train", "num_test", "steps_per_epoch"):
         if key in attrs or key != "steps_per_epoch":
             _need(attrs, key, "int", where, lambda v: v >= 0, "expected an integer >= 0")
@@ -166,8 +168,8 @@ def _config(config, attrs):
     if not 0 <= config.seed < INT64_LIMIT:
         raise _Invalid(f"config seed is {config.seed}; expected 0 .. 2**63 - 1")
     shape = attrs["image_shape"]
-    if config.image_size is not None and shape[1:] != [config.image_size] * 2:
-        raise _Invalid(f"config image_size is {config.image_size}, but the images are {shape[1]}x{shape[2]}")
+    if config.image_size is not None and shape[-2:] != [config.image_size] * 2:
+        raise _Invalid(f"config image_size is {config.image_size}, but the images are {shape[-2]}x{shape[-1]}")
 
 
 def _arrays(where, arrays, floating=False, dtype=None):
@@ -282,10 +284,11 @@ def _evaluations(evaluations):
 
 
 def _samples(samples, image_shape):
-    c, h, w = image_shape
+    ndim = len(image_shape) + 1  # (N, C, H, W), or videos' (N, T, C, H, W)
     for name, (value, _) in samples.items():
-        if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != 4:
-            raise _Invalid(f"samples/{name} is not a uint8 (N, C, H, W) array")
+        if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != ndim:
+            raise _Invalid(f"samples/{name} is not a uint8 {'(N, T, C, H, W)' if ndim == 5 else '(N, C, H, W)'} "
+                           "array")
 
 
 # ------------------------------------------------------------ against a built model

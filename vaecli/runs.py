@@ -181,11 +181,30 @@ def prior_pictures(model, n: int, generator: torch.Generator, *, temperature=1.0
     return np.concatenate(chunks)
 
 
+@torch.no_grad()
+def predicted_videos(model, videos: torch.Tensor, generator: torch.Generator, *, temperature=1.0) -> np.ndarray:
+    """uint8 videos (N, n_past + n_future, C, H, W) of a sequence model: the context
+    frames of ``videos`` (levels), then the decoder means of the frames it predicts."""
+    context = videos[:, : model.n_past]
+    steps = model.n_future
+    eps = torch.randn(videos.shape[0], model.n_past - 1 + steps, model.z_dim, generator=generator,
+                      device=videos.device)
+    raw = model.predict(context, eps, steps, temperature)
+    b, f = raw.shape[:2]
+    means = mean_to_uint8(model.likelihood.mean(raw.reshape(b * f, *raw.shape[2:]).float()))
+    future = means.reshape(b, f, *means.shape[1:])
+    past = levels_to_uint8(context.cpu().numpy(), model.likelihood.n_bits)
+    return np.concatenate([past, future], axis=1)
+
+
 # ---------------------------------------------------------------------- evaluation
+
+PREDICTION_METRICS = ("ssim", "psnr")  # a video model's: scores of sampled futures (vaecli.prediction)
+
 
 def evaluate_run(run: runfile.Run, metrics, *, split="test", data_path=None, model=None, device="auto",
                  batch_size=256, elbo_samples=1, iw_samples=100, seed=0, fid_samples=10_000, fid_ref="test",
-                 inception=None, allow_unknown_weights=False, progress=None, rank=0, world=1):
+                 inception=None, allow_unknown_weights=False, progress=None, rank=0, world=1, future_samples=100):
     """Evaluate ``metrics`` of a run on a split (or a data file): the results with their
     provenance (the data, its checksum, its levels, and the seed, batch size and samples
     the Monte Carlo numbers depend on), and the key they are stored under.  ``progress``
@@ -196,13 +215,29 @@ def evaluate_run(run: runfile.Run, metrics, *, split="test", data_path=None, mod
     data = run_split(run, split, data_path)
     images = torch.from_numpy(prepare_images(data.images, run.config))
     results = {}
-    likelihood_metrics = [m for m in metrics if m != "fid"]
+    video = hasattr(model, "predict")
+    likelihood_metrics = [m for m in metrics if m not in ("fid", *PREDICTION_METRICS)]
     if likelihood_metrics:
         with _bar(progress, "evaluating", images.shape[0]) as update:
             results = evaluate(model, images, likelihood_metrics, batch_size=batch_size, elbo_samples=elbo_samples,
                                iw_samples=iw_samples, seed=seed, binarized=run.config.binarize,
                                progress=update, rank=rank, world=world)
-    if "fid" in metrics:
+    wanted = [m for m in metrics if m in PREDICTION_METRICS]
+    if wanted and not video:
+        results.update({m: {"applicable": False, "n": int(images.shape[0]),
+                            "reason": "SSIM and PSNR score predicted video frames; this is an image model"}
+                        for m in wanted})
+    elif wanted:
+        from .prediction import prediction_metrics
+
+        with _bar(progress, "predicting", images.shape[0]) as update:
+            results.update(prediction_metrics(model, images.to(next(model.parameters()).device), wanted,
+                                              samples=future_samples, seed=seed, batch_size=batch_size,
+                                              progress=update))
+    if "fid" in metrics and video:
+        results["fid"] = {"applicable": False, "n": int(images.shape[0]),
+                          "reason": "FID scores images; a video model reports ssim and psnr of its predictions"}
+    elif "fid" in metrics:
         from . import fid
 
         extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
@@ -273,5 +308,12 @@ def reconstructions(run: runfile.Run, n: int, split="test", device="auto"):
     x = torch.from_numpy(prepare_images(data.images[:n], run.config))
     features = model.encode(x.to(next(model.parameters()).device))
     eps = torch.zeros(n, model.latent_size, device=next(model.parameters()).device)
-    recon = mean_to_uint8(model.likelihood.mean(model.posterior(features, eps).raw))
+    out = model.posterior(features, eps)
+    recon = mean_to_uint8(model.likelihood.mean(out.raw))
+    from .models.protocol import target_shape
+
+    if out.target is not None:  # a sequence model: the frames it predicts, one row of frames a video
+        frames = target_shape(model)
+        shown = levels_to_uint8(out.target.cpu().numpy(), run.config.n_bits)
+        return shown.reshape(n * frames[0], *frames[1:]), recon
     return levels_to_uint8(x.numpy(), run.config.n_bits), recon

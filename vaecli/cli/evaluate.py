@@ -21,6 +21,9 @@ from .launcher import launch_data_parallel
               help="Posterior samples S averaged in elbo, bpd, kl and mse.")
 @click.option("--fid-samples", type=click.IntRange(2), default=10_000, show_default=True,
               help="Prior samples generated for fid.")
+@click.option("--future-samples", type=click.IntRange(1), default=100, show_default=True,
+              help="Video models: futures sampled per test video for ssim and psnr (the best and the mean "
+                   "are reported per time step).")
 @click.option("--fid-ref", type=click.Choice(["test", "train"]), default="test", show_default=True,
               help="Dataset split whose statistics fid compares against.")
 @inception_options
@@ -33,7 +36,7 @@ from .launcher import launch_data_parallel
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(run_path, metrics, device, no_store, nproc, as_json, **options):
     """Evaluate a run: ELBO (nats), bits/dim, importance-weighted NLL, KL, MSE,
-    active units, FID.  Metrics a likelihood does not define are reported as not
+    active units, FID; for video models SSIM and PSNR of predicted futures.  Metrics a likelihood does not define are reported as not
     applicable, with the reason."""
     from .. import report, runfile
     from ..runs import evaluate_run

@@ -9,6 +9,25 @@ from .common import CONTEXT, RUN_FILE, RUNS, SEED, FiniteFloat, check_out, expan
 SAMPLE_BATCH = 1000  # prior samples decoded at a time by `vae sample`
 
 
+def _predicted(run, model, num, gen, temperature, mode):
+    """A sequence model's samples: the context of the first ``num`` test videos, then
+    the futures it predicts (decoder means)."""
+    import torch
+
+    from ..runs import predicted_videos, run_split
+
+    if isinstance(temperature, tuple):
+        raise click.BadParameter("a video model takes one temperature (its learned prior's)",
+                                 param_hint="--temperature")
+    if mode != "mean":
+        raise click.BadParameter("video models picture the decoder mean (--mode mean)", param_hint="--mode")
+    videos = run_split(run, "test").images
+    if num > len(videos):
+        raise click.BadParameter(f"-n {num}: the test split has {len(videos)} videos to continue", param_hint="-n")
+    device = next(model.parameters()).device
+    return predicted_videos(model, torch.from_numpy(videos[:num]).to(device), gen, temperature=temperature)
+
+
 class Temperatures(click.ParamType):
     """One temperature, or one per latent group: 0.8 or 1,1,0.8,0.6 (finite, >= 0)."""
 
@@ -43,8 +62,9 @@ def _per_group(model, temperature):
 @click.argument("run_path", metavar="RUN", type=RUN_FILE)
 @click.option("-n", "num", type=click.IntRange(1), default=64, show_default=True)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="samples.png", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["png", "npz", "h5", "run"]), default=None,
-              help="png grid, npz/h5 arrays, or 'run' (store in the run file) [default: from -o].")
+@click.option("--format", "fmt", type=click.Choice(["png", "gif", "npz", "h5", "run"]), default=None,
+              help="png grid (videos: a row of frames each), gif (videos), npz/h5 arrays, or 'run' (store in "
+                   "the run file) [default: from -o].")
 @click.option("--temperature", type=Temperatures(), default="1", show_default=True,
               help="Scale of the prior: z ~ N(0, T^2 I); or one per latent group, top first, as "
                    "T1,T2,... (vae info lists a model's groups).")
@@ -63,18 +83,25 @@ def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, sca
 
     run = runfile.read(run_path)
     fmt = fmt or (out.rsplit(".", 1)[-1].lower() if "." in out else "png")
-    if fmt not in ("png", "npz", "h5", "run"):
-        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|npz|h5|run")
+    if fmt not in ("png", "gif", "npz", "h5", "run"):
+        raise click.BadParameter(f"unknown format {fmt!r} (from -o {out}); use --format png|gif|npz|h5|run")
     if fmt != "run":
         check_out(out, [run_path])
     runfile.check_writable(run_path if fmt == "run" else out)  # before the work, not after
     model = load_model(run, device)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    temperature = _per_group(model, temperature)
-    levels = prior_pictures(model, num, gen, temperature=temperature, mode=mode, batch=SAMPLE_BATCH)
+    if hasattr(model, "predict"):  # a sequence model: futures of the test split's first videos
+        levels = _predicted(run, model, num, gen, temperature, mode)
+        name_kind = "predicted"
+    else:
+        if fmt == "gif":
+            raise click.BadParameter("gif is for video models; use png", param_hint="--format")
+        temperature = _per_group(model, temperature)
+        levels = prior_pictures(model, num, gen, temperature=temperature, mode=mode, batch=SAMPLE_BATCH)
+        name_kind = "prior"
     if fmt == "run":
         text = "-".join(f"{t:g}" for t in temperature) if isinstance(temperature, list) else f"{temperature:g}"
-        name = f"prior_{mode}_t{text}_s{seed}"
+        name = f"{name_kind}_{mode}_t{text}_s{seed}"
         runfile.store_samples(run_path, name, levels, {"temperature": temperature, "mode": mode, "seed": seed})
         out = f"{run_path} (samples/{name})"
     else:
@@ -100,6 +127,8 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
     check_out(out, [run_path])
     runfile.check_writable(out)
     shown, recon = reconstructions(run, num * rows, split, device)
+    if len(shown) > num * rows:  # videos: each pair of rows is one video's frames, true above reconstructed
+        num, rows = len(shown) // (num * rows), num * rows
     tiles = pictures.row_pairs(shown, recon, num, rows)
     pictures.write_png(out, pictures.upscale(pictures.grid(tiles, rows=2 * rows), scale))
     click.echo(f"wrote {out}")

@@ -55,12 +55,32 @@ class HvaeOptions:
 
 
 @dataclass(frozen=True)
+class SvgOptions:
+    n_past: int = 5  # context frames
+    n_future: int = 10  # frames predicted after them in training
+    z_dim: int = 10  # latents per frame
+    g_dim: int = 128  # size of a frame's encoding
+    width: int = 64  # channels of the encoder's first layer (doubling to 8x at 4x4)
+    rnn_size: int = 256  # units of each LSTM
+    predictor_layers: int = 2  # LSTM layers of the frame predictor
+    posterior_layers: int = 1
+    prior_layers: int = 1
+    last_frame_skip: bool = False  # skips from the previous frame always, not the last context frame
+
+    def __post_init__(self):
+        for name in ("n_past", "n_future", "z_dim", "g_dim", "width", "rnn_size", "predictor_layers",
+                     "posterior_layers", "prior_layers"):
+            _at_least(name, getattr(self, name), 1)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     summary: str
     options: type  # a frozen dataclass of the model's options, with defaults
     factory: str  # "module:function" taking (image_shape, likelihood, options)
     training: dict = dataclasses.field(default_factory=dict)  # defaults of the stability measures for it
+    video: bool = False  # a sequence model: data are videos (N, T, C, H, W)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -74,6 +94,8 @@ MODELS: dict[str, ModelInfo] = {
         # steps (nats per image): clip at twice the first, skip only steps 20x beyond it
         ModelInfo("hvae", "a top-down hierarchical VAE (VDVAE/NVAE family): latent groups at several resolutions",
                   HvaeOptions, "vaecli.models.hvae:build", training={"grad_clip": 1e4, "grad_skip": 1e5, "ema": 0.999}),
+        ModelInfo("svg", "SVG-LP (Denton and Fergus 2018): video prediction with a learned prior, for videos",
+                  SvgOptions, "vaecli.models.svg:build", video=True),
     )
 }
 DEFAULT_MODEL = "conv"
@@ -162,12 +184,18 @@ def _literal(value):
 
 
 def check_shape(name: str, image_shape):
-    """Image models take (C, H, W); video data (T, C, H, W) needs a sequence model, and
-    vaecli has none yet: one line saying so."""
-    if len(tuple(image_shape)) == 4:
+    """Image models take (C, H, W); video data (T, C, H, W) needs a sequence model: one
+    line saying so.  (A user's model takes what it takes.)"""
+    spec = info(name)
+    if spec.options is None:
+        return
+    if len(tuple(image_shape)) == 4 and not spec.video:
+        videos = ", ".join(n for n, m in MODELS.items() if m.video)
         raise VaeError(f"--model {name}: the data are videos (frames, channels, height, width = "
-                       f"{tuple(int(v) for v in image_shape)}), and vaecli's models are image models: training "
-                       "and evaluating sequence models is not supported yet")
+                       f"{tuple(int(v) for v in image_shape)}); {name} is an image model (for videos: {videos})")
+    if len(tuple(image_shape)) == 3 and spec.video:
+        raise VaeError(f"--model {name} is a video model: it needs videos (N, T, C, H, W), got images "
+                       f"{tuple(int(v) for v in image_shape)}")
 
 
 def build(name: str, options: dict, image_shape, likelihood):

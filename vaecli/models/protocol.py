@@ -50,10 +50,38 @@ class LatentGroup(NamedTuple):
 
 
 class Pass(NamedTuple):
-    """A model's pass: raw decoder outputs (B, out_channels, H, W) and its latent groups."""
+    """A model's pass: raw decoder outputs (B, out_channels, H, W) and its latent groups.
+
+    A sequence model's raw outputs are those of the frames it predicts, F per example,
+    as (B * F, out_channels, H, W), and ``target`` holds those frames' levels
+    (B * F, C, H, W): the images the likelihood scores.  None: the input images."""
 
     raw: torch.Tensor
     groups: tuple
+    target: torch.Tensor | None = None
+
+
+def target_of(x: torch.Tensor, out: Pass) -> torch.Tensor:
+    """The images ``out.raw`` is a likelihood of: ``out.target``, else ``x``."""
+    return x if out.target is None else out.target
+
+
+def per_example(values: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B * F,) per-frame values summed to (B,) per example (a no-op for images)."""
+    return values if values.shape[0] == batch else values.reshape(batch, -1).sum(1)
+
+
+def log_likelihood(likelihood, x: torch.Tensor, out: Pass, *, pmf: bool = False, raw=None) -> torch.Tensor:
+    """log p(x | z) per example (B,): the likelihood's log_prob (or its discretized PMF)
+    of the images the pass predicts, summed over a sequence's frames."""
+    fn = likelihood.log_pmf if pmf else likelihood.log_prob
+    return per_example(fn(target_of(x, out), out.raw if raw is None else raw), x.shape[0])
+
+
+def target_shape(model) -> tuple:
+    """The shape of what one example's raw outputs score: a sequence model's
+    ``target_shape`` (frames predicted, C, H, W), else its ``image_shape``."""
+    return tuple(getattr(model, "target_shape", model.image_shape))
 
 
 class OneGaussianLatent:

@@ -13,7 +13,7 @@ import torch
 from .. import runfile, runs
 from ..config import TrainConfig
 from ..errors import VaeError
-from ..models.protocol import draw_noise, kl_per_group, total_kl
+from ..models.protocol import draw_noise, kl_per_group, log_likelihood, target_shape, total_kl
 from ..report import epoch_line, progress_postfix
 from ..units import equivalent_beta
 from .. import calibration
@@ -24,6 +24,7 @@ from .step import NonFiniteGuard, TrainStep, make_optimizer
 
 READ_EVERY_S = 0.5  # seconds between host reads of device values (progress, non-finite guard)
 SAMPLE_GRID = 64  # prior samples stored in the run file at the end of training
+SAMPLE_VIDEOS = 8  # a sequence model's predicted test videos stored instead
 
 
 def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = True,
@@ -175,10 +176,17 @@ class _EpochLoop:
             if run.epochs_done == config.epochs or out_of_time:
                 gen = torch.Generator(device=self.train_images.device).manual_seed(config.seed + 4)
                 with run.evaluation_weights(self.model):
-                    pictures = runs.prior_pictures(self.model, SAMPLE_GRID, gen)
-                run.samples = {"prior": (pictures,
-                                         {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
-                                          "temperature": 1.0})}
+                    if hasattr(self.model, "predict"):  # a sequence model: futures of test contexts
+                        videos = runs.predicted_videos(self.model, self.test_images[:SAMPLE_VIDEOS], gen)
+                        run.samples = {"predicted": (videos, {
+                            "what": "the first test videos' context frames, then the likelihood mean of "
+                                    "frames predicted with z from the learned prior, quantized to uint8",
+                            "temperature": 1.0})}
+                    else:
+                        pictures = runs.prior_pictures(self.model, SAMPLE_GRID, gen)
+                        run.samples = {"prior": (pictures,
+                                                 {"what": "likelihood mean of z ~ N(0, I), quantized to uint8",
+                                                  "temperature": 1.0})}
             checkpoint("complete" if run.epochs_done == config.epochs or out_of_time else "training")
 
     def _spent(self, seconds: float) -> bool:
@@ -219,8 +227,9 @@ class _EpochLoop:
             if now - last_read >= READ_EVERY_S:  # the only host reads of device values
                 last_read = now
                 if self.progress:
+                    scored = x if raw.shape[0] == x.shape[0] else None  # (a sequence model's frames: no sigma shown)
                     self.bar.set_postfix_str(progress_postfix(run.epochs_done + 1, loss, kl, self.model.likelihood,
-                                                              x, raw), refresh=False)
+                                                              scored, raw), refresh=False)
                 self._stop_if_tripped()
             if world == 1:
                 if interrupted.flag:
@@ -260,7 +269,7 @@ class _EpochLoop:
         sums = run.sums
         finite = int(sums.images) > 0  # some step of the epoch was finite: its sums mean something
         n = max(int(sums.images), 1)
-        train_mse = float(sums.sse) / (n * int(np.prod(self.train_images.shape[1:])))
+        train_mse = float(sums.sse) / (n * int(np.prod(target_shape(self.model))))
         sigma = calibration.epoch_sigma(lik, train_mse, config.log_sigma_min)
         started = time.perf_counter()
         values = calibration.calibrate(self.model, self.train_images, train_mse=train_mse,
@@ -326,7 +335,7 @@ def _test_elbo(model, images, config, batch_size=512):
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
-        rec += float(lik.log_prob(x, out.raw).double().sum())
+        rec += float(log_likelihood(lik, x, out).double().sum())
         kl += float(total_kl(out.groups).double().sum())
         parts = torch.stack([part.double().sum() for part in kl_per_group(out.groups)])
         groups = parts if groups is None else groups + parts

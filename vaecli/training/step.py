@@ -39,7 +39,7 @@ import warnings
 import torch
 
 from ..errors import VaeError
-from ..models.protocol import kl_per_group, total_kl
+from ..models.protocol import kl_per_group, per_example, target_of, total_kl
 
 PRECISIONS = ("float32", "bf16")
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: cuDNN autotuning, Adam state
@@ -264,16 +264,17 @@ class TrainStep:
                             cache_enabled=not self.graph_wanted):
             out = self.stepper(x_in, eps)
         raw = out.raw.float()  # likelihood and KL in float32
-        log_px = lik.log_prob(x_in, raw)  # (B,) nats
+        target = target_of(x_in, out)  # the images scored: x, or a sequence model's predicted frames
+        log_px = per_example(lik.log_prob(target, raw), x_in.shape[0])  # (B,) nats
         kl = total_kl(out.groups)  # (B,) nats, the sum over the latent groups
         kl_objective = kl
         if self.free_bits:
             kl_objective = sum(torch.clamp(part, min=self.free_bits) for part in kl_per_group(out.groups))
-        return raw, log_px, kl, kl_objective
+        return raw, target, log_px, kl, kl_objective
 
     def _step(self, x, x_in, eps, n_global: int, sums: EpochSums, guard: NonFiniteGuard):
         lik = self.model.likelihood
-        raw, log_px, kl, kl_objective = self.forward(x_in, eps)
+        raw, target, log_px, kl, kl_objective = self.forward(x_in, eps)
         terms = torch.sub(log_px, kl_objective, alpha=self.beta)
         # mean over the global batch; DDP averages gradients over the ranks
         loss = terms.sum() * (-self.world / n_global)
@@ -293,7 +294,7 @@ class TrainStep:
         sse = None
         if lik.info.gaussian_family:
             with torch.no_grad():
-                diff = lik.mean(raw.detach()) - x_in / (self.levels - 1)
+                diff = lik.mean(raw.detach()) - target / (self.levels - 1)
                 sse = diff.square().sum(dtype=torch.float64)
         sums.add(ok, log_px, kl, terms, sse, x.shape[0])
         return loss, kl, raw
