@@ -113,9 +113,11 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
         assert r[metric]["value"] == pytest.approx(np.mean(r[metric]["best_per_step"]))
     assert -1 <= r["ssim"]["value"] <= 1 and r["psnr"]["value"] > 0
     assert not r["fid"]["applicable"] and "video model" in r["fid"]["reason"]
-    for command, name in ((["sample", out, "-n", "2"], "s.gif"), (["sample", out, "-n", "2"], "s.png"),
-                          (["reconstruct", out, "-n", "1", "--rows", "2"], "r.png")):
-        result = CliRunner().invoke(main, [*command, "-o", str(tmp_path / name), "--device", "cpu"])
+    for command, name in ((["sample", out, "-n", "2", "--device", "cpu"], "s.gif"),
+                          (["sample", out, "-n", "2", "--device", "cpu"], "s.png"),
+                          (["reconstruct", out, "-n", "1", "--rows", "2", "--device", "cpu"], "r.png"),
+                          (["plot", out, "--kind", "prediction"], "p.png"), (["plot", out, "--kind", "groups"], "g.png")):
+        result = CliRunner().invoke(main, [*command, "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
     assert (tmp_path / "s.gif").read_bytes()[:6] == b"GIF89a"
     from PIL import Image
@@ -151,10 +153,13 @@ def test_ctrl_c_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed.history["test_elbo"], full.history["test_elbo"])
 
 
-@pytest.mark.parametrize("likelihood", ["logistic-mixture", "bernoulli", "categorical", "sigma-learned"])
+@pytest.mark.parametrize("likelihood", ["logistic-mixture", "bernoulli", "categorical", "sigma-learned",
+                                        "gaussian-bf16"])
 def test_other_likelihoods_per_frame(tmp_path, likelihood):
     videos = _videos(16)
     data = (FakeData(videos[:12]), FakeData(videos[12:], split="test", checksum="1" * 64))
     kw = dict(binarize=True) if likelihood == "bernoulli" else {}
+    if likelihood == "gaussian-bf16":  # the network under bf16 autocast, the likelihood in float32
+        likelihood, kw = "gaussian", dict(precision="bf16")
     run = train(_config(likelihood=likelihood, mixtures=2, **kw), tmp_path / "r.h5", data=data, progress=False)
     assert math.isfinite(run.history["test_elbo"][-1]) and run.history["test_kl"][-1] >= 0

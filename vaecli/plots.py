@@ -100,6 +100,36 @@ def rd_labels(points):
             for label, g in groups.items()}
 
 
+def prediction_curves(runs, out):
+    """SSIM and PSNR per future time step of video models' stored evaluations (vae eval
+    --metric ssim --metric psnr): the best sampled future (solid) and the mean over
+    samples (dashed), one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = 0
+    for i, run in enumerate(runs):
+        stored = run.evaluations.get("test", {})
+        label = f"{run.config.likelihood} β={run.config.beta:g} s{run.config.seed} ({os.path.basename(run.path)})"
+        for ax, metric in zip(axes, ("ssim", "psnr")):
+            r = stored.get(metric)
+            if not r or not r.get("applicable", True) or "best_per_step" not in r:
+                continue
+            steps = range(int(r["context_frames"]) + 1, int(r["context_frames"]) + 1 + len(r["best_per_step"]))
+            ax.plot(steps, r["best_per_step"], color=f"C{i % 10}", label=label)
+            ax.plot(steps, r["mean_per_step"], color=f"C{i % 10}", linestyle="--")
+            drawn += 1
+    if not drawn:
+        raise VaeError("no run holds ssim or psnr results; run vae eval RUN --metric ssim --metric psnr first")
+    for ax, metric in zip(axes, ("SSIM", "PSNR (dB)")):
+        ax.set(xlabel="predicted frame (time step)", ylabel=f"{metric}: best of N (solid), mean (dashed)")
+    axes[0].legend(fontsize=7)
+    _save(fig, out)
+
+
 def _save(fig, out):
     """Write a figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt

@@ -137,9 +137,10 @@ def reconstruct_command(run_path, out, num, rows, split, device, scale):
 @click.command("plot", context_settings=CONTEXT)
 @click.argument("run_paths", metavar="RUN|DIR...", nargs=-1, required=True, type=RUNS)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="curves.png", show_default=True)
-@click.option("--kind", type=click.Choice(["curves", "rate-distortion", "groups"]), default="curves",
+@click.option("--kind", type=click.Choice(["curves", "rate-distortion", "groups", "prediction"]), default="curves",
               show_default=True, help="Training curves; KL (rate) against MSE (distortion), one point per run, "
-                                      "FID as colour; or the rate of each latent group per epoch (hvae).")
+                                      "FID as colour; the rate of each latent group per epoch (hvae, svg); or "
+                                      "SSIM and PSNR per predicted frame (video models, after vae eval).")
 def plot_command(run_paths, out, kind):
     """Pictures of runs as a PNG: training curves, or the rate-distortion plane."""
     from .. import plots, runfile
@@ -149,8 +150,8 @@ def plot_command(run_paths, out, kind):
     paths = expand_runs(run_paths)
     check_out(out, paths)
     runs = [runfile.read(p) for p in paths]
-    {"curves": plots.training_curves, "rate-distortion": plots.rate_distortion, "groups": plots.group_rates}[kind](
-        runs, out)
+    {"curves": plots.training_curves, "rate-distortion": plots.rate_distortion, "groups": plots.group_rates,
+     "prediction": plots.prediction_curves}[kind](runs, out)
     click.echo(f"wrote {out}")
 
 
