@@ -16,6 +16,7 @@ from .errors import VaeError
 DEFAULT_DATASET = "mnist5k"
 MEMORY_FORMATS = ("contiguous", "channels_last")
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_VALIDATION = 0.5  # the most of the training split a validation split may take
 # the PMF calibration searches sigma in [exp(log_sigma_min), PMF_SIGMA_MAX]: a floor above
 # its top leaves nothing to fit (a sigma above 2 is twice the [0, 1] data range)
 LOG_SIGMA_MIN_MAX = math.log(PMF_SIGMA_MAX)
@@ -34,6 +35,9 @@ class TrainConfig:
     log_sigma_min: float | None = LOG_SIGMA_MIN
     epochs: int = 10  # the most epochs (a time budget may end training sooner)
     time_budget: float | None = None  # seconds of training (the history's seconds) after which it ends; None: no limit
+    validation: float = 0.0  # share of the training split held out as a validation split (0: none)
+    early_stop: int = 0  # epochs without a validation bits/dim gain of min_delta after which training ends; 0: off
+    min_delta: float = 0.0  # bits/dim by which a validation must beat the best so far to count as a gain
     batch_size: int = 128
     lr: float = 1e-3
     model: str = models.DEFAULT_MODEL  # a name from vaecli.models
@@ -76,6 +80,14 @@ class TrainConfig:
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.time_budget is None or self.time_budget > 0,
              f"time budget must be > 0 seconds, got {self.time_budget}"),
+            (0 <= self.validation <= MAX_VALIDATION,
+             f"validation must be a share of the training split in [0, {MAX_VALIDATION}], got {self.validation}"),
+            (self.early_stop >= 0, f"early stop patience must be >= 0 epochs (0: off), got {self.early_stop}"),
+            (not self.early_stop or self.validation > 0,
+             "early stopping needs a validation split (--validation 0.1, say): the test split is never used"),
+            (self.min_delta >= 0, f"min delta must be >= 0 bits/dim, got {self.min_delta}"),
+            (not self.validation or not registry.info(self.likelihood).training_only,
+             f"{self.likelihood} is a training objective only: it has no bits/dim to validate on"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}"),

@@ -122,6 +122,21 @@ def _groups_text(attrs) -> str:
     return f"; {len(names)} latent groups: {', '.join(map(str, names))}" if len(names) > 1 else ""
 
 
+def _validation_lines(run) -> list:
+    """The validation split and early stopping of a run that has them."""
+    c = run.config
+    if not c.validation:
+        return []
+    from .training.state import best_validation
+
+    best = best_validation(run.history, c.min_delta)
+    text = (f"validation   {run.attrs.get('num_validation', '?')} images ({c.validation:.0%} of the training split)"
+            + (f", best {best[0]:.4f} bits/dim at epoch {best[1] + 1}" if best else ""))
+    if c.early_stop:
+        text += f"; early stop after {c.early_stop} epochs without a gain > {c.min_delta:g} bits/dim"
+    return [text]
+
+
 def info_lines(run_path, run) -> list:
     a, c = run.attrs, run.config
     options = ", ".join(f"{k} {v}" for k, v in c.model_options.items())
@@ -135,6 +150,7 @@ def info_lines(run_path, run) -> list:
         f"seed {c.seed}, device {a['device']}"
         + (f", time budget {c.time_budget:g} s ({math.fsum(run.history.get('seconds', [])):.1f} s trained)"
            if c.time_budget is not None else ""),
+        *_validation_lines(run),
         f"step         precision {c.precision}, compile {'on' if c.compile else 'off'}, "
         f"memory {c.memory_format}, CUDA graph {a.get('cuda_graph', 'not recorded')}",
         f"versions     {a.get('library_versions', '?')}",

@@ -133,7 +133,8 @@ def _root(attrs, config):
     status = _need(attrs, "status", "str", where, lambda v: v in STATUSES, f"expected one of {', '.join(STATUSES)}")
     done = _need(attrs, "epochs_done", "int", where, lambda v: 0 <= v <= config.epochs,
                  f"expected 0 .. {config.epochs} (the config's epochs)")
-    if status == "complete" and done != config.epochs and config.epochs and config.time_budget is None:
+    if (status == "complete" and done != config.epochs and config.epochs and config.time_budget is None
+            and not config.early_stop):
         raise _Invalid(f"status is complete with {done} of {config.epochs} epochs done")
     if "likelihood" in attrs and attrs["likelihood"] != config.likelihood:
         raise _Invalid(f"the root likelihood {attrs['likelihood']!r} is not the config's {config.likelihood!r}")

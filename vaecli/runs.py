@@ -53,6 +53,30 @@ def load_split(dataset: str, split: str, size=None):
                    source=data.source, attribution=data.attribution)
 
 
+VALIDATION_SEED = 1  # the permutation that picks a validation split (the same for every training seed)
+
+
+def hold_out_validation(train, share: float):
+    """(training, validation): ``share`` of the training split, picked by a fixed
+    permutation (seed VALIDATION_SEED), held out; the test split is never touched."""
+    from .datasets.core import Dataset
+
+    n = len(train.images)
+    n_val = round(share * n)
+    if n_val < 1 or n_val >= n:
+        raise VaeError(f"--validation {share:g} of {n} training images leaves {n_val} for validation and "
+                       f"{n - n_val} for training; each needs at least 1")
+    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
+    parts = []
+    for keep, name in ((np.sort(order[n_val:]), "train"), (np.sort(order[:n_val]), "validation")):
+        labels = getattr(train, "labels", None)
+        parts.append(Dataset(np.ascontiguousarray(train.images[keep]), None if labels is None else labels[keep],
+                             train.name, f"{train.split}: {name} ({share:.0%} held out for validation)",
+                             source=str(getattr(train, "source", "")),
+                             attribution=getattr(train, "attribution", "")))
+    return tuple(parts)
+
+
 def load_data(config: TrainConfig):
     """(train, test) splits of the config's dataset."""
     return load_split(config.dataset, "train", config.image_size), load_split(config.dataset, "test", config.image_size)

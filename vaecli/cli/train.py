@@ -76,6 +76,14 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
 @click.option("--time-budget", type=Duration(), default=None,
               help="End training once it has run this long (e.g. 1800, 30m, 1.5h; training steps and the "
                    "per-epoch test pass count), within an epoch if need be; --epochs is then the most epochs.")
+@click.option("--validation", type=FiniteFloat(min=0, max=0.5), default=0.0, show_default=True,
+              help="Share of the training split held out (fixed permutation) as a validation split, whose "
+                   "bits/dim is recorded each epoch (history val_bpd); 0: none.")
+@click.option("--early-stop", type=click.IntRange(0), default=0, show_default=True,
+              help="End training after this many epochs without a validation bits/dim gain of --min-delta "
+                   "(needs --validation; 0: off).  The last weights are kept; the best epoch is reported.")
+@click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True,
+              help="Bits/dim by which validation must beat its best so far to count as a gain.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate.")
@@ -87,7 +95,7 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
               help="The run file to write.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out with its own options; of those given here, only --epochs "
-                   "(more), --time-budget, --device, --max-nonfinite, --compile, --memory-format and --cuda-graph may differ.")
+                   "(more), --time-budget, --early-stop, --min-delta, --device, --max-nonfinite, --compile, --memory-format and --cuda-graph may differ.")
 @click.option("--dequantize", is_flag=True, help="Add uniform noise to the levels (continuous decoders).")
 @click.option("--binarize", is_flag=True, help="Binarize the data at 128 (for bernoulli).")
 @click.option("--log-sigma-min", default=str(LOG_SIGMA_MIN_DEFAULT), show_default=True,
@@ -231,6 +239,11 @@ def _parse_floor(text):
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--time-budget", type=Duration(), default=None,
               help="End each run's training once it has run this long (e.g. 30m); --epochs is then the most.")
+@click.option("--validation", type=FiniteFloat(min=0, max=0.5), default=0.0, show_default=True,
+              help="Share of the training split held out as a validation split (as vae train).")
+@click.option("--early-stop", type=click.IntRange(0), default=0, show_default=True,
+              help="Patience in epochs on the validation bits/dim (as vae train; needs --validation).")
+@click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
@@ -242,7 +255,7 @@ def _parse_floor(text):
               help="Prior samples for FID (0: no FID).")
 @inception_options
 def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, model_option, latent_dim, width, epochs,
-                  time_budget, batch_size, lr, mixtures, device, metrics, iw_samples, fid_samples, inception,
+                  time_budget, validation, early_stop, min_delta, batch_size, lr, mixtures, device, metrics, iw_samples, fid_samples, inception,
                   allow_unknown_weights):
     """Train and evaluate a grid of runs (likelihoods x betas x seeds) into a directory.
 
@@ -260,6 +273,7 @@ def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, mode
     else:
         grid_models = _shared_options(names, model_option, shortcuts)
     base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, time_budget=time_budget,
+                       validation=validation, early_stop=early_stop, min_delta=min_delta,
                        batch_size=batch_size, lr=lr, model=names[0], model_options=grid_models[names[0]],
                        mixtures=mixtures, device=device)
     if "fid" in metrics and not fid_samples:

@@ -35,9 +35,14 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     if state.is_finished(previous, config):  # nothing to train: the file stays as it is
         if distributed.environment_rank() == 0:  # under torchrun, one rank says so
             done = int(previous.attrs["epochs_done"])
+            stopped = state.early_stopped(previous.history, config)
             if done == config.epochs:
                 log(f"{out} is already complete ({done}/{done} epochs); nothing to train "
                     f"(--epochs {done + 1} or more trains on)")
+            elif stopped is not None:
+                log(f"{out} is already complete: stopped early after {done} epochs (validation best "
+                    f"{stopped[0]:.4f} bits/dim at epoch {stopped[1]}); nothing to train (a larger --early-stop "
+                    "trains on)")
             else:
                 log(f"{out} is already complete: its time budget of {config.time_budget:g} s is spent "
                     f"({done} epochs); nothing to train (a larger --time-budget trains on)")
@@ -47,6 +52,10 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
     rank, world, device = distributed.setup(config.device)
     train_set, test_set = data if data is not None else runs.load_data(config)
     state.check_same_data(previous, train_set, config)
+    validation_images, full_train = None, train_set
+    if config.validation:  # carved from the training split; the test split stays unseen
+        train_set, validation = runs.hold_out_validation(train_set, config.validation)
+        validation_images = torch.from_numpy(runs.prepare_images(validation.images, config)).to(device)
     image_shape = tuple(train_set.images.shape[1:])
     runs.estimate_memory(config, image_shape, device, batch=config.batch_size, training=True,
                          data_bytes=train_set.images.nbytes + test_set.images.nbytes)
@@ -77,6 +86,9 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
                            f"{steps_per_epoch} steps")
     attrs = state.run_attrs(previous, config, device, train_set, test_set, steps_per_epoch,
                             getattr(model, "group_names", ()))
+    if validation_images is not None:  # the data named is the whole training split, checked on resume
+        attrs["num_validation"] = int(validation_images.shape[0])
+        attrs["dataset_checksum"] = full_train.checksum
     train_step = TrainStep(model, stepper, optimizer, beta=config.beta, world=world, precision=config.precision,
                            device=device, levels=2**config.n_bits,
                            all_finite=distributed.all_finite if world > 1 else None,
@@ -89,7 +101,7 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
             run.save(out, config, attrs, model, optimizer, status, train_step.graph_state)
 
     loop = _EpochLoop(config, model, train_step, run, train_images, test_images, rank, world,
-                      progress=progress and rank == 0, log=log)
+                      progress=progress and rank == 0, log=log, validation_images=validation_images)
     interrupted = InterruptFlag(patient=world > 1)
     try:
         with interrupted:
@@ -140,9 +152,10 @@ class NothingTrained(Exception):
 class _EpochLoop:
     """The epochs of one training process: steps, then the epoch's bookkeeping."""
 
-    def __init__(self, config, model, train_step, run, train_images, test_images, rank, world, *, progress, log):
+    def __init__(self, config, model, train_step, run, train_images, test_images, rank, world, *, progress, log,
+                 validation_images=None):
         self.config, self.model, self.train_step, self.state = config, model, train_step, run
-        self.train_images, self.test_images = train_images, test_images
+        self.train_images, self.test_images, self.validation_images = train_images, test_images, validation_images
         self.rank, self.world, self.progress, self.log = rank, world, progress, log
         self.steps_per_epoch = math.ceil(train_images.shape[0] / config.batch_size)
         self.first_step = run.epochs_done * self.steps_per_epoch + run.step_in_epoch  # where this process starts
@@ -162,6 +175,7 @@ class _EpochLoop:
             run.epoch_seconds = 0.0
             ended_early = out_of_time  # within the epoch
             out_of_time = out_of_time or self._spent(state.trained_seconds(run.history))
+            stopped = state.early_stopped(run.history, config)
             if not any(math.isfinite(v) for v in run.history["train_elbo"]):
                 raise NothingTrained(run.epochs_done + 1)
             steps_done, run.step_in_epoch = run.step_in_epoch, 0
@@ -173,6 +187,11 @@ class _EpochLoop:
                     where = (f"after step {steps_done}/{self.steps_per_epoch} of epoch {run.epochs_done}"
                              if ended_early else f"with epoch {run.epochs_done}")
                     self.log(f"time budget of {config.time_budget:g} s spent {where}: training ends here")
+                elif stopped is not None:
+                    self.log(f"validation bits/dim has not improved by more than {config.min_delta:g} for "
+                             f"{config.early_stop} epochs (best {stopped[0]:.4f} at epoch {stopped[1]}): "
+                             "training ends here")
+            out_of_time = out_of_time or stopped is not None  # (either way the run is complete)
             if run.epochs_done == config.epochs or out_of_time:
                 gen = torch.Generator(device=self.train_images.device).manual_seed(config.seed + 4)
                 with run.evaluation_weights(self.model):
@@ -281,6 +300,10 @@ class _EpochLoop:
             run.calibration = values
             lik.sigma = values["eval_sigma"]  # evaluate with the calibrated sigma, never the test batch's
         test = _test_elbo(self.model, self.test_images, config)
+        if self.validation_images is not None:
+            pmf_fixed, lik.pmf_sigma = lik.pmf_sigma, (values or {}).get("pmf_sigma", lik.pmf_sigma)
+            run.history.setdefault("val_bpd", []).append(_validation_bpd(self.model, self.validation_images, config))
+            lik.pmf_sigma = pmf_fixed
         lik.sigma = fixed
         h = run.history
         h["epoch"].append(run.epochs_done + 1)
@@ -342,6 +365,24 @@ def _test_elbo(model, images, config, batch_size=512):
     n = max(images.shape[0], 1)
     model.train()
     return {"rec": rec / n, "kl": kl / n, "kl_groups": [] if groups is None else (groups / n).tolist()}
+
+
+@torch.no_grad()
+def _validation_bpd(model, images, config, batch_size=512) -> float:
+    """Bits/dim of the validation split: the discretized PMF's single-sample ELBO (as
+    `vae eval --metric bpd`, comparable across decoders), with fixed noise."""
+    from ..units import bits_per_dim
+
+    model.eval()
+    lik = model.likelihood
+    total = 0.0
+    gen = torch.Generator(device=images.device).manual_seed(config.seed + 7)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
+        total += float((log_likelihood(lik, x, out, pmf=True).double() - total_kl(out.groups).double()).sum())
+    model.train()
+    return float(bits_per_dim(total / max(images.shape[0], 1), int(np.prod(target_shape(model)))))
 
 
 def _progress_bar(enabled, total, initial):

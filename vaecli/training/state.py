@@ -22,7 +22,7 @@ HISTORY_COLUMNS = (
     "sigma", "equivalent_beta", "train_mse", "seconds", "skipped_steps",
 )
 # Options that may differ when resuming: more epochs or time, another device, the step's machinery.
-RESUMABLE_CHANGES = ("epochs", "time_budget", "device", "max_nonfinite", "compile", "cuda_graph", "memory_format")
+RESUMABLE_CHANGES = ("epochs", "time_budget", "early_stop", "min_delta", "device", "max_nonfinite", "compile", "cuda_graph", "memory_format")
 CHECKPOINT_SPACE_FACTOR = 4  # free disk needed before training: this many checkpoints' worth
 
 
@@ -82,12 +82,36 @@ def out_of_time(seconds: float, config: TrainConfig) -> bool:
 
 
 def is_finished(previous, config: TrainConfig) -> bool:
-    """A complete run with all of ``config.epochs`` done, or its time budget spent:
-    nothing to train."""
+    """A complete run with all of ``config.epochs`` done, its time budget spent, or
+    stopped early: nothing to train."""
     if previous is None or previous.attrs.get("status") != "complete":
         return False
     done = int(previous.attrs.get("epochs_done", 0))
-    return done == config.epochs or (done > 0 and out_of_time(trained_seconds(previous.history), config))
+    return (done == config.epochs or (done > 0 and out_of_time(trained_seconds(previous.history), config))
+            or early_stopped(previous.history, config) is not None)
+
+
+def best_validation(history, min_delta: float = 0.0):
+    """(best validation bits/dim, its epoch index) of a history, where an epoch counts as
+    better only if it beats the best so far by more than ``min_delta``; None without any."""
+    best = None
+    for i, value in enumerate(history.get("val_bpd", [])):
+        value = float(value)
+        if value == value and (best is None or value < best[0] - min_delta):  # (NaN never counts)
+            best = (value, i)
+    return best
+
+
+def early_stopped(history, config: TrainConfig):
+    """(best bits/dim, its epoch) when the last ``early_stop`` epochs brought no gain: the
+    run ends; else None."""
+    if not config.early_stop:
+        return None
+    best = best_validation(history, config.min_delta)
+    epochs = len(history.get("val_bpd", []))
+    if best is None or epochs - 1 - best[1] < config.early_stop:
+        return None
+    return best[0], best[1] + 1
 
 
 def check_out_dir(out: str) -> str:
@@ -180,7 +204,8 @@ class TrainingState:
             optimizer.load_state_dict(fused_state(optimizer_from_numpy(previous.optimizer)))
             match_layouts(optimizer)
         self.history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
-        self.history.update({k: list(v) for k, v in previous.history.items() if k.startswith("test_kl_group")})
+        self.history.update({k: list(v) for k, v in previous.history.items()
+                             if k.startswith("test_kl_group") or k == "val_bpd"})
         self.epochs_done = int(previous.attrs["epochs_done"])
         self.step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
         self.epoch_seconds = float(previous.progress.get("seconds", 0.0)) if self.step_in_epoch else 0.0
