@@ -64,3 +64,22 @@ def stand_in_inception(path, seed: int = 0, width: int = 2048):
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(net), str(path))
     return path
+
+
+def interrupt_at_kl_call(monkeypatch, call: int):
+    """Make the ``call``-th training step (its KL) raise SIGINT, as a Ctrl-C would;
+    returns a function that undoes it."""
+    import signal
+
+    import vaecli.training.step as step_module
+
+    real_kl, calls = step_module.total_kl, {"n": 0}
+
+    def kl_then_interrupt(groups):
+        calls["n"] += 1
+        if calls["n"] == call:
+            signal.raise_signal(signal.SIGINT)
+        return real_kl(groups)
+
+    monkeypatch.setattr(step_module, "total_kl", kl_then_interrupt)
+    return lambda: monkeypatch.setattr(step_module, "total_kl", real_kl)

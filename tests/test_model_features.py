@@ -5,7 +5,6 @@ test_fault_injection; --nproc 2 and FID of these models are in test_distributed 
 
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
@@ -13,12 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("h5py")
 
-from vaecli import VaeError, registry, runfile  # noqa: E402
+from vaecli import VaeError, registry  # noqa: E402
 from vaecli.config import TrainConfig  # noqa: E402
 from vaecli.evaluate import evaluate  # noqa: E402
 from vaecli.runs import load_model  # noqa: E402
 from vaecli.training import train  # noqa: E402
-from fakes import FakeData, blob_images  # noqa: E402
+from fakes import FakeData, blob_images, interrupt_at_kl_call  # noqa: E402
 
 MODELS = {
     "mlp": dict(model="mlp", model_options=dict(latent_dim=3, hidden=16)),
@@ -59,23 +58,13 @@ def test_each_likelihood_trains_and_evaluates(tmp_path, name, likelihood):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_ctrl_c_mid_epoch_resumes_bitwise(tmp_path, monkeypatch, name):
-    import vaecli.training.step as step_module
-
     data = _data()
     full = train(_config(name, epochs=2), tmp_path / "full.h5", data=data, progress=False)
-    real_kl, calls = step_module.total_kl, {"n": 0}
-
-    def kl_then_interrupt(groups):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2's first step (2 steps an epoch)
-            signal.raise_signal(signal.SIGINT)
-        return real_kl(groups)
-
-    monkeypatch.setattr(step_module, "total_kl", kl_then_interrupt)
+    undo = interrupt_at_kl_call(monkeypatch, 3)  # epoch 2's first step (2 steps an epoch)
     part = tmp_path / "part.h5"
     with pytest.raises(VaeError, match=r"interrupted at epoch 2, step 1/2"):
         train(_config(name, epochs=2), part, data=data, progress=False)
-    monkeypatch.setattr(step_module, "total_kl", real_kl)
+    undo()
     resumed = train(_config(name, epochs=2), part, data=data, resume=True, progress=False)
     for k in full.model:
         np.testing.assert_array_equal(resumed.model[k], full.model[k], err_msg=k)

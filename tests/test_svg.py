@@ -5,7 +5,6 @@ every pixel of every predicted frame."""
 
 import json
 import math
-import signal
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from vaecli.datasets import smmnist  # noqa: E402
 from vaecli.models.protocol import draw_noise, log_likelihood, total_kl  # noqa: E402
 from vaecli.runs import build_model  # noqa: E402
 from vaecli.training import train  # noqa: E402
-from fakes import FakeData  # noqa: E402
+from fakes import FakeData, interrupt_at_kl_call  # noqa: E402
 
 SMALL = dict(width=4, g_dim=8, rnn_size=8, z_dim=2, n_past=2, n_future=3, predictor_layers=1)
 OPTIONS = [arg for k, v in SMALL.items() for arg in ("--model-option", f"{k}={v}")]
@@ -129,24 +128,14 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
 
 
 def test_ctrl_c_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
-    import vaecli.training.step as step_module
-
     videos = _videos(24)
     data = (FakeData(videos[:16]), FakeData(videos[16:], split="test", checksum="1" * 64))
     full = train(_config(epochs=2), tmp_path / "full.h5", data=data, progress=False)
-    real_kl, calls = step_module.total_kl, {"n": 0}
-
-    def kl_then_interrupt(groups):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2's first step (2 steps an epoch)
-            signal.raise_signal(signal.SIGINT)
-        return real_kl(groups)
-
-    monkeypatch.setattr(step_module, "total_kl", kl_then_interrupt)
+    undo = interrupt_at_kl_call(monkeypatch, 3)  # epoch 2's first step (2 steps an epoch)
     part = tmp_path / "part.h5"
     with pytest.raises(VaeError, match=r"interrupted at epoch 2, step 1/2"):
         train(_config(epochs=2), part, data=data, progress=False)
-    monkeypatch.setattr(step_module, "total_kl", real_kl)
+    undo()
     resumed = train(_config(epochs=2), part, data=data, resume=True, progress=False)
     for k in full.model:
         np.testing.assert_array_equal(resumed.model[k], full.model[k], err_msg=k)

@@ -44,9 +44,8 @@ def model_options(f):
     return f
 
 
-def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
-    """KEY=VALUE strings and the shortcut flags given (over ``base``, the options of a
-    run being resumed), checked against the model's options."""
+def _given_options(pairs, shortcuts, base=None) -> dict:
+    """KEY=VALUE strings and the shortcut flags given, over ``base``, as a dict."""
     given = dict(base or {})
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -54,7 +53,13 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--model-option")
         given[key.strip().replace("-", "_")] = value.strip()
     given.update({k: v for k, v in shortcuts.items() if v is not None})
-    return models.parse_options(model, given)
+    return given
+
+
+def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
+    """KEY=VALUE strings and the shortcut flags given (over ``base``, the options of a
+    run being resumed), checked against the model's options."""
+    return models.parse_options(model, _given_options(pairs, shortcuts, base))
 
 
 @click.command("train", context_settings=CONTEXT)
@@ -190,13 +195,7 @@ def _train_config(ctx, options, out, resume):
 def _shared_options(names, pairs, shortcuts) -> dict:
     """Each model's options when a sweep has several: every KEY=VALUE (and shortcut flag)
     goes to each model that has that option; one that no model has is an error."""
-    given = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--model-option")
-        given[key.strip().replace("-", "_")] = value.strip()
-    given.update({k: v for k, v in shortcuts.items() if v is not None})
+    given = _given_options(pairs, shortcuts)
     known = {name: models.option_names(name) for name in names}  # None: a user's model takes every option
     known = {name: set(given) if keys is None else set(keys) for name, keys in known.items()}
     unknown = [k for k in given if not any(k in keys for keys in known.values())]
