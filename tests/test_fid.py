@@ -2,7 +2,6 @@
 real FID on the bundled data, the reference-statistics cache and the CLI."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
