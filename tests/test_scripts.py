@@ -67,3 +67,34 @@ def test_study_table_sorts_betas_as_numbers_and_fails_in_one_line(tmp_path):
     assert table.stderr.strip().startswith("Error: ") and "damaged.h5" in table.stderr
     empty = _run_study_table(tmp_path / "nothing")
     assert empty.returncode == 1 and "no run files (*.h5) here" in empty.stderr
+
+
+def test_a_stripped_run_evaluates_as_the_original_and_refuses_to_resume(tmp_path):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from fakes import blob_images
+    from vaecli import VaeError, runfile
+    from vaecli.cli import main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=blob_images(40, size=8))
+    run = tmp_path / "r.h5"
+    train = ["train", "--data", str(data), "--epochs", "1", "--latent-dim", "2", "--width", "4", "--batch-size", "16",
+             "--device", "cpu", "-q", "--out", str(run)]
+    assert CliRunner().invoke(main, train).exit_code == 0
+    assert CliRunner().invoke(main, ["eval", str(run), "--metric", "bpd", "--device", "cpu"]).exit_code == 0
+    strip = _script("strip_run")
+    out = tmp_path / "s.h5"
+    strip.strip(str(run), str(out))
+    a, b = runfile.read(run), runfile.read(out)
+    assert b.optimizer is None and b.attrs["stripped"] and out.stat().st_size < run.stat().st_size
+    assert b.evaluations == a.evaluations and b.history.keys() == a.history.keys()
+    again = CliRunner().invoke(main, ["eval", str(out), "--metric", "bpd", "--device", "cpu", "--json", "--no-store"])
+    assert json.loads(again.stdout)["results"]["bpd"]["value"] == a.evaluations["test"]["bpd"]["value"]
+    with pytest.raises(VaeError, match="no optimizer state to resume from"):
+        from vaecli.training import train as train_run
+
+        train_run(a.config.replace(epochs=2), out, resume=True, progress=False)
