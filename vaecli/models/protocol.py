@@ -23,6 +23,11 @@ the same noise as one process, and capture the whole step in a CUDA graph.
     Decode latents drawn from the prior with the noise ``eps`` (B, latent_size) scaled
     by ``temperature`` (a number, or one per group).
 
+A sequence model (data (B, T, C, H, W), e.g. ``svg``) also has ``target_shape``
+(frames predicted, C, H, W), returns in its :class:`Pass` the frames its raw outputs
+score (``target``), and has ``predict(context, eps, steps, temperature)`` for sampled
+futures; the library then scores the predicted frames wherever it scores images.
+
 The library computes everything else from a :class:`Pass`: the KL per group (analytic,
 in float32 even under bf16 autocast), its sum, and the importance weight
 log p(z) - log q(z | x).  Models therefore never hold the objective, and a calibrated
