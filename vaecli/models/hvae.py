@@ -49,6 +49,25 @@ def parse_resolutions(text: str, side: int) -> tuple:
     return sides
 
 
+def _pool(h: torch.Tensor, side: int) -> torch.Tensor:
+    """Average-pool to ``side``: a plain k x k average where the sides divide (the same
+    numbers as the adaptive pool, whose backward torch 2.13's CPU compiler fails to
+    generate code for at 1x1), else the adaptive pool."""
+    k = h.shape[-1] // side
+    return F.avg_pool2d(h, k) if k * side == h.shape[-1] else F.adaptive_avg_pool2d(h, side)
+
+
+def _upsample(h: torch.Tensor, side: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling to ``side``: each pixel copied f x f times where f is
+    whole (the same numbers as F.interpolate; its backward is a sum, not the scatter that
+    torch 2.13's CPU compiler fails to generate), else F.interpolate."""
+    b, c, n, _ = h.shape
+    f = side // n
+    if f * n != side:
+        return F.interpolate(h, size=(side, side), mode="nearest")
+    return h[:, :, :, None, :, None].expand(b, c, n, f, n, f).reshape(b, c, side, side)
+
+
 def _soft_clamp(t: torch.Tensor) -> torch.Tensor:
     return LOGVAR_BOUND * torch.tanh(t / LOGVAR_BOUND)
 
@@ -126,7 +145,7 @@ class HierarchicalVAE(nn.Module):
         h = self.stem(x.to(self.stem.weight.dtype) / (2**self.likelihood.n_bits - 1))
         features = []
         for r, blocks in zip(reversed(self.resolutions), reversed(self.encoder)):
-            h = blocks(F.adaptive_avg_pool2d(h, r) if h.shape[-1] != r else h)
+            h = blocks(_pool(h, r) if h.shape[-1] != r else h)
             features.append(h)
         return tuple(reversed(features))
 
@@ -136,7 +155,7 @@ class HierarchicalVAE(nn.Module):
         groups, offset, g = [], 0, 0
         for level, r in enumerate(self.resolutions):
             if h.shape[-1] != r:
-                h = F.interpolate(h, size=(r, r), mode="nearest")
+                h = _upsample(h, r)
             for _ in range(self.blocks_per_resolution):
                 size = self.group_sizes[g]
                 noise = eps[:, offset : offset + size].reshape(batch, self.latent_channels, r, r)
@@ -146,7 +165,7 @@ class HierarchicalVAE(nn.Module):
                 offset, g = offset + size, g + 1
         side = self.image_shape[-1]
         if h.shape[-1] != side:
-            h = F.interpolate(h, size=(side, side), mode="nearest")
+            h = _upsample(h, side)
         return self.out(self.out_block(h)), tuple(groups)
 
     def posterior(self, features, eps: torch.Tensor) -> Pass:
