@@ -35,15 +35,27 @@ def value(result, split, metric, key="value"):
     return r.get(key) if r.get("applicable", True) else None
 
 
+def fid_of(folder, name):
+    """The run's FID (scripts/model_study_fid.sh writes fid/NAME.json), or None."""
+    path = Path(folder) / "fid" / f"{name}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["results"]["fid"]["value"]
+
+
 def main(folder):
-    results = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    results = []
+    for p in sorted(Path(folder).glob("*.json")):
+        r = json.loads(p.read_text())
+        r["fid"] = fid_of(folder, p.stem)
+        results.append(r)
     rows = defaultdict(list)
     for r in results:
         rows[(r["model"], r["likelihood"])].append(r)
     print("| model | decoder | seeds | parameters | images/s (1 core) | epochs in 30 min | test bits/dim "
-          "| IW-NLL bits/dim (K=10) | test ELBO (nats) | KL (nats) | MSE | active units | mnist5k bits/dim "
-          "| mnist5k ELBO (nats) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| IW-NLL bits/dim (K=10) | test ELBO (nats) | KL (nats) | MSE | active units | FID (10k) "
+          "| mnist5k bits/dim | mnist5k ELBO (nats) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (model, lik), runs in sorted(rows.items(), key=lambda kv: (ORDER.get(kv[0][0], 9),
                                                                     LIKELIHOODS.get(kv[0][1], 9))):
         runs.sort(key=lambda r: r["seed"])
@@ -55,6 +67,7 @@ def main(folder):
               f"| {cell([value(r, 'test', 'kl') for r in runs], 1)} "
               f"| {cell([value(r, 'test', 'mse') for r in runs], 5)} "
               f"| {cell([value(r, 'test', 'active-units') for r in runs], 0)} "
+              f"| {cell([r['fid'] for r in runs], 1)} "
               f"| {cell([value(r, 'mnist5k', 'bpd') for r in runs], 4)} "
               f"| {cell([value(r, 'mnist5k', 'elbo') for r in runs], 1)} |")
     hvae = [r for r in results if r["model"] == "hvae"]

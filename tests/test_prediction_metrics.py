@@ -91,3 +91,5 @@ def test_best_of_n_picks_each_sequences_best_sample_by_its_mean():
     assert s["best"] == pytest.approx([(0.6 + 0.5) / 2, (0.6 + 0.5) / 2])
     assert s["mean"] == pytest.approx(values.mean((0, 1)).tolist())
     assert (s["samples"], s["sequences"]) == (3, 2)
+    # the best samples' means over the steps are 0.6 and 0.5: sd 0.0707, over sqrt(2)
+    assert s["stderr"] == pytest.approx(0.1 / 2**0.5 / 2**0.5)

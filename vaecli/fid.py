@@ -61,6 +61,9 @@ DEFAULT_BATCH = 50
 # 2-core x86 machine (the 299x299 activations leave the cache); the features are the
 # same to the bit (docs/performance.md).  On a GPU a whole batch goes in one call.
 CPU_INCEPTION_BATCH = 4
+# On a CPU the batch goes in as channels-last: oneDNN's convolutions run 1.22x faster so
+# (9.26 against 7.62 images/s on one core, batches of 4, docs/performance.md), and the
+# features of a batch of 4 and of 1 are still the same to the bit.
 STATS_FILE = "fid-reference-stats.h5"
 # A cached covariance is checked before it is trusted.  Rounding leaves a computed one
 # asymmetric, and the zero eigenvalues of a rank-deficient one negative, by a few eps
@@ -397,6 +400,8 @@ class FeatureExtractor:
         with torch.inference_mode():
             for start in range(0, n, step):
                 batch = self.preprocess(images[start : start + step])
+                if self.device.type == "cpu":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
                 out[start : start + len(batch)] = self.module(batch).double().cpu().numpy()
                 if progress:
                     progress(len(batch))

@@ -70,12 +70,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def summarize(per_sample: torch.Tensor) -> dict:
     """Best-of-N and mean-over-N of a (samples, sequences, steps) metric, per time step:
-    SVG's report (the best sample chosen per sequence by its mean over the steps)."""
+    SVG's report (the best sample chosen per sequence by its mean over the steps), and
+    the standard error over sequences of the best sample's mean over the steps."""
     if per_sample.dim() != 3:
         raise VaeError("summarize: a (samples, sequences, steps) array is needed")
     best_index = per_sample.mean(2).argmax(0)  # (sequences,)
     best = per_sample[best_index, torch.arange(per_sample.shape[1])]  # (sequences, steps)
-    return {"best": best.mean(0).tolist(), "mean": per_sample.mean((0, 1)).tolist(),
+    per_sequence = best.double().mean(1)  # the best sample's mean over the steps, per sequence
+    n = per_sequence.numel()
+    stderr = float(per_sequence.std() / n**0.5) if n > 1 else 0.0
+    return {"best": best.mean(0).tolist(), "mean": per_sample.mean((0, 1)).tolist(), "stderr": stderr,
             "samples": int(per_sample.shape[0]), "sequences": int(per_sample.shape[1])}
 
 
@@ -88,30 +92,24 @@ def prediction_metrics(model, videos: torch.Tensor, metrics, *, samples: int, se
     each predicted frame against the true one.  Per metric (``ssim``, ``psnr``): the
     value per future time step of the best sample (chosen per video by its mean over the
     steps) and the mean over samples; ``value`` is the best sample's mean over steps."""
-    from .runs import mean_to_uint8
+    from .runs import predicted_videos
 
-    lik = model.likelihood
     n_past = model.n_past
     steps = videos.shape[1] - n_past
     if steps < 1:
         raise VaeError(f"the videos have {videos.shape[1]} frames: none left to predict after n_past = {n_past}")
-    top = 2**lik.n_bits - 1
+    top = 2**model.likelihood.n_bits - 1
     gen = torch.Generator(device=videos.device).manual_seed(seed)
     scores = {m: [] for m in metrics}  # per batch: (samples, videos, steps)
     for start in range(0, videos.shape[0], batch_size):
         x = videos[start : start + batch_size]
         b = x.shape[0]
-        truth = x[:, n_past:].double() / top  # (b, steps, C, H, W)
+        flat_t = (x[:, n_past:].double() / top).reshape(b * steps, *x.shape[2:])
         per_sample = {m: [] for m in metrics}
         for _ in range(samples):
-            eps = torch.randn(b, n_past - 1 + steps, model.z_dim, generator=gen, device=x.device)
-            raw = model.predict(x[:, :n_past], eps, steps)
-            f = raw.shape[:2]
-            # scored as the pictures are saved: the decoder mean quantized to 8 bits
-            means = torch.from_numpy(mean_to_uint8(lik.mean(raw.reshape(f[0] * f[1], *raw.shape[2:]).float())))
-            predicted = means.to(x.device).double().reshape(*f, *means.shape[1:]) / 255
-            flat_p = predicted.reshape(b * steps, *predicted.shape[2:])
-            flat_t = truth.reshape(b * steps, *truth.shape[2:])
+            # scored as the pictures are saved: the decoder means quantized to 8 bits
+            future = predicted_videos(model, x, gen, steps=steps)[:, n_past:]
+            flat_p = torch.from_numpy(future).to(x.device).double().reshape(b * steps, *x.shape[2:]) / 255
             for m in metrics:
                 value = ssim(flat_p, flat_t) if m == "ssim" else psnr(flat_p, flat_t)
                 per_sample[m].append(value.view(b, steps))
@@ -123,7 +121,7 @@ def prediction_metrics(model, videos: torch.Tensor, metrics, *, samples: int, se
     for m in metrics:
         s = summarize(torch.cat(scores[m], 1).cpu())
         unit = "SSIM" if m == "ssim" else "dB PSNR"
-        results[m] = {"value": float(sum(s["best"]) / len(s["best"])), "stderr": 0.0, "applicable": True,
+        results[m] = {"value": float(sum(s["best"]) / len(s["best"])), "stderr": s["stderr"], "applicable": True,
                       "unit": f"{unit} of the best of {samples} sampled futures, mean over {steps} steps",
                       "best_per_step": s["best"], "mean_per_step": s["mean"], "samples": samples,
                       "n": s["sequences"], "context_frames": n_past, "predicted_frames": steps}

@@ -206,11 +206,13 @@ def prior_pictures(model, n: int, generator: torch.Generator, *, temperature=1.0
 
 
 @torch.no_grad()
-def predicted_videos(model, videos: torch.Tensor, generator: torch.Generator, *, temperature=1.0) -> np.ndarray:
-    """uint8 videos (N, n_past + n_future, C, H, W) of a sequence model: the context
-    frames of ``videos`` (levels), then the decoder means of the frames it predicts."""
+def predicted_videos(model, videos: torch.Tensor, generator: torch.Generator, *, temperature=1.0,
+                     steps=None) -> np.ndarray:
+    """uint8 videos (N, n_past + steps, C, H, W) of a sequence model: the context frames
+    of ``videos`` (levels), then the decoder means of the ``steps`` frames it predicts
+    (the model's n_future unless given), quantized to 8 bits as pictures are saved."""
     context = videos[:, : model.n_past]
-    steps = model.n_future
+    steps = model.n_future if steps is None else steps
     eps = torch.randn(videos.shape[0], model.n_past - 1 + steps, model.z_dim, generator=generator,
                       device=videos.device)
     raw = model.predict(context, eps, steps, temperature)
