@@ -1,7 +1,9 @@
 """One run of the model study as JSON (scripts/model_study.sh): its settings, training
 seconds and throughput, parameters, the per-group KL history and its evaluations.
 
-    python scripts/model_study_result.py RUN.h5 TEST.json MNIST5K.json > RUN.json
+    python scripts/model_study_result.py RUN.h5 TEST.json [MNIST5K.json] > RUN.json
+
+The held-out evaluation is optional (the sequence study, scripts/svg_study.sh, has none).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from vaecli import runfile
 
 
-def result(run_path, test_path, held_out_path) -> dict:
+def result(run_path, test_path, held_out_path=None) -> dict:
     run = runfile.read(run_path)
     seconds = [float(s) for s in run.history["seconds"]]
     full = seconds[:-1] or seconds  # the last epoch may have ended early, at the budget
@@ -26,7 +28,8 @@ def result(run_path, test_path, held_out_path) -> dict:
         "test_elbo_history": [float(v) for v in run.history["test_elbo"]],
         "test_kl_groups_history": {k: [float(x) for x in v] for k, v in run.history.items()
                                    if k.startswith("test_kl_group")},
-        "test": json.load(open(test_path)), "mnist5k": json.load(open(held_out_path)),
+        "test": json.load(open(test_path)),
+        **({"mnist5k": json.load(open(held_out_path))} if held_out_path else {}),
         "library_versions": run.attrs["library_versions"], "device": run.attrs["device"],
     }
 

@@ -114,7 +114,7 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
     assert not r["fid"]["applicable"] and "video model" in r["fid"]["reason"]
     for command, name in ((["sample", out, "-n", "2", "--device", "cpu"], "s.gif"),
                           (["sample", out, "-n", "2", "--device", "cpu"], "s.png"),
-                          (["reconstruct", out, "-n", "1", "--rows", "2", "--device", "cpu"], "r.png"),
+                          (["reconstruct", out, "--rows", "1", "--scale", "1", "--device", "cpu"], "r.png"),
                           (["plot", out, "--kind", "prediction"], "p.png"), (["plot", out, "--kind", "groups"], "g.png")):
         result = CliRunner().invoke(main, [*command, "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
@@ -123,6 +123,8 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
 
     with Image.open(tmp_path / "s.gif") as gif:
         assert gif.n_frames == 5  # context and predicted frames
+    with Image.open(tmp_path / "r.png") as picture:  # one video: its 4 predicted frames, true above reconstructed
+        assert picture.size == (4 * (16 + 2) + 2, 2 * (16 + 2) + 2)
     too_many = CliRunner().invoke(main, ["sample", out, "-n", "99", "-o", str(tmp_path / "x.gif")])
     assert too_many.exit_code == 2 and "the test split has 2 videos" in too_many.output
 

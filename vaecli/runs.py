@@ -324,22 +324,24 @@ def recalibrate(run: runfile.Run, device="auto") -> dict:
 
 
 @torch.no_grad()
-def reconstructions(run: runfile.Run, n: int, split="test", device="auto"):
-    """(data, reconstruction) of the first ``n`` images of a split as uint8 pictures: the
-    decoder mean on the posterior-mean path (eps = 0)."""
-    model = load_model(run, device)
+def reconstructions(run: runfile.Run, n: int, split="test", device="auto", model=None):
+    """(data, reconstruction) of the first ``n`` examples of a split as uint8 pictures:
+    the decoder mean on the posterior-mean path (eps = 0).  Images come as (n, C, H, W);
+    a sequence model's come as (n, frames, C, H, W), the frames it predicts."""
+    model = model if model is not None else load_model(run, device)
     data = load_split(run.config.dataset, split, run.config.image_size)
     if n > len(data.images):
-        raise VaeError(f"{n} images asked for (-n x --rows), but the {split} split has {len(data.images)}")
+        what = "videos asked for (--rows)" if data.images.ndim == 5 else "images asked for (-n x --rows)"
+        raise VaeError(f"{n} {what}, but the {split} split has {len(data.images)}")
     x = torch.from_numpy(prepare_images(data.images[:n], run.config))
     features = model.encode(x.to(next(model.parameters()).device))
     eps = torch.zeros(n, model.latent_size, device=next(model.parameters()).device)
     out = model.posterior(features, eps)
     recon = mean_to_uint8(model.likelihood.mean(out.raw))
-    from .models.protocol import target_shape
+    if out.target is not None:  # a sequence model: the frames it predicts
+        from .models.protocol import target_shape
 
-    if out.target is not None:  # a sequence model: the frames it predicts, one row of frames a video
         frames = target_shape(model)
-        shown = levels_to_uint8(out.target.cpu().numpy(), run.config.n_bits)
-        return shown.reshape(n * frames[0], *frames[1:]), recon
+        shown = levels_to_uint8(out.target.cpu().numpy(), run.config.n_bits).reshape(n, *frames)
+        return shown, recon.reshape(n, *frames)
     return levels_to_uint8(x.numpy(), run.config.n_bits), recon

@@ -112,23 +112,30 @@ def sample_command(run_path, num, out, fmt, temperature, mode, seed, device, sca
 @click.command("reconstruct", context_settings=CONTEXT)
 @click.argument("run_path", metavar="RUN", type=RUN_FILE)
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="recon.png", show_default=True)
-@click.option("-n", "num", type=click.IntRange(1), default=16, show_default=True, help="Images per row pair.")
-@click.option("--rows", type=click.IntRange(1), default=2, show_default=True, help="Pairs of rows.")
+@click.option("-n", "num", type=click.IntRange(1), default=16, show_default=True,
+              help="Images per row pair (video models: unused, a row is one video's predicted frames).")
+@click.option("--rows", type=click.IntRange(1), default=2, show_default=True,
+              help="Pairs of rows (video models: the number of videos).")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True)
 def reconstruct_command(run_path, out, num, rows, split, device, scale):
-    """Picture data (upper row) above its reconstruction (lower row, decoder mean on the posterior-mean path)."""
+    """Picture data (upper row) above its reconstruction (lower row, decoder mean on the
+    posterior-mean path).  For a video model each pair of rows is one video's predicted
+    frames, true above reconstructed."""
     from .. import images as pictures
     from .. import runfile
-    from ..runs import reconstructions
+    from ..runs import load_model, reconstructions
 
     run = runfile.read(run_path)
     check_out(out, [run_path])
     runfile.check_writable(out)
-    shown, recon = reconstructions(run, num * rows, split, device)
-    if len(shown) > num * rows:  # videos: each pair of rows is one video's frames, true above reconstructed
-        num, rows = len(shown) // (num * rows), num * rows
+    model = load_model(run, device)
+    video = hasattr(model, "predict")
+    shown, recon = reconstructions(run, rows if video else num * rows, split, device, model=model)
+    if video:  # (videos, frames, C, H, W): one video a pair of rows
+        num = shown.shape[1]
+        shown, recon = shown.reshape(-1, *shown.shape[2:]), recon.reshape(-1, *recon.shape[2:])
     tiles = pictures.row_pairs(shown, recon, num, rows)
     pictures.write_png(out, pictures.upscale(pictures.grid(tiles, rows=2 * rows), scale))
     click.echo(f"wrote {out}")
