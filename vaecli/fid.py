@@ -377,6 +377,8 @@ class FeatureExtractor:
         import torch
         import torch.nn.functional as F
 
+        if isinstance(images, np.ndarray) and not images.flags.writeable:  # torch warns on read-only arrays
+            images = np.array(images)
         x = torch.as_tensor(images, device=self.device)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
             raise VaeError(

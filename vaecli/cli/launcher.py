@@ -23,7 +23,7 @@ def launch_data_parallel(nproc, out, what="training"):
             args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "vaecli", *args]
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env=rank_environment(nproc))
 
     def forward(signum, frame):
         # Ctrl-C in a terminal reaches torchrun and the ranks too (one process group):
@@ -41,6 +41,17 @@ def launch_data_parallel(nproc, out, what="training"):
             signal.signal(sig, handler)
     if returncode != 0:
         raise VaeError(_failure(returncode, out, what))
+
+
+def rank_environment(nproc, environ=None) -> dict:
+    """The ranks' environment: unless OMP_NUM_THREADS is set, each rank gets its share of
+    the cores this process may use (torchrun would give each one thread, and say so in a
+    banner)."""
+    env = dict(os.environ if environ is None else environ)
+    if not env.get("OMP_NUM_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    return env
 
 
 def _failure(returncode, out, what) -> str:
