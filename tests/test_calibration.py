@@ -69,6 +69,23 @@ def test_recovers_the_sigma_the_data_were_drawn_with(sigma):
     assert found["pmf_images"] == len(x)
 
 
+def test_large_examples_are_fitted_on_fewer_of_them(monkeypatch):
+    # a video's worth of values per example: the subset shrinks to about
+    # PMF_CALIBRATION_VALUES values (here 4 examples of 1,024), and never below the minimum
+    import vaecli.calibration as calibration
+
+    monkeypatch.setattr(calibration, "PMF_CALIBRATION_VALUES", 4 * 1024)
+    monkeypatch.setattr(calibration, "PMF_CALIBRATION_MIN", 3)
+    means, x = _discretized_gaussian_data(0.05, n=40, shape=(1, 32, 32))
+    model = FixedMeanModel(means)
+    model.lookup = {bytes(row.tobytes()): i for i, row in enumerate(x)}
+    found = pmf_sigma(model, torch.from_numpy(x), seed=0, n_bits=8, log_sigma_min=-6.0)
+    assert found["pmf_images"] == 4
+    assert found["pmf_sigma"] == pytest.approx(0.05, rel=0.03)  # 4,096 pixels: about 1% standard error
+    monkeypatch.setattr(calibration, "PMF_CALIBRATION_VALUES", 1024)
+    assert pmf_sigma(model, torch.from_numpy(x), seed=0, n_bits=8, log_sigma_min=-6.0)["pmf_images"] == 3
+
+
 def test_the_fit_is_a_maximum_of_the_reference_pmf():
     # means near the edges: the PMF's maximiser is far from sqrt(MSE)
     rng = np.random.default_rng(1)

@@ -22,8 +22,8 @@ import torch
 
 from . import registry
 from .backends import torch_backend
-from .constants import (PMF_CALIBRATION_IMAGES, PMF_SIGMA_GRID, PMF_SIGMA_MAX,
-                         PMF_SIGMA_XTOL)
+from .constants import (PMF_CALIBRATION_IMAGES, PMF_CALIBRATION_MIN, PMF_CALIBRATION_VALUES,
+                         PMF_SIGMA_GRID, PMF_SIGMA_MAX, PMF_SIGMA_XTOL)
 from .errors import VaeError
 from .models.protocol import draw_noise, target_of
 from .units import bits_per_dim
@@ -90,7 +90,9 @@ def apply(model, calibration: dict, path: str):
 def pmf_sigma(model, images: torch.Tensor, *, seed: int, n_bits: int, log_sigma_min: float,
               n_images: int = PMF_CALIBRATION_IMAGES) -> dict:
     """The maximum-likelihood sigma of the discretized Gaussian PMF on (a fixed subset
-    of) the uint8 training ``images``, one posterior sample each.  Returns a dict with
+    of) the uint8 training ``images``, one posterior sample each: ``n_images`` of them,
+    fewer where they hold more than PMF_CALIBRATION_VALUES values (videos), but at least
+    PMF_CALIBRATION_MIN.  Returns a dict with
     ``pmf_sigma``, ``pmf_images``, ``pmf_train_bits`` (the PMF term in bits/dim at
     that sigma, without the KL) and ``pmf_method``."""
     from scipy.optimize import minimize_scalar
@@ -98,6 +100,8 @@ def pmf_sigma(model, images: torch.Tensor, *, seed: int, n_bits: int, log_sigma_
     was_training = model.training
     model.eval()
     n = images.shape[0]
+    per_example = math.prod(images.shape[1:])
+    n_images = min(n_images, max(PMF_CALIBRATION_MIN, PMF_CALIBRATION_VALUES // per_example))
     keep = np.sort(np.random.default_rng(seed).permutation(n)[: min(n, n_images)])
     x_all = images[torch.from_numpy(keep).to(images.device)]
     gen = torch.Generator(device=images.device).manual_seed(seed)

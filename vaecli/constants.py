@@ -44,6 +44,12 @@ KID_COEF0 = 1.0
 # grid of PMF_SIGMA_GRID points from log_sigma_min to log(PMF_SIGMA_MAX), refined by
 # Brent's bounded method to PMF_SIGMA_XTOL in log sigma.
 PMF_CALIBRATION_IMAGES = 500
+# ... but at most about this many values (and at least PMF_CALIBRATION_MIN examples): a
+# sequence model's example is a video (SM-MNIST: 20 frames of 64x64, 82k values), and 500
+# of them held 29M doubles that every step of the search scored (about 6 min an epoch on
+# one CPU core).  Images of up to 8,388 values keep their 500 (MNIST has 784, CIFAR 3,072).
+PMF_CALIBRATION_VALUES = 1 << 22
+PMF_CALIBRATION_MIN = 16
 PMF_SIGMA_GRID = 13
 PMF_SIGMA_MAX = 2.0
 PMF_SIGMA_XTOL = 1e-3
