@@ -27,7 +27,7 @@ mnist5k="$(python3 -c 'import vaecli.datasets as d, os; print(os.path.join(os.pa
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core a process: the budget buys the same CPU for each
 
-status() { python3 -c "import vaecli.runfile as r, sys; print(r.read(sys.argv[1]).attrs['status'])" "$1"; }
+source "$(dirname "$0")/study_queue.sh"
 
 evaluate() {  # the run's results as JSON beside it: its test split, then mnist5k's
   local file="$1" json="${1%.h5}.json"
@@ -50,26 +50,16 @@ train)
   for spec in $runs; do
     IFS=: read -r model likelihood seed <<< "$spec"
     file="$out/$model-$likelihood-s$seed.h5"
-    exec {lock}>"$file.lock"
-    if ! flock -n "$lock"; then
-      echo "-- $file: another queue holds it"
-      exec {lock}>&-
-      continue
-    fi
-    if [[ ! -f "$file" || "$(status "$file")" != complete ]]; then
-      resume=()
-      [[ -f "$file" ]] && resume=(--resume)
-      echo "== $(date -u +%FT%TZ) training $file on core $core"
-      taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" --likelihood "$likelihood" \
-        --seed "$seed" --epochs 1000 --time-budget "$budget" --out "$file" --device cpu --quiet "${resume[@]}"
-    fi
+    claim "$file" || continue
+    train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" \
+      --likelihood "$likelihood" --seed "$seed" --epochs 1000 --time-budget "$budget" --out "$file" --device cpu --quiet
     evaluate "$file"
-    exec {lock}>&-
+    release
   done
   ;;
 eval)
   for file in "$out"/*.h5; do
-    [[ "$(status "$file")" == complete ]] && evaluate "$file"
+    [[ "$(run_status "$file")" == complete ]] && evaluate "$file"
   done
   ;;
 *) echo "usage: $0 [train|eval]" >&2; exit 2 ;;

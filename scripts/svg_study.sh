@@ -32,7 +32,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core a process: the budget buy
 model_options=()
 for kv in $options; do model_options+=(--model-option "$kv"); done
 
-status() { python3 -c "import vaecli.runfile as r, sys; print(r.read(sys.argv[1]).attrs['status'])" "$1"; }
+source "$(dirname "$0")/study_queue.sh"
 
 evaluate() {  # the run's results as JSON beside it
   local file="$1" json="${1%.h5}.json"
@@ -49,20 +49,10 @@ evaluate() {  # the run's results as JSON beside it
 for spec in $runs; do
   IFS=: read -r name likelihood beta seed <<< "$spec"
   file="$out/$name-s$seed.h5"
-  exec {lock}>"$file.lock"
-  if ! flock -n "$lock"; then
-    echo "-- $file: another queue holds it"
-    exec {lock}>&-
-    continue
-  fi
-  if [[ ! -f "$file" || "$(status "$file")" != complete ]]; then
-    resume=()
-    [[ -f "$file" ]] && resume=(--resume)
-    echo "== $(date -u +%FT%TZ) training $file on core $core"
-    taskset -c "$core" python3 -m vaecli train --dataset smmnist --model svg "${model_options[@]}" \
-      --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs 1000 --time-budget "$budget" \
-      --out "$file" --device cpu --quiet "${resume[@]}"
-  fi
+  claim "$file" || continue
+  train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset smmnist --model svg \
+    "${model_options[@]}" --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs 1000 \
+    --time-budget "$budget" --out "$file" --device cpu --quiet
   evaluate "$file"
-  exec {lock}>&-
+  release
 done
