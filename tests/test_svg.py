@@ -93,6 +93,7 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
     for epochs, extra in (("1", []), ("2", ["--resume"])):
         result = CliRunner().invoke(main, ["train", *common, "--epochs", epochs, *extra])
         assert result.exit_code == 0, result.output
+    assert "nats/video" in result.output
     run = runfile.read(out)
     assert run.samples["predicted"][0].shape == (2, 5, 1, 16, 16)  # the test videos' context, then predictions
     assert json.loads(run.attrs["latent_groups"]) == ["frame 1", "frame 2", "frame 3", "frame 4"]
@@ -105,6 +106,8 @@ def test_train_resume_evaluate_sample_and_reconstruct(tmp_path, video_file):
     r = json.loads(result.stdout)["results"]
     assert r["bpd"]["value"] > 0 and math.isfinite(r["elbo"]["value"]) and r["kl"]["value"] >= 0
     assert len(json.loads(r["kl"]["per_group"])) == 4  # the KL of each predicted frame
+    assert r["elbo"]["unit"] == r["kl"]["unit"] == r["nll"]["unit"] == "nats/video"
+    assert r["ssim"]["stderr"] > 0  # over the 2 test videos' best samples
     for metric in ("ssim", "psnr"):
         assert r[metric]["samples"] == 3 and len(r[metric]["best_per_step"]) == 6 - 2  # T - n_past steps
         # the best sample is chosen per video by its mean over the steps: on that mean it wins

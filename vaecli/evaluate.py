@@ -187,6 +187,7 @@ def _importance_rows(model, x, features, iw_samples, gen) -> dict:
 def _summaries(lik, rows, metrics, binarized, shape, elbo_samples, iw_samples) -> dict:
     """Each metric's mean, standard error, unit and extras from the per-image rows."""
     n, dims = shape[0], int(np.prod(shape[1:]))
+    nats = "nats/video" if len(shape) == 5 else "nats/image"  # a sequence model scores (N, T, C, H, W)
 
     def cat(key):
         return torch.cat(rows[key]).cpu().numpy() if rows[key] else np.zeros(0)
@@ -202,16 +203,16 @@ def _summaries(lik, rows, metrics, binarized, shape, elbo_samples, iw_samples) -
             results[metric] = {"applicable": False, "reason": why, "n": n}
         elif metric == "elbo":
             kind = "density of y = x/(L-1)" if lik.info.continuous else "PMF"
-            results[metric] = summary(cat("elbo"), "nats/image", samples=elbo_samples, log_px=kind)
+            results[metric] = summary(cat("elbo"), nats, samples=elbo_samples, log_px=kind)
         elif metric == "bpd":
             results[metric] = summary(bits_per_dim(cat("elbo_pmf"), dims), "bits/dim", samples=elbo_samples)
         elif metric == "nll":
             iw_pmf = cat("iw_pmf")
-            results[metric] = summary(-cat("iw"), "nats/image", iw_samples=iw_samples,
+            results[metric] = summary(-cat("iw"), nats, iw_samples=iw_samples,
                                       bpd=float(bits_per_dim(iw_pmf, dims).mean()),
                                       nats_discrete=float(-iw_pmf.mean()))
         elif metric == "kl":
-            results[metric] = summary(cat("kl"), "nats/image")
+            results[metric] = summary(cat("kl"), nats)
         elif metric == "mse":
             results[metric] = summary(cat("mse"), "per dimension on [0, 1]", samples=elbo_samples)
         elif metric == "active-units":

@@ -68,7 +68,12 @@ def trained_line(run, summary) -> str | None:
     is_elbo, why = applicability(config.likelihood, "elbo", config.binarize)
     what, note = ("ELBO", "") if is_elbo else ("objective", f" (not an ELBO: {why})")
     return (f"trained {config.likelihood} for {summary['epochs_done']} epochs on {run.attrs['dataset']}: "
-            f"test {what} {last['test_elbo']:.2f} nats/image{note}")
+            f"test {what} {last['test_elbo']:.2f} {per_example(run)}{note}")
+
+
+def per_example(run) -> str:
+    """The unit of a run's per-example nats: a video model's examples are videos."""
+    return "nats/video" if len(run.attrs.get("image_shape") or ()) == 4 else "nats/image"
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -1,0 +1,101 @@
+"""The sequence study's tables (docs/sequence.md) from the JSON results that
+scripts/svg_study.sh writes beside each run.
+
+    python scripts/svg_study_table.py study-svg > table.md
+
+One row per decoder setting: with several seeds each cell is mean ± sd over them, and
+the seeds are listed.  Then best-of-N SSIM and PSNR per predicted time step, the KL of
+each predicted frame, and the sigma-VAE against SVG's setting seed by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ORDER = ["svg-beta1e-4", "gaussian", "sigma-learned", "sigma", "logistic-mixture"]
+LABELS = {"svg-beta1e-4": "gaussian σ=1, β=1e-4 (SVG's)", "gaussian": "gaussian σ=1, β=1",
+          "sigma-learned": "sigma-learned", "sigma": "sigma (σ-VAE)", "logistic-mixture": "logistic-mixture"}
+REFERENCE = "svg-beta1e-4"
+STEPS_SHOWN = (1, 5, 10, 15)
+
+
+def cell(values, digits):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def value(result, metric, key="value"):
+    r = result["test"]["results"].get(metric, {})
+    return r.get(key) if r.get("applicable", True) else None
+
+
+def setting(path: Path) -> str:
+    return path.stem.rsplit("-s", 1)[0]
+
+
+def main(folder):
+    rows = defaultdict(list)
+    for p in sorted(Path(folder).glob("*.json")):
+        rows[setting(p)].append(json.loads(p.read_text()))
+    names = sorted(rows, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))
+    for n in names:
+        rows[n].sort(key=lambda r: r["seed"])
+    some = rows[names[0]][0]
+    samples = value(some, "ssim", "samples")
+    budget = some.get("time_budget")
+    print(f"| decoder | seeds | parameters | videos/s (1 core) | epochs in {budget} | test bits/dim "
+          f"| test ELBO (nats/video) | KL (nats/video) | MSE | SSIM, best of {samples} | PSNR (dB), best of {samples} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in names:
+        runs = rows[n]
+        print(f"| {LABELS.get(n, n)} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['parameters']:,} "
+              f"| {cell([r['images_per_second'] for r in runs], 1)} | {cell([r['epochs'] for r in runs], 1)} "
+              f"| {cell([value(r, 'bpd') for r in runs], 4)} | {cell([value(r, 'elbo') for r in runs], 1)} "
+              f"| {cell([value(r, 'kl') for r in runs], 2)} | {cell([value(r, 'mse') for r in runs], 5)} "
+              f"| {cell([value(r, 'ssim') for r in runs], 4)} | {cell([value(r, 'psnr') for r in runs], 2)} |")
+    steps = len(value(some, "ssim", "best_per_step"))
+    shown = [s for s in STEPS_SHOWN if s <= steps]
+    for metric, digits in (("ssim", 3), ("psnr", 2)):
+        print(f"\n{metric.upper()} per predicted step, best of {samples} (mean over seeds; in brackets the mean "
+              f"over the {samples} samples):\n")
+        print("| decoder | " + " | ".join(f"step {s}" for s in shown) + " |")
+        print("|---|" + "---|" * len(shown))
+        for n in names:
+            best = np.mean([value(r, metric, "best_per_step") for r in rows[n]], 0)
+            mean = np.mean([value(r, metric, "mean_per_step") for r in rows[n]], 0)
+            print(f"| {LABELS.get(n, n)} | " + " | ".join(f"{best[s - 1]:.{digits}f} ({mean[s - 1]:.{digits}f})"
+                                                        for s in shown) + " |")
+    groups = some["latent_groups"]
+    print("\nKL of each predicted frame (nats per test video, mean over seeds):\n")
+    print("| decoder | " + " | ".join(groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for n in names:
+        kl = [json.loads(r["test"]["results"]["kl"]["per_group"]) for r in rows[n]]
+        print(f"| {LABELS.get(n, n)} | " + " | ".join(f"{np.mean([k[g] for k in kl]):.2f}" for g in groups) + " |")
+    if REFERENCE in rows:
+        ref = {r["seed"]: r for r in rows[REFERENCE]}
+        print(f"\nAgainst {LABELS[REFERENCE]}, seed by seed (positive: better than SVG's setting):\n")
+        for n in names:
+            if n == REFERENCE:
+                continue
+            pairs = [(r, ref[r["seed"]]) for r in rows[n] if r["seed"] in ref]
+            if not pairs:
+                continue
+            parts = []
+            for metric, digits, sign in (("bpd", 4, -1), ("ssim", 4, 1), ("psnr", 2, 1)):
+                d = [sign * (value(a, metric) - value(b, metric)) for a, b in pairs]
+                parts.append(f"{metric} " + ", ".join(f"{x:+.{digits}f}" for x in d))
+            print(f"- {LABELS.get(n, n)} (seeds {', '.join(str(a['seed']) for a, _ in pairs)}): " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "study-svg")
