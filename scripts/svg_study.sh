@@ -12,8 +12,11 @@
 # each run is claimed with a lock.  Environment: BUDGET (45m), OUT (study-svg), CORE (0),
 # RUNS (name:likelihood:beta:seed words; default below), FUTURES (20 sampled futures a
 # test video for SSIM/PSNR), OPTIONS (model options, default below: SVG's architecture
-# at half width, to train several epochs in the budget on one core), CODE=DIR (run vaecli
-# from a fixed worktree; start the queue from that directory).
+# at half width, to train several epochs in the budget on one core), TRAIN ("--lr 0.002
+# --batch-size 100": SVG's Adam settings), CODE=DIR (run vaecli from a fixed worktree;
+# start the queue from that directory).
+# "svg-beta1e-4" is SVG's setting as the sigma-VAE authors' SVG code trains it: a Gaussian
+# of sigma 1 whose log-density is summed over pixels, and beta = 1e-4 on the KL.
 set -euo pipefail
 if [[ -n "${CODE:-}" ]]; then export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"; fi
 out="${OUT:-study-svg}"
@@ -21,6 +24,7 @@ budget="${BUDGET:-45m}"
 core="${CORE:-0}"
 futures="${FUTURES:-20}"
 options="${OPTIONS:-width=32 g_dim=64 rnn_size=128}"
+read -r -a train_args <<< "${TRAIN:---lr 0.002 --batch-size 100}"
 runs="${RUNS:-svg-beta1e-4:gaussian:1e-4:0 sigma:sigma:1:0 sigma-learned:sigma-learned:1:0 \
 gaussian:gaussian:1:0 logistic-mixture:logistic-mixture:1:0 \
 svg-beta1e-4:gaussian:1e-4:1 sigma:sigma:1:1 sigma-learned:sigma-learned:1:1 gaussian:gaussian:1:1 \
@@ -52,7 +56,7 @@ for spec in $runs; do
   claim "$file" || continue
   train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset smmnist --model svg \
     "${model_options[@]}" --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs 1000 \
-    --time-budget "$budget" --out "$file" --device cpu --quiet
+    --time-budget "$budget" "${train_args[@]}" --out "$file" --device cpu --quiet
   evaluate "$file"
   release
 done

@@ -51,7 +51,7 @@ def main(folder):
         rows[n].sort(key=lambda r: r["seed"])
     some = rows[names[0]][0]
     samples = value(some, "ssim", "samples")
-    budget = some.get("time_budget")
+    budget = f"{some['time_budget'] / 60:g} min" if some.get("time_budget") else "the run"
     print(f"| decoder | seeds | parameters | videos/s (1 core) | epochs in {budget} | test bits/dim "
           f"| test ELBO (nats/video) | KL (nats/video) | MSE | SSIM, best of {samples} | PSNR (dB), best of {samples} |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
