@@ -218,3 +218,38 @@ def test_fid_of_each_model_family(inception_path, tmp_path, mnist, model, option
                                        "--device", "cpu", "--kid-subset-size", "8", "--kid-subsets", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["fid"] > 0
+
+
+def test_fid_at_a_temperature_per_group(inception_path, tmp_path, mnist):
+    """`vae eval --metric fid --fid-temperature`: one temperature or one per latent group,
+    recorded with the result; ones per group are the scalar 1, lower temperatures move
+    the FID, and a wrong count is one line naming the groups."""
+    from vaecli import runfile
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=mnist[:64])
+    run = tmp_path / "r.h5"
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--model", "hvae", "--model-option", "width=4",
+                                       "--model-option", "latent_channels=2", "--model-option", "blocks=1",
+                                       "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--quiet",
+                                       "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(runfile.read(str(run)).attrs["latent_groups"])
+    assert len(groups) == 3
+
+    def fid_at(temperature):
+        result = CliRunner().invoke(main, ["eval", str(run), "--metric", "fid", "--fid-samples", "16",
+                                           "--fid-temperature", temperature, "--inception", str(inception_path),
+                                           "--device", "cpu", "--no-store", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["results"]["fid"]
+
+    one, ones, cold = fid_at("1"), fid_at("1,1,1"), fid_at("1,1,0")
+    assert one["temperature"] == 1.0 and ones["temperature"] == [1.0, 1.0, 1.0] and cold["temperature"][2] == 0.0
+    assert ones["value"] == one["value"]  # the same draws, the same samples
+    assert cold["value"] != one["value"]
+    wrong = CliRunner().invoke(main, ["eval", str(run), "--metric", "fid", "--fid-temperature", "1,1",
+                                      "--inception", str(inception_path), "--device", "cpu"])
+    assert wrong.exit_code != 0
+    assert wrong.output.strip().count("\n") == 0 and "2 temperatures for the model's 3 latent groups" in wrong.output
+    assert "Traceback" not in wrong.output

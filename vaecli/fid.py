@@ -593,11 +593,13 @@ def _sound_cache_entry(g, data, extractor):
 
 
 def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_FID_SAMPLES,
-              batch_size=DEFAULT_BATCH, seed=0, progress=None, cache=None, rank=0, world=1) -> dict:
+              batch_size=DEFAULT_BATCH, seed=0, progress=None, cache=None, rank=0, world=1,
+              temperature=1.0) -> dict:
     """FID of a trained model: the likelihood mean of prior draws z ~ N(0, I),
     quantized to uint8 as saved images are, against ``reference`` (a Dataset).  Each
     batch's prior draws are seeded from (seed, batch index), so several ranks
-    (``world`` > 1) give the single-process number."""
+    (``world`` > 1) give the single-process number.  ``temperature`` scales the prior's
+    standard deviations: one number, or a list with one per latent group (top first)."""
     import torch
 
     from .evaluate import batch_seed
@@ -611,13 +613,15 @@ def model_fid(model, reference, extractor: FeatureExtractor, n_samples=DEFAULT_F
     @torch.no_grad()
     def generate(index, start, stop):
         gen.manual_seed(batch_seed(seed, index))
-        return mean_to_uint8(model.likelihood.mean(model.generate(draw_noise(model, stop - start, gen), 1.0)))
+        return mean_to_uint8(model.likelihood.mean(model.generate(draw_noise(model, stop - start, gen),
+                                                                  temperature)))
 
     feats = sharded_features(generate, n_samples, extractor, batch_size, progress, rank, world)
     score = frechet(statistics(feats, extractor.device), (mu_ref, sigma_ref), extractor.device)
     return {"value": score, "stderr": 0.0, "unit": "FID", "n": n_samples, "applicable": True,
             "n_generated": n_samples, "n_reference": n_ref, "reference": f"{reference.name}/{reference.split}",
-            "reference_checksum": reference.checksum, "generated_from": "likelihood mean of z ~ N(0, I), uint8",
+            "reference_checksum": reference.checksum, "temperature": temperature,
+            "generated_from": "likelihood mean of prior draws at the temperature (1: z ~ N(0, I)), uint8",
             "preprocessing": PREPROCESSING, **{k: v for k, v in extractor.record.items() if k != "inception_path"}}
 
 

@@ -230,7 +230,8 @@ PREDICTION_METRICS = ("ssim", "psnr")  # a video model's: scores of sampled futu
 
 def evaluate_run(run: runfile.Run, metrics, *, split="test", data_path=None, model=None, device="auto",
                  batch_size=256, elbo_samples=1, iw_samples=100, seed=0, fid_samples=10_000, fid_ref="test",
-                 inception=None, allow_unknown_weights=False, progress=None, rank=0, world=1, future_samples=100):
+                 inception=None, allow_unknown_weights=False, progress=None, rank=0, world=1, future_samples=100,
+                 fid_temperature=1.0):
     """Evaluate ``metrics`` of a run on a split (or a data file): the results with their
     provenance (the data, its checksum, its levels, and the seed, batch size and samples
     the Monte Carlo numbers depend on), and the key they are stored under.  ``progress``
@@ -266,12 +267,15 @@ def evaluate_run(run: runfile.Run, metrics, *, split="test", data_path=None, mod
     elif "fid" in metrics:
         from . import fid
 
+        from .models.protocol import temperatures_for
+
+        temperature = temperatures_for(model, fid_temperature)  # before the Inception loads: a wrong count is quick
         extractor = fid.FeatureExtractor(inception, next(model.parameters()).device, allow_unknown_weights)
         reference = load_split(run.config.dataset, fid_ref, run.config.image_size)
         with _bar(progress, "fid", fid_samples + len(reference.images)) as update:
             results["fid"] = fid.model_fid(model, reference, extractor, fid_samples,
                                            min(batch_size, fid.DEFAULT_BATCH), seed=seed, progress=update,
-                                           rank=rank, world=world)
+                                           rank=rank, world=world, temperature=temperature)
     if data_path:
         where = str(data_path) if data.split == "all" else f"{data_path}:{data.split}"
     else:

@@ -146,3 +146,18 @@ def expand_runs(paths):
             raise VaeError(f"{p}: no run files (*.h5) in this directory")
         out.extend(found)
     return out
+
+
+class Temperatures(click.ParamType):
+    """One temperature, or one per latent group: 0.8 or 1,1,0.8,0.6 (finite, >= 0)."""
+
+    name = "T[,T...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float, tuple)):
+            return value
+        values = []
+        for part in str(value).split(","):
+            number = FiniteFloat(min=0).convert(part.strip(), param, ctx)
+            values.append(number)
+        return values[0] if len(values) == 1 else tuple(values)

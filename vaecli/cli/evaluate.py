@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (CONTEXT, METRIC_CHOICES, RUN_FILE, SEED, echo_json, echo_lines, inception_options,
-                     progress_bars)
+from .common import (CONTEXT, METRIC_CHOICES, RUN_FILE, SEED, Temperatures, echo_json, echo_lines,
+                     inception_options, progress_bars)
 from .launcher import launch_data_parallel
 
 
@@ -21,6 +21,9 @@ from .launcher import launch_data_parallel
               help="Posterior samples S averaged in elbo, bpd, kl and mse.")
 @click.option("--fid-samples", type=click.IntRange(2), default=10_000, show_default=True,
               help="Prior samples generated for fid.")
+@click.option("--fid-temperature", type=Temperatures(), default="1", show_default=True,
+              help="Temperature of fid's prior samples: one, or one per latent group (vae info lists them), "
+                   "e.g. 1,1,0.9,0.9,0.8,0.8.")
 @click.option("--future-samples", type=click.IntRange(1), default=100, show_default=True,
               help="Video models: futures sampled per test video for ssim and psnr (the best and the mean "
                    "are reported per time step).")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import CONTEXT, RUN_FILE, RUNS, SEED, FiniteFloat, check_out, expand_runs
+from ..errors import VaeError
+from .common import CONTEXT, RUN_FILE, RUNS, SEED, Temperatures, check_out, expand_runs
 
 SAMPLE_BATCH = 1000  # prior samples decoded at a time by `vae sample`
 
@@ -28,34 +29,14 @@ def _predicted(run, model, num, gen, temperature, mode):
     return predicted_videos(model, torch.from_numpy(videos[:num]).to(device), gen, temperature=temperature)
 
 
-class Temperatures(click.ParamType):
-    """One temperature, or one per latent group: 0.8 or 1,1,0.8,0.6 (finite, >= 0)."""
-
-    name = "T[,T...]"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float, tuple)):
-            return value
-        values = []
-        for part in str(value).split(","):
-            number = FiniteFloat(min=0).convert(part.strip(), param, ctx)
-            values.append(number)
-        return values[0] if len(values) == 1 else tuple(values)
-
-
 def _per_group(model, temperature):
     """A number, or a list with one temperature per latent group of ``model``."""
-    if not isinstance(temperature, tuple):
-        return temperature
-    from ..models.protocol import group_names
+    from ..models.protocol import temperatures_for
 
-    names = tuple(getattr(model, "group_names", ()))
-    if len(temperature) != len(names):
-        count = len(names) or 1
-        raise click.BadParameter(f"{len(temperature)} temperatures for the model's {count} latent group"
-                                 f"{'s' if count > 1 else ''} ({', '.join(group_names(model, count))}): give one, "
-                                 f"or one per group", param_hint="--temperature")
-    return list(temperature)
+    try:
+        return temperatures_for(model, temperature)
+    except VaeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--temperature") from None
 
 
 @click.command("sample", context_settings=CONTEXT)

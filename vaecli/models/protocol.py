@@ -41,6 +41,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import VaeError
+
 
 class LatentGroup(NamedTuple):
     """One group of latents of one pass: the sample and the diagonal Gaussians it came
@@ -187,6 +189,20 @@ def group_names(model, count: int) -> tuple:
     """The names of a model's latent groups (its ``group_names``, else z0, z1, ...)."""
     names = tuple(getattr(model, "group_names", ()))
     return names if len(names) == count else tuple(f"z{i}" for i in range(count))
+
+
+def temperatures_for(model, temperature):
+    """A number, or a list with one temperature per latent group of ``model`` (from a
+    tuple); another count is refused in one line naming the groups."""
+    if not isinstance(temperature, (tuple, list)):
+        return temperature
+    names = tuple(getattr(model, "group_names", ()))
+    if len(temperature) != len(names):
+        count = len(names) or 1
+        raise VaeError(f"{len(temperature)} temperatures for the model's {count} latent group"
+                       f"{'s' if count > 1 else ''} ({', '.join(group_names(model, count))}): give one, "
+                       f"or one per group")
+    return list(temperature)
 
 
 def group_sizes(groups) -> list:
