@@ -98,3 +98,68 @@ def test_a_stripped_run_evaluates_as_the_original_and_refuses_to_resume(tmp_path
         from vaecli.training import train as train_run
 
         train_run(a.config.replace(epochs=2), out, resume=True, progress=False)
+
+
+def _result(model, likelihood, seed, bpd, *, groups=("z0",), fid_dir=None, fid=None, extra=None):
+    """A minimal result JSON as scripts/model_study_result.py writes it."""
+    import json
+
+    per_group = json.dumps({g: 1.0 for g in groups})
+    metric = {"applicable": True}
+    test = {"results": {
+        "bpd": {**metric, "value": bpd}, "nll": {**metric, "value": 1.0, "bpd": bpd - 0.01},
+        "elbo": {**metric, "value": -100.0}, "kl": {**metric, "value": 5.0, "per_group": per_group},
+        "mse": {**metric, "value": 0.01}, "active-units": {**metric, "value": 3, "per_group": per_group},
+        **(extra or {})}}
+    r = {"model": model, "likelihood": likelihood, "seed": seed, "parameters": 1000, "images_per_second": 10.0,
+         "epochs": 3, "time_budget": 1800.0, "latent_groups": list(groups), "test": test,
+         "mnist5k": {"results": {"bpd": {**metric, "value": 2.0}, "elbo": {**metric, "value": -50.0}}}}
+    return r
+
+
+def _table(script, directory):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SCRIPTS / f"{script}.py"), str(directory)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_model_study_table_rows_fid_column_and_differences(tmp_path):
+    import json
+
+    (tmp_path / "fid").mkdir()
+    for name, r in {"conv-sigma-s0": _result("conv", "sigma", 0, 4.1),
+                    "hvae-sigma-s0": _result("hvae", "sigma", 0, 4.0, groups=("1x1/0", "7x7/0")),
+                    "hvae-sigma-s1": _result("hvae", "sigma", 1, 3.9, groups=("1x1/0", "7x7/0"))}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    (tmp_path / "fid" / "conv-sigma-s0.json").write_text(json.dumps({"results": {"fid": {"value": 89.43}}}))
+    out = _table("model_study_table", tmp_path)
+    conv = next(line for line in out.splitlines() if line.startswith("| conv | sigma |"))
+    hvae = next(line for line in out.splitlines() if line.startswith("| hvae | sigma |"))
+    assert "| 4.1000 |" in conv and "| 89.4 |" in conv  # its FID, from fid/conv-sigma-s0.json
+    assert "| 0, 1 |" in hvae and "| 3.9500 ± 0.0707 |" in hvae and "| – |" in hvae  # no FID yet
+    assert "seed 0: -0.1000, seed 1: -0.2000" in out
+
+
+def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
+    import json
+
+    def video_result(seed, bpd, ssim, psnr):
+        steps = {"applicable": True, "samples": 100}
+        extra = {"ssim": {**steps, "value": ssim, "best_per_step": [ssim] * 3, "mean_per_step": [ssim - 0.1] * 3},
+                 "psnr": {**steps, "value": psnr, "best_per_step": [psnr] * 3, "mean_per_step": [psnr - 1] * 3}}
+        r = _result("svg", "x", seed, bpd, groups=("frame 1", "frame 2"), extra=extra)
+        del r["mnist5k"]
+        return r
+
+    for name, r in {"svg-beta1e-4-s0": video_result(0, 2.0, 0.70, 15.0),
+                    "sigma-s0": video_result(0, 1.5, 0.75, 16.0)}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = _table("svg_study_table", tmp_path)
+    assert "epochs in 30 min" in out and "SSIM, best of 100" in out
+    # lower bits/dim and higher SSIM and PSNR are better: all positive for the sigma-VAE here
+    assert "- sigma (σ-VAE) (seeds 0): bpd +0.5000; ssim +0.0500; psnr +1.00" in out
+    assert out.index("gaussian σ=1, β=1e-4 (SVG's)") < out.index("sigma (σ-VAE)")
