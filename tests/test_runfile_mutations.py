@@ -467,3 +467,10 @@ def test_arrays_declared_larger_in_all_than_a_run_file_holds_are_refused(runs, m
     monkeypatch.setattr(runcheck, "MAX_RUN_BYTES", 10_000)
     with pytest.raises(VaeError, match=r"complete\.h5: invalid run file: its arrays declare more than 9\.8 KiB in all"):
         runfile.read(runs["complete"])
+
+
+@pytest.mark.parametrize("mutation", ["inf", "int", "array", "json list", "json object", "str"])
+@pytest.mark.parametrize("reader", ["info", "eval"])
+def test_latent_group_names_that_are_not_a_json_list_of_names_are_refused(runs, mutation, reader):
+    # found by the random search above (inf, then vae info): the names were read unchecked
+    check_reader(runs["complete"], ("attr", "/", "latent_groups"), mutation, reader, runs["scratch"])

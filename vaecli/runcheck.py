@@ -144,6 +144,10 @@ def _root(attrs, config):
             or (len(shape) == 4 and shape[0] > MAX_FRAMES)):
         raise _Invalid(f"image_shape is {shape!r}; expected (C, H, W) with C <= {MAX_IMAGE_CHANNELS} and "
                        f"sides <= {MAX_IMAGE_SIDE}, or videos' (T, C, H, W) with T <= {MAX_FRAMES}")
+    if "latent_groups" in attrs:  # the names of the model's latent groups, top first (vae info, plots)
+        groups = parse_json(attrs["latent_groups"], "the root latent_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise _Invalid(f"latent_groups is {groups!r}; expected a JSON list of the latent groups' names")
     for key in ("num_train", "num_test", "steps_per_epoch"):
         if key in attrs or key != "steps_per_epoch":
             _need(attrs, key, "int", where, lambda v: v >= 0, "expected an integer >= 0")
