@@ -16,21 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from model_study_table import cell  # this folder is first on the path of a script run from it
 
 ORDER = ["svg-beta1e-4", "gaussian", "sigma-learned", "sigma", "logistic-mixture"]
 LABELS = {"svg-beta1e-4": "gaussian σ=1, β=1e-4 (SVG's)", "gaussian": "gaussian σ=1, β=1",
           "sigma-learned": "sigma-learned", "sigma": "sigma (σ-VAE)", "logistic-mixture": "logistic-mixture"}
 REFERENCE = "svg-beta1e-4"
 STEPS_SHOWN = (1, 5, 10, 15)
-
-
-def cell(values, digits):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
 def value(result, metric, key="value"):
