@@ -43,11 +43,30 @@ def fid_of(folder, name):
     return json.loads(path.read_text())["results"]["fid"]["value"]
 
 
+def fids_at_temperatures(folder, name):
+    """{temperature: FID} of the run: fid/NAME.json at 1, fid/NAME-tT.json at T."""
+    out = {}
+    if (fid := fid_of(folder, name)) is not None:
+        out[1.0] = fid
+    for path in (Path(folder) / "fid").glob(f"{name}-t*.json"):
+        out[float(path.stem[len(name) + 2:])] = json.loads(path.read_text())["results"]["fid"]["value"]
+    return out
+
+
+def difference_of_means(a, b):
+    """mean(a) - mean(b) and its standard error (unequal variances), or None for the
+    error when either side has one value."""
+    diff = np.mean(a) - np.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, None
+    return diff, float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
 def main(folder):
     results = []
     for p in sorted(Path(folder).glob("*.json")):
         r = json.loads(p.read_text())
-        r["fid"] = fid_of(folder, p.stem)
+        r["name"], r["fid"] = p.stem, fid_of(folder, p.stem)
         results.append(r)
     rows = defaultdict(list)
     for r in results:
@@ -88,7 +107,24 @@ def main(folder):
         if conv and h:
             diffs = ", ".join(f"seed {r['seed']}: {value(r, 'test', 'bpd') - np.mean(conv):+.4f}"
                               for r in sorted(rows[("hvae", lik)], key=lambda r: r["seed"]))
-            print(f"- {lik}: hvae {cell(h, 4)} against conv {cell(conv, 4)} ({diffs})")
+            diff, stderr = difference_of_means(h, conv)
+            means = f"difference of means {diff:+.4f}" + (f" ± {stderr:.4f} (standard error)" if stderr else "")
+            print(f"- {lik}: hvae {cell(h, 4)} against conv {cell(conv, 4)}: {means}; each hvae seed "
+                  f"against conv's mean: {diffs}")
+    temperatures = {}
+    for r in results:
+        fids = fids_at_temperatures(folder, r["name"])
+        if len(fids) > 1:
+            temperatures[(r["model"], r["likelihood"], r["seed"])] = fids
+    if temperatures:
+        ts = sorted({t for fids in temperatures.values() for t in fids}, reverse=True)
+        print("\nFID (10k) of prior samples at a temperature (every group's):\n")
+        print("| model | decoder | seed | " + " | ".join(f"T = {t:g}" for t in ts) + " |")
+        print("|---|---|---|" + "---|" * len(ts))
+        for (model, lik, seed), fids in sorted(temperatures.items(), key=lambda kv: (
+                ORDER.get(kv[0][0], 9), LIKELIHOODS.get(kv[0][1], 9), kv[0][2])):
+            print(f"| {model} | {lik} | {seed} | "
+                  + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in ts) + " |")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,27 @@ def test_model_study_table_rows_fid_column_and_differences(tmp_path):
     assert "| 4.1000 |" in conv and "| 89.4 |" in conv  # its FID, from fid/conv-sigma-s0.json
     assert "| 0, 1 |" in hvae and "| 3.9500 ± 0.0707 |" in hvae and "| – |" in hvae  # no FID yet
     assert "seed 0: -0.1000, seed 1: -0.2000" in out
+    assert "difference of means -0.1500;" in out  # one conv seed: no standard error
+
+
+def test_model_study_table_standard_error_and_fid_at_temperatures(tmp_path):
+    import json
+
+    (tmp_path / "fid").mkdir()
+    groups = ("1x1/0", "7x7/0")
+    for name, r in {"conv-sigma-s0": _result("conv", "sigma", 0, 4.1), "conv-sigma-s1": _result("conv", "sigma", 1, 4.3),
+                    "hvae-sigma-s0": _result("hvae", "sigma", 0, 4.0, groups=groups),
+                    "hvae-sigma-s1": _result("hvae", "sigma", 1, 3.9, groups=groups)}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    for name, fid in {"hvae-sigma-s0": 105.0, "hvae-sigma-s0-t0.8": 70.25, "hvae-sigma-s1": 96.0,
+                      "conv-sigma-s0": 89.0}.items():
+        (tmp_path / "fid" / f"{name}.json").write_text(json.dumps({"results": {"fid": {"value": fid}}}))
+    out = _table("model_study_table", tmp_path)
+    # hvae 3.95 (sd 0.0707), conv 4.2 (sd 0.1414): -0.25 ± sqrt(0.005/2 + 0.02/2) = 0.1118
+    assert "difference of means -0.2500 ± 0.1118 (standard error)" in out
+    assert "| model | decoder | seed | T = 1 | T = 0.8 |" in out
+    assert "| hvae | sigma | 0 | 105.0 | 70.2 |" in out  # the runs with a temperature's FID only
+    assert "| hvae | sigma | 1 |" not in out and "| conv | sigma | 0 | 89.0" not in out
 
 
 def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
