@@ -184,3 +184,45 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
     # lower bits/dim and higher SSIM and PSNR are better: all positive for the sigma-VAE here
     assert "- sigma (σ-VAE) (seeds 0): bpd +0.5000; ssim +0.0500; psnr +1.00" in out
     assert out.index("gaussian σ=1, β=1e-4 (SVG's)") < out.index("sigma (σ-VAE)")
+
+
+def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypatch):
+    """The script's FID is the Fréchet distance between the features of the pictures
+    `vae reconstruct` shows (vaecli.runs.reconstructions) and the reference's: with a
+    stand-in feature map (a few pixel averages) in place of Inception."""
+    import numpy as np
+
+    from fakes import FakeData, blob_images
+    from vaecli import fid, runfile, runs
+    from vaecli.config import TrainConfig
+    from vaecli.training import train
+
+    test = FakeData(blob_images(40, seed=1), split="test", checksum="1" * 64)
+    config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=4, width=4), seed=0)
+    train(config, tmp_path / "r.h5", data=(FakeData(blob_images(64)), test), progress=False)
+
+    def features(images):  # (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks
+        x = np.asarray(images, dtype=np.float64).reshape(len(images), 6, -1)
+        return x.mean(axis=2)
+
+    class StandIn:
+        device = "cpu"
+
+        def __init__(self, *args):
+            pass
+
+        def features(self, images, batch_size):
+            return features(images)
+
+    script = _script("reconstruction_fid")
+    monkeypatch.setattr(script, "load_split", lambda *args: test)
+    monkeypatch.setattr(script.fid, "FeatureExtractor", StandIn)
+    monkeypatch.setattr(script.fid, "reference_statistics",
+                        lambda extractor, data, **kw: (*fid.statistics(features(data.images)), len(data.images)))
+    result = script.reconstruction_fid(tmp_path / "r.h5", samples=30, batch_size=7)  # batches of 7: 5 calls
+    monkeypatch.setattr(runs, "load_split", lambda *args: test)
+    shown = runs.reconstructions(runfile.read(tmp_path / "r.h5"), 30, device="cpu")[1]
+    expected = fid.frechet(fid.statistics(features(shown)), fid.statistics(features(test.images)))
+    assert result["n"] == 30 and result["n_reference"] == 40
+    assert result["reconstruction_fid"] == pytest.approx(expected, rel=1e-9)
+    assert result["reconstruction_fid"] > 0  # an epoch of training does not reconstruct blobs exactly
