@@ -114,17 +114,23 @@ def main(folder):
     temperatures = {}
     for r in results:
         fids = fids_at_temperatures(folder, r["name"])
-        if len(fids) > 1:
+        recon = Path(folder) / "reconstruction-fid" / f"{r['name']}.json"
+        if recon.exists():
+            fids["reconstructions"] = json.loads(recon.read_text())["reconstruction_fid"]
+        if any(k != 1.0 for k in fids):  # a second FID: at another temperature, or of reconstructions
             temperatures[(r["model"], r["likelihood"], r["seed"])] = fids
     if temperatures:
-        ts = sorted({t for fids in temperatures.values() for t in fids}, reverse=True)
-        print("\nFID (10k) of prior samples at a temperature (every group's):\n")
-        print("| model | decoder | seed | " + " | ".join(f"T = {t:g}" for t in ts) + " |")
-        print("|---|---|---|" + "---|" * len(ts))
+        ts = sorted({t for fids in temperatures.values() for t in fids if t != "reconstructions"}, reverse=True)
+        columns = ts + (["reconstructions"] if any("reconstructions" in f for f in temperatures.values()) else [])
+        print("\nFID (10k) of prior samples at a temperature (every group's), and of the test images' "
+              "reconstructions (scripts/reconstruction_fid.py):\n")
+        print("| model | decoder | seed | " + " | ".join(f"T = {t:g}" if t != "reconstructions" else t
+                                                         for t in columns) + " |")
+        print("|---|---|---|" + "---|" * len(columns))
         for (model, lik, seed), fids in sorted(temperatures.items(), key=lambda kv: (
                 ORDER.get(kv[0][0], 9), LIKELIHOODS.get(kv[0][1], 9), kv[0][2])):
             print(f"| {model} | {lik} | {seed} | "
-                  + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in ts) + " |")
+                  + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in columns) + " |")
 
 
 if __name__ == "__main__":

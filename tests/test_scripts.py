@@ -157,11 +157,14 @@ def test_model_study_table_standard_error_and_fid_at_temperatures(tmp_path):
     for name, fid in {"hvae-sigma-s0": 105.0, "hvae-sigma-s0-t0.8": 70.25, "hvae-sigma-s1": 96.0,
                       "conv-sigma-s0": 89.0}.items():
         (tmp_path / "fid" / f"{name}.json").write_text(json.dumps({"results": {"fid": {"value": fid}}}))
+    (tmp_path / "reconstruction-fid").mkdir()
+    (tmp_path / "reconstruction-fid" / "conv-sigma-s1.json").write_text(json.dumps({"reconstruction_fid": 40.04}))
     out = _table("model_study_table", tmp_path)
     # hvae 3.95 (sd 0.0707), conv 4.2 (sd 0.1414): -0.25 ± sqrt(0.005/2 + 0.02/2) = 0.1118
     assert "difference of means -0.2500 ± 0.1118 (standard error)" in out
-    assert "| model | decoder | seed | T = 1 | T = 0.8 |" in out
-    assert "| hvae | sigma | 0 | 105.0 | 70.2 |" in out  # the runs with a temperature's FID only
+    assert "| model | decoder | seed | T = 1 | T = 0.8 | reconstructions |" in out
+    # the runs with a second FID only: at another temperature, or of reconstructions
+    assert "| hvae | sigma | 0 | 105.0 | 70.2 | – |" in out and "| conv | sigma | 1 | – | – | 40.0 |" in out
     assert "| hvae | sigma | 1 |" not in out and "| conv | sigma | 0 | 89.0" not in out
 
 
