@@ -43,9 +43,9 @@ source "$(dirname "$0")/study_queue.sh"
 subset="$out/smmnist-test-first$videos.npz"  # the test videos whose futures are sampled and scored
 if [[ ! -f "$subset" ]]; then
   python3 -c "import numpy as np, sys; from vaecli.runs import load_split
-np.savez(sys.argv[1] + '.tmp.npz', test_images=load_split('smmnist', 'test').images[: int(sys.argv[2])])" \
-    "$subset" "$videos"
-  mv "$subset.tmp.npz" "$subset"
+np.savez(sys.argv[1], test_images=load_split('smmnist', 'test').images[: int(sys.argv[2])])" \
+    "$subset.$$.tmp.npz" "$videos"
+  mv "$subset.$$.tmp.npz" "$subset"  # a file per queue: two queues starting at once both succeed
 fi
 
 evaluate() {  # the run's results as JSON beside it
