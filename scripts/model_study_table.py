@@ -111,23 +111,23 @@ def main(folder):
             means = f"difference of means {diff:+.4f}" + (f" ± {stderr:.4f} (standard error)" if stderr else "")
             print(f"- {lik}: hvae {cell(h, 4)} against conv {cell(conv, 4)}: {means}; each hvae seed "
                   f"against conv's mean: {diffs}")
-    temperatures = {}
+    second_fids = {}
     for r in results:
         fids = fids_at_temperatures(folder, r["name"])
         recon = Path(folder) / "reconstruction-fid" / f"{r['name']}.json"
         if recon.exists():
             fids["reconstructions"] = json.loads(recon.read_text())["reconstruction_fid"]
         if any(k != 1.0 for k in fids):  # a second FID: at another temperature, or of reconstructions
-            temperatures[(r["model"], r["likelihood"], r["seed"])] = fids
-    if temperatures:
-        ts = sorted({t for fids in temperatures.values() for t in fids if t != "reconstructions"}, reverse=True)
-        columns = ts + (["reconstructions"] if any("reconstructions" in f for f in temperatures.values()) else [])
+            second_fids[(r["model"], r["likelihood"], r["seed"])] = fids
+    if second_fids:
+        ts = sorted({t for fids in second_fids.values() for t in fids if t != "reconstructions"}, reverse=True)
+        columns = ts + (["reconstructions"] if any("reconstructions" in f for f in second_fids.values()) else [])
         print("\nFID (10k) of prior samples at a temperature (every group's), and of the test images' "
               "reconstructions (scripts/reconstruction_fid.py):\n")
         print("| model | decoder | seed | " + " | ".join(f"T = {t:g}" if t != "reconstructions" else t
                                                          for t in columns) + " |")
         print("|---|---|---|" + "---|" * len(columns))
-        for (model, lik, seed), fids in sorted(temperatures.items(), key=lambda kv: (
+        for (model, lik, seed), fids in sorted(second_fids.items(), key=lambda kv: (
                 ORDER.get(kv[0][0], 9), LIKELIHOODS.get(kv[0][1], 9), kv[0][2])):
             print(f"| {model} | {lik} | {seed} | "
                   + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in columns) + " |")

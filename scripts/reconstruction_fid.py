@@ -22,7 +22,7 @@ import sys
 import torch
 
 from vaecli import fid, runfile
-from vaecli.runs import load_model, load_split, mean_to_uint8, prepare_images
+from vaecli.runs import load_model, load_split, prepare_images, reconstruct
 
 
 def reconstruction_fid(path, samples=10_000, batch_size=fid.DEFAULT_BATCH):
@@ -33,13 +33,8 @@ def reconstruction_fid(path, samples=10_000, batch_size=fid.DEFAULT_BATCH):
     mu_ref, sigma_ref, n_ref = fid.reference_statistics(extractor, reference, batch_size=batch_size)
     images = torch.from_numpy(prepare_images(reference.images[:samples], run.config))
 
-    @torch.no_grad()
-    def reconstruct(index, start, stop):
-        x = images[start:stop]
-        out = model.posterior(model.encode(x), torch.zeros(x.shape[0], model.latent_size))
-        return mean_to_uint8(model.likelihood.mean(out.raw))
-
-    feats = fid.sharded_features(reconstruct, len(images), extractor, batch_size)
+    feats = fid.sharded_features(lambda index, start, stop: reconstruct(model, images[start:stop])[1],
+                                 len(images), extractor, batch_size)
     score = fid.frechet(fid.statistics(feats), (mu_ref, sigma_ref))
     return {"run": str(path), "reconstruction_fid": score, "n": len(images), "n_reference": n_ref,
             "reference": f"{reference.name}/{reference.split}",

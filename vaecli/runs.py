@@ -328,6 +328,15 @@ def recalibrate(run: runfile.Run, device="auto") -> dict:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def reconstruct(model, x: torch.Tensor):
+    """(the posterior's output, the uint8 reconstruction) of a batch x on the model's
+    device: the decoder mean on the posterior-mean path (eps = 0)."""
+    eps = torch.zeros(x.shape[0], model.latent_size, device=x.device)
+    out = model.posterior(model.encode(x), eps)
+    return out, mean_to_uint8(model.likelihood.mean(out.raw))
+
+
 def reconstructions(run: runfile.Run, n: int, split="test", device="auto", model=None):
     """(data, reconstruction) of the first ``n`` examples of a split as uint8 pictures:
     the decoder mean on the posterior-mean path (eps = 0).  Images come as (n, C, H, W);
@@ -338,10 +347,7 @@ def reconstructions(run: runfile.Run, n: int, split="test", device="auto", model
         what = "videos asked for (--rows)" if data.images.ndim == 5 else "images asked for (-n x --rows)"
         raise VaeError(f"{n} {what}, but the {split} split has {len(data.images)}")
     x = torch.from_numpy(prepare_images(data.images[:n], run.config))
-    features = model.encode(x.to(next(model.parameters()).device))
-    eps = torch.zeros(n, model.latent_size, device=next(model.parameters()).device)
-    out = model.posterior(features, eps)
-    recon = mean_to_uint8(model.likelihood.mean(out.raw))
+    out, recon = reconstruct(model, x.to(next(model.parameters()).device))
     if out.target is not None:  # a sequence model: the frames it predicts
         from .models.protocol import target_shape
 
