@@ -7,7 +7,7 @@
 #
 #   scripts/svg_study.sh          train and evaluate the runs of RUNS, one after another
 #
-# Resumable: a finished run is skipped, an interrupted one resumed (the budget counts its
+# Resumable: a finished run (its JSON results present) is skipped, an interrupted one resumed (the budget counts its
 # training seconds).  Several queues may share the list, one a core (CORE=0 and CORE=1):
 # each run is claimed with a lock.  Environment: BUDGET (30m), OUT (study-svg), CORE (0),
 # RUNS (name:likelihood:beta:seed words; default below), FUTURES (100 sampled futures a
@@ -72,6 +72,7 @@ PY
 for spec in $runs; do
   IFS=: read -r name likelihood beta seed <<< "$spec"
   file="$out/$name-s$seed.h5"
+  [[ -f "${file%.h5}.json" ]] && continue  # done: its results are kept even where the run file is not
   claim "$file" || continue
   train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset smmnist --model svg \
     "${model_options[@]}" --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs 1000 \
