@@ -189,6 +189,36 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
     assert out.index("gaussian σ=1, β=1e-4 (SVG's)") < out.index("sigma (σ-VAE)")
 
 
+def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
+    import json
+
+    def run(likelihood, beta, seed, fid, *, sigma=1.0, val=(3.0, 2.9, 2.95, 2.96), epochs=4, limit=100):
+        extra = {"fid": {"applicable": True, "value": fid}}
+        r = _result("conv", likelihood, seed, 4.0, extra=extra)
+        r.update(beta=beta, epochs=epochs, epochs_limit=limit, early_stop=2, min_delta=0.001, trained_seconds=600.0,
+                 val_bpd_history=list(val), equivalent_beta_history=[2 * sigma**2] * epochs)
+        return r
+
+    runs = {"sigma-beta1-s0": run("sigma", 1.0, 0, 30.0, sigma=0.1), "sigma-beta1-s1": run("sigma", 1.0, 1, 40.0, sigma=0.1),
+            "gaussian-beta0.1-s0": run("gaussian", 0.1, 0, 35.0), "gaussian-beta0.1-s1": run("gaussian", 0.1, 1, 37.0),
+            # trained to the epoch limit, its validation still improving (best at the last epoch)
+            "gaussian-beta1-s0": run("gaussian", 1.0, 0, 70.0, val=(3.0, 2.9, 2.8, 2.7), limit=4)}
+    for name, r in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    out = _table("convergence_table", tmp_path)
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
+    # the sigma-VAE first; 2 sigma^2 = 0.02 is its beta; the fixed Gaussian's is 2 beta
+    assert rows["sigma (σ-VAE)"].endswith("| 35.0 ± 7.1 | 0.0200 ± 0.0000 |")
+    assert "| 2 of 2 |" in rows["sigma (σ-VAE)"] and "| 2.0 ± 0.0 |" in rows["sigma (σ-VAE)"]  # best at epoch 2
+    assert "| 0 of 1 |" in rows["gaussian σ=1, β=1"] and "| 4.0 |" in rows["gaussian σ=1, β=1"]
+    assert rows["gaussian σ=1, β=0.1"].endswith("| 0.2000 ± 0.0000 |")
+    assert "best by mean FID: β = 0.1" in out
+    assert "| 0 | 30.0 | 35.0 | 70.0 | -5.0 |" in out and "| 1 | 40.0 | 37.0 | – | +3.0 |" in out
+    # 35 - 36 = -1; standard error sqrt(50/2 + 2/2) = 5.10
+    assert "difference of means -1.0 ± 5.1 (standard error); the σ-VAE is lower in 1 of 2 paired seeds." in out
+    assert "| 1 | sigma (σ-VAE) | 35.0 | 27.25 |" in out and "| 3 | gaussian σ=1, β=1 | 70.0 | 70.4 |" in out
+
+
 def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypatch):
     """The script's FID is the Fréchet distance between the features of the pictures
     `vae reconstruct` shows (vaecli.runs.reconstructions) and the reference's: with a

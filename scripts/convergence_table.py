@@ -1,0 +1,130 @@
+"""The tables of docs/study.md's "At convergence" section from the JSON results that
+scripts/convergence_study.sh writes beside each run (LIKELIHOOD-betaB-sS.json).
+
+    python scripts/convergence_table.py study-convergence/conv > table.md
+
+One row per decoder setting (cells mean ± sd over the seeds listed): how long it trained
+and where its validation bits/dim was best, the test numbers, FID and the beta of the
+equivalent MSE-loss objective SSE + beta*KL (2*beta*sigma^2: 2*beta for the fixed
+Gaussian, 2*sigma^2 for the calibrated decoders).  Then FID seed by seed against the
+best fixed beta, and the ranking beside the paper's SVHN FIDs (its Tables 2-3).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from model_study_table import cell, difference_of_means  # this folder is first on the path of a script run from it
+
+from vaecli.training.state import best_validation
+
+# The sigma-VAE paper's SVHN FIDs (Rybkin et al. 2021, Tables 2-3): the MSE-loss beta sweep
+# and the calibrated decoders, by this project's setting names.
+PAPER_SVHN_FID = {("gaussian", 0.001): 44.5, ("gaussian", 0.01): 27.9, ("gaussian", 0.1): 28.3,
+                  ("gaussian", 1.0): 70.4, ("gaussian", 10.0): 219.3, ("sigma", 1.0): 27.25,
+                  ("sigma-learned", 1.0): 22.25}
+CALIBRATED = ("sigma", "sigma-learned")
+
+
+def value(result, metric, key="value"):
+    r = result["test"]["results"].get(metric, {})
+    return r.get(key) if r.get("applicable", True) else None
+
+
+def label(setting):
+    likelihood, beta = setting
+    if likelihood == "gaussian":
+        return f"gaussian σ=1, β={beta:g}"
+    return likelihood + (" (σ-VAE)" if likelihood == "sigma" else "") + ("" if beta == 1 else f", β={beta:g}")
+
+
+def implied_beta(result):
+    """beta * 2 sigma^2 at the last epoch: the weight of the KL against the summed squared error."""
+    history = result.get("equivalent_beta_history") or []
+    if not history or not np.isfinite(history[-1]):
+        return None
+    return result["beta"] * history[-1]
+
+
+def best_validation_epoch(result):
+    """1-based epoch of the best validation bits/dim by the early-stopping rule's own count."""
+    best = best_validation({"val_bpd": result.get("val_bpd_history") or []}, result.get("min_delta", 0.0))
+    return None if best is None else best[1] + 1
+
+
+def load(folder):
+    rows = defaultdict(list)
+    for path in sorted(Path(folder).glob("*.json")):
+        r = json.loads(path.read_text())
+        rows[(r["likelihood"], float(r["beta"]))].append(r)
+    for runs in rows.values():
+        runs.sort(key=lambda r: r["seed"])
+    return rows
+
+
+def order(setting):
+    likelihood, beta = setting
+    return (CALIBRATED.index(likelihood) if likelihood in CALIBRATED else len(CALIBRATED), beta)
+
+
+def main(folder):
+    rows = load(folder)
+    if not rows:
+        raise SystemExit(f"no results (*.json) in {folder}")
+    settings = sorted(rows, key=order)
+    print("| decoder | seeds | epochs trained | best validation epoch | stopped early | training (min, 1 core) "
+          "| validation bits/dim (best) | test bits/dim | test ELBO (nats) | KL (nats) | MSE | active units "
+          "| FID (10k vs 10k test) | β of SSE + β·KL |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in settings:
+        runs = rows[s]
+        stopped = sum(bool(r.get("early_stop")) and r["epochs"] < r["epochs_limit"] for r in runs)
+        print(f"| {label(s)} | {', '.join(str(r['seed']) for r in runs)} | {cell([r['epochs'] for r in runs], 1)} "
+              f"| {cell([best_validation_epoch(r) for r in runs], 1)} "
+              f"| {stopped} of {len(runs)} | {cell([r['trained_seconds'] / 60 for r in runs], 0)} "
+              f"| {cell([min(r['val_bpd_history']) if r.get('val_bpd_history') else None for r in runs], 4)} "
+              f"| {cell([value(r, 'bpd') for r in runs], 4)} | {cell([value(r, 'elbo') for r in runs], 1)} "
+              f"| {cell([value(r, 'kl') for r in runs], 2)} | {cell([value(r, 'mse') for r in runs], 5)} "
+              f"| {cell([value(r, 'active-units') for r in runs], 1)} | {cell([value(r, 'fid') for r in runs], 1)} "
+              f"| {cell([implied_beta(r) for r in runs], 4)} |")
+
+    fixed = [s for s in settings if s[0] == "gaussian" and any(value(r, "fid") is not None for r in rows[s])]
+    sigma = ("sigma", 1.0)
+    if fixed and sigma in rows:
+        best = min(fixed, key=lambda s: np.mean([value(r, "fid") for r in rows[s] if value(r, "fid") is not None]))
+        print(f"\nFID seed by seed, the σ-VAE against every fixed β (best by mean FID: β = {best[1]:g}); "
+              "a negative difference favours the σ-VAE:\n")
+        print("| seed | σ-VAE | " + " | ".join(f"β = {s[1]:g}" for s in fixed) + f" | σ-VAE − β = {best[1]:g} |")
+        print("|---|---|" + "---|" * len(fixed) + "---|")
+        by_seed = {s: {r["seed"]: value(r, "fid") for r in rows[s]} for s in [sigma, *fixed]}
+        diffs = []
+        for seed in sorted(by_seed[sigma]):
+            own, other = by_seed[sigma][seed], by_seed[best].get(seed)
+            diff = None if own is None or other is None else own - other
+            if diff is not None:
+                diffs.append(diff)
+            cells = [f"{by_seed[s].get(seed):.1f}" if by_seed[s].get(seed) is not None else "–" for s in fixed]
+            print(f"| {seed} | {own:.1f} | " + " | ".join(cells) + f" | {'–' if diff is None else f'{diff:+.1f}'} |")
+        a = [v for v in by_seed[sigma].values() if v is not None]
+        b = [v for v in by_seed[best].values() if v is not None]
+        diff, se = difference_of_means(a, b)
+        spread = f"{np.std(b, ddof=1):.1f}" if len(b) > 1 else "–"
+        print(f"\nσ-VAE {np.mean(a):.1f} against β = {best[1]:g} {np.mean(b):.1f} (sd over seeds {spread}): "
+              f"difference of means {diff:+.1f}" + (f" ± {se:.1f} (standard error)" if se is not None else "")
+              + f"; the σ-VAE is lower in {sum(d < 0 for d in diffs)} of {len(diffs)} paired seeds.")
+
+    print("\nRanking by mean FID here, beside the paper's SVHN FIDs (its conv VAE; Tables 2-3):\n")
+    print("| rank | decoder | FID here | FID in the paper (SVHN) |")
+    print("|---|---|---|---|")
+    scored = [(np.mean(f), s) for s in settings if (f := [value(r, "fid") for r in rows[s] if value(r, "fid") is not None])]
+    for rank, (fid, s) in enumerate(sorted(scored), 1):
+        paper = PAPER_SVHN_FID.get(s)
+        print(f"| {rank} | {label(s)} | {fid:.1f} | {'–' if paper is None else f'{paper:g}'} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
