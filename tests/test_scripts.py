@@ -210,6 +210,7 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     # the sigma-VAE first; 2 sigma^2 = 0.02 is its beta; the fixed Gaussian's is 2 beta
     assert rows["sigma (σ-VAE)"].endswith("| 35.0 ± 7.1 | 0.0200 ± 0.0000 |")
     assert "| 2 of 2 |" in rows["sigma (σ-VAE)"] and "| 2.0 ± 0.0 |" in rows["sigma (σ-VAE)"]  # best at epoch 2
+    assert "| 2.9000 ± 0.0000 | 2.9600 ± 0.0000 |" in rows["sigma (σ-VAE)"]  # best and last validation bits/dim
     assert "| 0 of 1 |" in rows["gaussian σ=1, β=1"] and "| 4.0 |" in rows["gaussian σ=1, β=1"]
     assert rows["gaussian σ=1, β=0.1"].endswith("| 0.2000 ± 0.0000 |")
     assert "best by mean FID: β = 0.1" in out
