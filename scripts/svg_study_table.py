@@ -85,7 +85,9 @@ def main(folder):
             parts = []
             for metric, digits, sign in (("bpd", 4, -1), ("ssim", 4, 1), ("psnr", 2, 1)):
                 d = [sign * (value(a, metric) - value(b, metric)) for a, b in pairs]
-                parts.append(f"{metric} " + ", ".join(f"{x:+.{digits}f}" for x in d))
+                mean = (f" (mean {np.mean(d):+.{digits}f} ± {np.std(d, ddof=1) / np.sqrt(len(d)):.{digits}f})"
+                        if len(d) > 1 else "")  # the standard error of the paired differences
+                parts.append(f"{metric} " + ", ".join(f"{x:+.{digits}f}" for x in d) + mean)
             print(f"- {LABELS.get(n, n)} (seeds {', '.join(str(a['seed']) for a, _ in pairs)}): " + "; ".join(parts))
 
 

@@ -179,13 +179,17 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
         del r["mnist5k"]
         return r
 
-    for name, r in {"svg-beta1e-4-s0": video_result(0, 2.0, 0.70, 15.0),
-                    "sigma-s0": video_result(0, 1.5, 0.75, 16.0)}.items():
+    for name, r in {"svg-beta1e-4-s0": video_result(0, 2.0, 0.70, 15.0), "svg-beta1e-4-s1": video_result(1, 2.0, 0.70, 15.0),
+                    "sigma-s0": video_result(0, 1.5, 0.75, 16.0), "sigma-s1": video_result(1, 1.7, 0.69, 15.5),
+                    "gaussian-s0": video_result(0, 2.5, 0.60, 14.0)}.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
     out = _table("svg_study_table", tmp_path)
     assert "epochs in 30 min" in out and "SSIM, best of 100" in out
     # lower bits/dim and higher SSIM and PSNR are better: all positive for the sigma-VAE here
-    assert "- sigma (σ-VAE) (seeds 0): bpd +0.5000; ssim +0.0500; psnr +1.00" in out
+    # with two paired seeds, the mean difference and its standard error (sd / sqrt 2)
+    assert ("- sigma (σ-VAE) (seeds 0, 1): bpd +0.5000, +0.3000 (mean +0.4000 ± 0.1000); "
+            "ssim +0.0500, -0.0100 (mean +0.0200 ± 0.0300); psnr +1.00, +0.50 (mean +0.75 ± 0.25)") in out
+    assert "- gaussian σ=1, β=1 (seeds 0): bpd -0.5000; ssim -0.1000; psnr -1.00" in out
     assert out.index("gaussian σ=1, β=1e-4 (SVG's)") < out.index("sigma (σ-VAE)")
 
 
