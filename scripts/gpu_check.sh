@@ -8,7 +8,8 @@
 #      then where the step's time goes: ms per step and its kernels by time, captured and
 #      eager, float32 and bf16, contiguous and channels-last memory (benchmarks/step_profile.py);
 #      and the hierarchical VAE's throughput against its plain loop, then 3 epochs of it with its
-#      stability defaults (does that step capture?),
+#      stability defaults (does that step capture?), and the sequence model (svg) for 2
+#      epochs of the sequence study's configuration with its bits/dim, SSIM and PSNR,
 #   3. the likelihood benchmark (torch eager, CuPy fused under each gradient policy,
 #      torch.compile with BENCH_COMPILE=1; each also replayed from a CUDA graph),
 #   4. the CuPy tests and `vae verify` on both GPU backends,
@@ -95,6 +96,18 @@ step "main job hvae" 60 \
   "rm -f /tmp/gpu_train_hvae.h5; python3 -m vaecli train --device cuda --model hvae --epochs 3 --quiet --json \
      --out /tmp/gpu_train_hvae.h5 > '$out/train_hvae.json' && python3 -m vaecli eval /tmp/gpu_train_hvae.h5 \
      --metric elbo --metric bpd --metric kl --json > '$out/eval_hvae.json'"
+# the sequence model (vae train --model svg): the sequence study's configuration
+# (docs/sequence.md) for 2 epochs of smmnist's 4,000 training videos, then the test
+# split's bits/dim and SVG's best-of-100 SSIM and PSNR on the study's first 25 test videos
+step "main job svg" 90 \
+  "rm -f /tmp/gpu_train_svg.h5; python3 -m vaecli train --device cuda --model svg --dataset smmnist \
+     --model-option width=32 --model-option g_dim=64 --model-option rnn_size=128 --lr 0.002 --batch-size 100 \
+     --epochs 2 --quiet --json --out /tmp/gpu_train_svg.h5 > '$out/train_svg.json' \
+   && python3 -c 'import sys, numpy as np; from vaecli.runs import load_split
+np.savez(sys.argv[1], test_images=load_split(\"smmnist\", \"test\").images[:25])' /tmp/smmnist-test-first25.npz \
+   && python3 -m vaecli eval /tmp/gpu_train_svg.h5 --metric bpd --metric kl --json > '$out/eval_svg.json' \
+   && python3 -m vaecli eval /tmp/gpu_train_svg.h5 --metric ssim --metric psnr --future-samples 100 \
+     --data /tmp/smmnist-test-first25.npz --no-store --json > '$out/predict_svg.json'"
 step "step profile" 75 \
   "python3 benchmarks/step_profile.py --device cuda --batch 128 --batch 1024 --precision float32 --precision bf16 \
      --memory-format contiguous --memory-format channels_last --eager --profile --json '$out/step_profile.json' \
@@ -172,6 +185,15 @@ for backend in ("torch", "cupy", "hvae"):
               f"{t['test_elbo']:.2f}, eval bpd {e['bpd']['value']:.4f}, sigma {t['sigma']:.4f}, CUDA graph: {graph}")
     except Exception as exc:
         print(f"train --backend {backend}: failed ({exc})")
+try:  # the sequence model: seconds an epoch, test bits/dim, best-of-100 SSIM and PSNR
+    t = json.loads((out / "train_svg.json").read_text())["last_epoch"]
+    e = json.loads((out / "eval_svg.json").read_text())["results"]
+    p = json.loads((out / "predict_svg.json").read_text())["results"]
+    print(f"train --model svg (2 epochs of 4,000 videos, cuda): {t['seconds']:.2f} s last epoch "
+          f"({4000 / t['seconds']:.0f} videos/s), eval bpd {e['bpd']['value']:.4f}, kl {e['kl']['value']:.2f}; "
+          f"25 test videos, best of 100: SSIM {p['ssim']['value']:.4f}, PSNR {p['psnr']['value']:.2f}")
+except Exception as exc:
+    print(f"train --model svg: failed ({exc})")
 for f in ("precision_study.txt", "rounding_control.txt"):  # their per-seed rows stay in the files
     if (out / f).exists():
         print("\n".join(l for l in (out / f).read_text().splitlines()
