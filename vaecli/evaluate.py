@@ -13,13 +13,12 @@ import torch
 
 from . import registry
 from .constants import ACTIVE_UNIT_THRESHOLD
-from .models.protocol import (draw_noise, group_names, group_sizes, kl_per_group, log_likelihood, log_weight,
-                              posterior_means, target_of, target_shape,
-                              repeat_features)
+from .models.protocol import (LatentGroup, draw_noise, flat, group_kl, group_names, group_sizes, kl_per_group,
+                              log_likelihood, log_weight, target_of, target_shape, repeat_features)
 from .calibration import needs_calibration
 from .units import bits_per_dim, equivalent_beta
 
-METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units")
+METRICS = ("elbo", "bpd", "nll", "kl", "mse", "active-units", "aggregate-kl")
 DEFAULT_IW_SAMPLES = 100
 DEFAULT_ELBO_SAMPLES = 1
 # Data values (rows x dims) per decoder call when drawing importance samples.  On a
@@ -82,16 +81,21 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     gen = torch.Generator(device=device).manual_seed(seed)
     want = {m for m in metrics if applicability(lik.name, m, binarized)[0]}
     rows = {k: [] for k in ("elbo", "elbo_pmf", "kl", "kl_groups", "mse", "iw", "iw_pmf", "post_means",
-                            "group_dims")}
+                            "group_dims", "agg_mean", "agg_logvar", "agg_kl", "agg_prior")}
+    unconditional = _unconditional_groups(model, images, device) if "aggregate-kl" in want else []
     for index, x in _batches(images, batch_size, device, rank, world):
         gen.manual_seed(batch_seed(seed, index))
         features = model.encode(x)
-        if "active-units" in want:
-            rows["post_means"].append((index, posterior_means(model, features).double()))
+        if want & {"active-units", "aggregate-kl"}:  # the posteriors on the mean path (eps = 0)
+            groups = model.posterior(features, torch.zeros(x.shape[0], model.latent_size, device=device,
+                                                           dtype=next(model.parameters()).dtype)).groups
             if not rows["group_dims"]:
-                eps = torch.zeros(1, model.latent_size, device=device, dtype=next(model.parameters()).dtype)
-                first = features if isinstance(features, torch.Tensor) else type(features)(f[:1] for f in features)
-                rows["group_dims"].append((index, torch.tensor(group_sizes(model.posterior(first, eps).groups))))
+                rows["group_dims"].append((index, torch.tensor(group_sizes(groups))))
+            if "active-units" in want:
+                rows["post_means"].append((index, torch.cat([flat(g.mean) for g in groups], 1).double()))
+            if unconditional:
+                for key, values in _aggregate_rows([groups[i] for i in unconditional]).items():
+                    rows[key].append((index, values))
         # the KL is that of the ELBO's posterior samples (analytic per group, averaged over the samples)
         if want & {"elbo", "bpd", "mse", "kl"}:
             for key, values in _elbo_rows(model, x, features, want, elbo_samples, gen).items():
@@ -106,7 +110,79 @@ def evaluate(model, images: torch.Tensor, metrics, *, batch_size=256, elbo_sampl
     scored = (images.shape[0], *target_shape(model))
     results = _summaries(lik, rows, metrics, binarized, scored, elbo_samples, iw_samples)
     _per_group(model, rows, results)
+    if "aggregate-kl" in metrics:
+        results["aggregate-kl"] = _aggregate_kl(model, rows, unconditional, seed)
     return _with_sigmas(lik, results)
+
+
+PRIOR_PROBE = 8  # images whose priors are compared to find the groups with one prior for every image
+
+
+def _unconditional_groups(model, images, device) -> list:
+    """Indices of the latent groups whose prior is the same for every image: the standard
+    normal, or a learned prior that does not depend on the image (an hvae's top group).
+    Read off the first PRIOR_PROBE images (all ranks compute the same); evaluation checks
+    that every batch's prior agrees (:func:`_aggregate_kl`)."""
+    x = images[:PRIOR_PROBE].to(device)
+    eps = torch.zeros(x.shape[0], model.latent_size, device=device, dtype=next(model.parameters()).dtype)
+    groups = model.posterior(model.encode(x), eps).groups
+    return [i for i, g in enumerate(groups) if g.prior_mean is None
+            or (x.shape[0] > 1 and _same_rows(flat(g.prior_mean)) and _same_rows(flat(g.prior_logvar)))]
+
+
+def _same_rows(t: torch.Tensor) -> bool:
+    return bool(torch.allclose(t.double(), t[:1].double().expand_as(t), rtol=1e-5, atol=1e-6))
+
+
+def _aggregate_rows(groups) -> dict:
+    """The groups' posteriors in the coordinates where their prior is N(0, I) (the KL is
+    unchanged by that affine map): means and log-variances (B, Z), the KL per image, and
+    the prior's parameters of the batch's first image (2Z,), all float64."""
+    means, logvars, priors, kl = [], [], [], 0.0
+    for g in groups:
+        mean, logvar = flat(g.mean).double(), flat(g.logvar).double()
+        if g.prior_mean is None:
+            p_mean, p_logvar = torch.zeros_like(mean), torch.zeros_like(logvar)
+        else:
+            p_mean, p_logvar = flat(g.prior_mean).double(), flat(g.prior_logvar).double()
+        means.append((mean - p_mean) * torch.exp(-0.5 * p_logvar))
+        logvars.append(logvar - p_logvar)
+        priors += [p_mean[0], p_logvar[0]]
+        kl = kl + group_kl(LatentGroup(mean, mean, logvar, None if g.prior_mean is None else p_mean,
+                                       None if g.prior_mean is None else p_logvar))
+    return {"agg_mean": torch.cat(means, 1), "agg_logvar": torch.cat(logvars, 1), "agg_kl": kl,
+            "agg_prior": torch.cat(priors)[None]}
+
+
+def _aggregate_kl(model, rows, unconditional, seed) -> dict:
+    """KL(q(z) || p(z)) of the evaluated images' aggregate posterior over the groups with
+    one prior for every image (vaecli.aggregate), with one posterior sample per image
+    drawn from a generator seeded with ``seed``; the mutual information I(x; z) is the
+    rate of those groups minus it."""
+    import json
+
+    from . import aggregate
+
+    names = group_names(model, len(rows["group_dims"][0])) if rows["group_dims"] else ()
+    n = sum(int(t.shape[0]) for t in rows["agg_mean"])
+    if not unconditional:
+        return {"applicable": False, "n": n, "reason": "every latent group's prior depends on the data "
+                f"(groups: {', '.join(names) or 'none'}), so there is no one prior to compare the aggregate "
+                "posterior with"}
+    used = [names[i] for i in unconditional] if names else []
+    priors = torch.cat(rows["agg_prior"])
+    if not _same_rows(priors):
+        return {"applicable": False, "n": n, "reason": f"the prior of group(s) {', '.join(used)} differs between "
+                "batches: it depends on the data"}
+    mean, logvar, rate = (torch.cat(rows[k]) for k in ("agg_mean", "agg_logvar", "agg_kl"))
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = mean + torch.exp(0.5 * logvar) * eps.to(mean.device)
+    terms = aggregate.aggregate_kl_terms(mean, logvar, z).cpu().numpy()
+    value, rate = float(terms.mean()), float(rate.mean())
+    return {"value": value, "stderr": float(terms.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0, "unit": "nats",
+            "n": n, "applicable": True, "gaussian_fit_kl": aggregate.gaussian_fit_kl(mean, logvar),
+            "rate": rate, "mutual_information": rate - value, "mutual_information_bound": math.log(n),
+            "latent_dims": int(mean.shape[1]), "groups": json.dumps(used)}
 
 
 def _per_group(model, rows, results):

@@ -71,7 +71,7 @@ def jsonable(value):
 SEED = click.IntRange(0, 2**63 - 1)  # what torch's generators and the run file's int64 attributes hold
 RUN_FILE = click.Path(exists=True, dir_okay=False)
 RUNS = click.Path(exists=True)
-METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units", "fid", "ssim", "psnr")
+METRIC_CHOICES = ("elbo", "bpd", "nll", "kl", "mse", "active-units", "aggregate-kl", "fid", "ssim", "psnr")
 
 INCEPTION_OPTIONS = [
     click.option("--inception", type=click.Path(exists=True, dir_okay=False),

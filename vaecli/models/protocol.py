@@ -110,7 +110,8 @@ class OneGaussianLatent:
         return self.decode(temperature * eps)
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) as (B, rest): one row of latents per example."""
     return t.reshape(t.shape[0], -1)
 
 
@@ -118,10 +119,10 @@ def group_kl(group: LatentGroup) -> torch.Tensor:
     """KL(q || p) of one group in nats per image, (B,), in the group's dtype."""
     from ..backends.torch_backend import gaussian_kl
 
-    mean, logvar = _flat(group.mean), _flat(group.logvar)
+    mean, logvar = flat(group.mean), flat(group.logvar)
     if group.prior_mean is None:
         return gaussian_kl(mean, logvar)
-    p_mean, p_logvar = _flat(group.prior_mean), _flat(group.prior_logvar)
+    p_mean, p_logvar = flat(group.prior_mean), flat(group.prior_logvar)
     return 0.5 * (p_logvar - logvar + (torch.exp(logvar) + (mean - p_mean) ** 2) * torch.exp(-p_logvar)
                   - 1.0).sum(-1)
 
@@ -150,11 +151,11 @@ def log_weight(groups) -> torch.Tensor:
     the likelihood term."""
     total = None
     for g in groups:
-        z, mean, logvar = _flat(g.z), _flat(g.mean), _flat(g.logvar)
+        z, mean, logvar = flat(g.z), flat(g.mean), flat(g.logvar)
         if g.prior_mean is None:
             p_mean, p_logvar = torch.zeros_like(z), torch.zeros_like(z)
         else:
-            p_mean, p_logvar = _flat(g.prior_mean), _flat(g.prior_logvar)
+            p_mean, p_logvar = flat(g.prior_mean), flat(g.prior_logvar)
         part = _log_normal(z, p_mean, p_logvar) - _log_normal(z, mean, logvar)
         total = part if total is None else total + part
     return total
@@ -176,13 +177,6 @@ def repeat_features(features, k: int):
     if isinstance(features, torch.Tensor):
         return features.expand(k, *features.shape).reshape(k * features.shape[0], *features.shape[1:])
     return type(features)(repeat_features(f, k) for f in features)
-
-
-def posterior_means(model, features) -> torch.Tensor:
-    """The posterior means of every latent on the mean path (eps = 0), (B, latent_size)."""
-    batch = _first(features).shape[0]
-    eps = torch.zeros(batch, model.latent_size, device=_first(features).device, dtype=_first(features).dtype)
-    return torch.cat([_flat(g.mean) for g in model.posterior(features, eps).groups], dim=1)
 
 
 def group_names(model, count: int) -> tuple:
@@ -208,7 +202,3 @@ def temperatures_for(model, temperature):
 def group_sizes(groups) -> list:
     """Latent dimensions per group of a pass."""
     return [int(g.mean[0].numel()) for g in groups]
-
-
-def _first(features) -> torch.Tensor:
-    return features if isinstance(features, torch.Tensor) else _first(features[0])

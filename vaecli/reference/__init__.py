@@ -33,7 +33,9 @@ from .likelihoods import (
 )
 
 __all__ = [
+    "aggregate_kl_terms",
     "available",
+    "gaussian_fit_kl",
     "gaussian_kl",
     "log_mean_exp",
     "log_pmf",
@@ -151,3 +153,27 @@ def log_mean_exp(a, axis=0):
     """log(mean(exp(a))) along ``axis``, via logsumexp(a) - log(n); float64."""
     a = np.asarray(a, dtype=np.float64)
     return special.logsumexp(a, axis=axis) - np.log(a.shape[axis])
+
+
+def aggregate_kl_terms(mu, logvar, z):
+    """log q(z_m) - log p(z_m) per sample ``z`` ``(M, Z)``, where q is the equal-weight
+    mixture of the ``N`` Gaussians N(mu_n, exp(logvar_n)) (``(N, Z)`` each) and p is
+    N(0, I); ``(M,)`` float64.  Written pair by pair: every log N(z_m; mu_n, var_n)."""
+    mu, logvar, z = (np.asarray(a, dtype=np.float64) for a in (mu, logvar, z))
+    if mu.shape != logvar.shape or mu.ndim != 2 or z.ndim != 2 or z.shape[1] != mu.shape[1]:
+        raise VaeError(f"aggregate_kl_terms: mu, logvar (N, Z) and z (M, Z), got {mu.shape}, {logvar.shape}, {z.shape}")
+    diff = z[:, None, :] - mu[None, :, :]  # (M, N, Z)
+    log_components = -0.5 * (diff**2 / np.exp(logvar)[None] + logvar[None] + np.log(2 * np.pi)).sum(axis=2)
+    log_q = log_mean_exp(log_components, axis=1)
+    log_p = -0.5 * (z**2 + np.log(2 * np.pi)).sum(axis=1)
+    return log_q - log_p
+
+
+def gaussian_fit_kl(mu, logvar):
+    """KL(N(m, S) || N(0, I)) for the mean m and covariance S of the mixture of the
+    Gaussians N(mu_n, exp(logvar_n)): S = Cov_n(mu_n) (population) + diag(mean_n var_n)."""
+    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    m = mu.mean(axis=0)
+    cov = np.cov(mu, rowvar=False, ddof=0).reshape(mu.shape[1], mu.shape[1]) + np.diag(np.exp(logvar).mean(axis=0))
+    _, logdet = np.linalg.slogdet(cov)
+    return 0.5 * (np.trace(cov) + m @ m - mu.shape[1] - logdet)
