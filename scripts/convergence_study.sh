@@ -3,7 +3,7 @@
 # the conv model (or MODEL=hvae) on Fashion-MNIST, each setting trained until its
 # validation bits/dim (10% of the training split, never the test split) has not improved
 # by MIN_DELTA for PATIENCE epochs, then evaluated on the 10,000 test images with FID
-# from 10,000 prior samples.
+# from 10,000 prior samples and the aggregate posterior's KL from the prior (prior holes).
 #
 #   scripts/convergence_study.sh          train and evaluate the runs of RUNS in order
 #
@@ -33,7 +33,7 @@ evaluate() {  # the run's results as JSON beside it
   [[ -f "$json" ]] && return 0
   echo "== $(date -u +%FT%TZ) evaluating $file"
   taskset -c "$core" python3 -m vaecli eval "$file" --metric elbo --metric bpd --metric kl --metric mse \
-    --metric active-units --metric fid --fid-samples "${FID:-10000}" --device cpu --json > "$file.test.tmp"
+    --metric active-units --metric aggregate-kl --metric fid --fid-samples "${FID:-10000}" --device cpu --json > "$file.test.tmp"
   python3 "$(dirname "$0")/model_study_result.py" "$file" "$file.test.tmp" > "$json.tmp"
   mv "$json.tmp" "$json"
   rm -f "$file.test.tmp"

@@ -5,7 +5,9 @@ scripts/convergence_study.sh writes beside each run (LIKELIHOOD-betaB-sS.json).
 
 One row per decoder setting (cells mean ± sd over the seeds listed): how long it trained
 and where its validation bits/dim was best (the run keeps the last epoch's weights, up
-to the patience past the best: both validation numbers are shown), the test numbers, FID and the beta of the
+to the patience past the best: both validation numbers are shown), the test numbers
+(with the aggregate posterior's KL from the prior and the mutual information, the two
+parts of the rate; vaecli.aggregate), FID and the beta of the
 equivalent MSE-loss objective SSE + beta*KL (2*beta*sigma^2: 2*beta for the fixed
 Gaussian, 2*sigma^2 for the calibrated decoders).  Then FID seed by seed against the
 best fixed beta, and the ranking beside the paper's SVHN FIDs (its Tables 2-3).
@@ -79,8 +81,8 @@ def main(folder):
     settings = sorted(rows, key=order)
     print("| decoder | seeds | epochs trained | best validation epoch | stopped early | training (min, 1 core) "
           "| validation bits/dim, best | validation bits/dim, last epoch (the weights kept) | test bits/dim | test ELBO (nats) | KL (nats) | MSE | active units "
-          "| FID (10k vs 10k test) | β of SSE + β·KL |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| aggregate posterior KL (nats) | I(x; z) (nats) | FID (10k vs 10k test) | β of SSE + β·KL |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in settings:
         runs = rows[s]
         stopped = sum(bool(r.get("early_stop")) and r["epochs"] < r["epochs_limit"] for r in runs)
@@ -91,7 +93,10 @@ def main(folder):
               f"| {cell([r['val_bpd_history'][-1] if r.get('val_bpd_history') else None for r in runs], 4)} "
               f"| {cell([value(r, 'bpd') for r in runs], 4)} | {cell([value(r, 'elbo') for r in runs], 1)} "
               f"| {cell([value(r, 'kl') for r in runs], 2)} | {cell([value(r, 'mse') for r in runs], 5)} "
-              f"| {cell([value(r, 'active-units') for r in runs], 1)} | {cell([value(r, 'fid') for r in runs], 1)} "
+              f"| {cell([value(r, 'active-units') for r in runs], 1)} "
+              f"| {cell([value(r, 'aggregate-kl') for r in runs], 2)} "
+              f"| {cell([value(r, 'aggregate-kl', 'mutual_information') for r in runs], 2)} "
+              f"| {cell([value(r, 'fid') for r in runs], 1)} "
               f"| {cell([implied_beta(r) for r in runs], 4)} |")
 
     fixed = [s for s in settings if s[0] == "gaussian" and any(value(r, "fid") is not None for r in rows[s])]

@@ -197,7 +197,8 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     import json
 
     def run(likelihood, beta, seed, fid, *, sigma=1.0, val=(3.0, 2.9, 2.95, 2.96), epochs=4, limit=100):
-        extra = {"fid": {"applicable": True, "value": fid}}
+        extra = {"fid": {"applicable": True, "value": fid},
+                 "aggregate-kl": {"applicable": True, "value": fid / 10, "mutual_information": 9.0}}
         r = _result("conv", likelihood, seed, 4.0, extra=extra)
         r.update(beta=beta, epochs=epochs, epochs_limit=limit, early_stop=2, min_delta=0.001, trained_seconds=600.0,
                  val_bpd_history=list(val), equivalent_beta_history=[2 * sigma**2] * epochs)
@@ -212,7 +213,7 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     out = _table("convergence_table", tmp_path)
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
     # the sigma-VAE first; 2 sigma^2 = 0.02 is its beta; the fixed Gaussian's is 2 beta
-    assert rows["sigma (σ-VAE)"].endswith("| 35.0 ± 7.1 | 0.0200 ± 0.0000 |")
+    assert rows["sigma (σ-VAE)"].endswith("| 3.50 ± 0.71 | 9.00 ± 0.00 | 35.0 ± 7.1 | 0.0200 ± 0.0000 |")
     assert "| 2 of 2 |" in rows["sigma (σ-VAE)"] and "| 2.0 ± 0.0 |" in rows["sigma (σ-VAE)"]  # best at epoch 2
     assert "| 2.9000 ± 0.0000 | 2.9600 ± 0.0000 |" in rows["sigma (σ-VAE)"]  # best and last validation bits/dim
     assert "| 0 of 1 |" in rows["gaussian σ=1, β=1"] and "| 4.0 |" in rows["gaussian σ=1, β=1"]
