@@ -4,8 +4,9 @@ scripts/svg_study.sh writes beside each run.
     python scripts/svg_study_table.py study-svg > table.md
 
 One row per decoder setting: with several seeds each cell is mean ± sd over them, and
-the seeds are listed.  Then best-of-N SSIM and PSNR per predicted time step, the KL of
-each predicted frame, and the sigma-VAE against SVG's setting seed by seed.
+the seeds are listed.  Then best-of-N SSIM and PSNR per predicted time step, beside two
+predictions without a model (a black frame; the last context frame repeated) on the same
+test videos, the KL of each predicted frame, and each setting against SVG's seed by seed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ def setting(path: Path) -> str:
     return path.stem.rsplit("-s", 1)[0]
 
 
+def baselines(folder, n_past):
+    """SSIM and PSNR per future step of two predictions that need no model, on the test
+    videos the study scores (the smmnist-test-first*.npz the study wrote): an all-black
+    frame, and the last context frame repeated.  {name: {metric: per-step list}}."""
+    import torch
+
+    from vaecli.prediction import psnr, ssim
+
+    files = sorted(Path(folder).glob("smmnist-test-first*.npz"))
+    if not files:
+        return {}
+    videos = torch.from_numpy(np.load(files[0])["test_images"]).double() / 255  # (N, T, C, H, W)
+    future = videos[:, n_past:]
+    n, steps = future.shape[:2]
+    out = {}
+    for name, guess in (("blank frame (no model)", torch.zeros_like(future)),
+                        ("last context frame repeated (no model)", videos[:, n_past - 1 : n_past].expand_as(future))):
+        a, b = guess.reshape(n * steps, *future.shape[2:]), future.reshape(n * steps, *future.shape[2:])
+        out[name] = {m: f(a, b).reshape(n, steps).mean(0).tolist() for m, f in (("ssim", ssim), ("psnr", psnr))}
+    return out
+
+
 def main(folder):
     rows = defaultdict(list)
     for p in sorted(Path(folder).glob("*.json")):
@@ -55,6 +78,9 @@ def main(folder):
               f"| {cell([value(r, 'kl') for r in runs], 2)} | {cell([value(r, 'mse') for r in runs], 5)} "
               f"| {cell([value(r, 'ssim') for r in runs], 4)} | {cell([value(r, 'psnr') for r in runs], 2)} |")
     steps = len(value(some, "ssim", "best_per_step"))
+    from vaecli.models import parse_options
+
+    reference = baselines(folder, parse_options("svg", some.get("model_options") or {})["n_past"])
     shown = [s for s in STEPS_SHOWN if s <= steps]
     for metric, digits in (("ssim", 3), ("psnr", 2)):
         print(f"\n{metric.upper()} per predicted step, best of {samples} (mean over seeds; in brackets the mean "
@@ -66,6 +92,8 @@ def main(folder):
             mean = np.mean([value(r, metric, "mean_per_step") for r in rows[n]], 0)
             print(f"| {LABELS.get(n, n)} | " + " | ".join(f"{best[s - 1]:.{digits}f} ({mean[s - 1]:.{digits}f})"
                                                         for s in shown) + " |")
+        for name, per_step in reference.items():
+            print(f"| {name} | " + " | ".join(f"{per_step[metric][s - 1]:.{digits}f}" for s in shown) + " |")
     groups = some["latent_groups"]
     print("\nKL of each predicted frame (nats per test video, mean over seeds):\n")
     print("| decoder | " + " | ".join(groups) + " |")

@@ -183,8 +183,20 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
                     "sigma-s0": video_result(0, 1.5, 0.75, 16.0), "sigma-s1": video_result(1, 1.7, 0.69, 15.5),
                     "gaussian-s0": video_result(0, 2.5, 0.60, 14.0)}.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    # the scored test videos: frames of one grey level each, context frame 5 at 0.4, then 0.2, 0.4, 0.6
+    import numpy as np
+
+    levels = np.array([0, 0, 0, 0, 102, 51, 102, 153], dtype=np.uint8)
+    np.savez(tmp_path / "smmnist-test-first2.npz", test_images=np.broadcast_to(levels[None, :, None, None, None],
+                                                                               (2, 8, 1, 16, 16)).copy())
     out = _table("svg_study_table", tmp_path)
     assert "epochs in 30 min" in out and "SSIM, best of 100" in out
+    # step 1 (the table shows steps 1, 5, 10, 15 that exist): the truth is flat at 0.2.  A black
+    # frame: SSIM c1 / (0.2^2 + c1) = 0.002, PSNR -20 log10 0.2 = 13.98 dB; the last context
+    # frame (0.4): SSIM (2 * 0.4 * 0.2 + c1) / (0.4^2 + 0.2^2 + c1) = 0.800, PSNR 13.98 dB
+    assert "| blank frame (no model) | 0.002 |" in out and "| blank frame (no model) | 13.98 |" in out
+    assert "| last context frame repeated (no model) | 0.800 |" in out
+    assert "| last context frame repeated (no model) | 13.98 |" in out
     # lower bits/dim and higher SSIM and PSNR are better: all positive for the sigma-VAE here
     # with two paired seeds, the mean difference and its standard error (sd / sqrt 2)
     assert ("- sigma (σ-VAE) (seeds 0, 1): bpd +0.5000, +0.3000 (mean +0.4000 ± 0.1000); "
