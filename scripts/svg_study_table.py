@@ -35,18 +35,23 @@ def setting(path: Path) -> str:
     return path.stem.rsplit("-s", 1)[0]
 
 
-def baselines(folder, n_past):
+def baselines(folder, n_past, n_videos):
     """SSIM and PSNR per future step of two predictions that need no model, on the test
-    videos the study scores (the smmnist-test-first*.npz the study wrote): an all-black
-    frame, and the last context frame repeated.  {name: {metric: per-step list}}."""
+    videos the study scores (the smmnist-test-first*.npz the study wrote, else the first
+    ``n_videos`` of smmnist's test split): an all-black frame, and the last context frame
+    repeated.  {name: {metric: per-step list}}."""
     import torch
 
     from vaecli.prediction import psnr, ssim
 
     files = sorted(Path(folder).glob("smmnist-test-first*.npz"))
-    if not files:
-        return {}
-    videos = torch.from_numpy(np.load(files[0])["test_images"]).double() / 255  # (N, T, C, H, W)
+    if files:
+        videos = np.load(files[0])["test_images"]
+    else:
+        from vaecli.runs import load_split
+
+        videos = load_split("smmnist", "test").images[:n_videos]
+    videos = torch.from_numpy(videos).double() / 255  # (N, T, C, H, W)
     future = videos[:, n_past:]
     n, steps = future.shape[:2]
     out = {}
@@ -80,7 +85,8 @@ def main(folder):
     steps = len(value(some, "ssim", "best_per_step"))
     from vaecli.models import parse_options
 
-    reference = baselines(folder, parse_options("svg", some.get("model_options") or {})["n_past"])
+    reference = baselines(folder, parse_options("svg", some.get("model_options") or {})["n_past"],
+                          value(some, "ssim", "videos"))
     shown = [s for s in STEPS_SHOWN if s <= steps]
     for metric, digits in (("ssim", 3), ("psnr", 2)):
         print(f"\n{metric.upper()} per predicted step, best of {samples} (mean over seeds; in brackets the mean "
