@@ -2,6 +2,7 @@
 scripts/svg_study.sh writes beside each run.
 
     python scripts/svg_study_table.py study-svg > table.md
+    python scripts/svg_study_table.py study-svg --figure curves.png   # also draws SSIM and PSNR per step
 
 One row per decoder setting: with several seeds each cell is mean ± sd over them, and
 the seeds are listed.  Then best-of-N SSIM and PSNR per predicted time step, beside two
@@ -123,7 +124,42 @@ def main(folder):
                         if len(d) > 1 else "")  # the standard error of the paired differences
                 parts.append(f"{metric} " + ", ".join(f"{x:+.{digits}f}" for x in d) + mean)
             print(f"- {LABELS.get(n, n)} (seeds {', '.join(str(a['seed']) for a, _ in pairs)}): " + "; ".join(parts))
+    return rows, names, reference, samples
+
+
+def figure(rows, names, reference, samples, out):
+    """SSIM and PSNR per predicted step: each setting's best of N (solid, mean over seeds;
+    the band is its range over the seeds) and the two predictions without a model (grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, title in zip(axes, ("ssim", "psnr"), ("SSIM", "PSNR (dB)")):
+        for i, n in enumerate(names):
+            per_seed = np.array([value(r, metric, "best_per_step") for r in rows[n]])
+            steps = np.arange(1, per_seed.shape[1] + 1)
+            seeds = ", ".join(str(r["seed"]) for r in rows[n])
+            ax.plot(steps, per_seed.mean(0), color=f"C{i}", label=f"{LABELS.get(n, n)} (seeds {seeds})")
+            ax.fill_between(steps, per_seed.min(0), per_seed.max(0), color=f"C{i}", alpha=0.2, linewidth=0)
+        for style, (name, per_step) in zip((":", "--"), reference.items()):
+            ax.plot(np.arange(1, len(per_step[metric]) + 1), per_step[metric], color="grey", linestyle=style,
+                    label=name)
+        ax.set(xlabel="predicted frame (after the context)", ylabel=f"{title}, best of {samples}")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "study-svg")
+    args = sys.argv[1:]
+    picture = None
+    if "--figure" in args:
+        i = args.index("--figure")
+        picture = args[i + 1]
+        del args[i : i + 2]
+    found = main(args[0] if args else "study-svg")
+    if picture:
+        figure(*found, picture)

@@ -197,6 +197,16 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
     assert "| blank frame (no model) | 0.002 |" in out and "| blank frame (no model) | 13.98 |" in out
     assert "| last context frame repeated (no model) | 0.800 |" in out
     assert "| last context frame repeated (no model) | 13.98 |" in out
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    picture = tmp_path / "curves.png"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "svg_study_table.py"), str(tmp_path), "--figure", str(picture)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == out and Image.open(picture).size == (1210, 440)  # the table again, and the curves
     # lower bits/dim and higher SSIM and PSNR are better: all positive for the sigma-VAE here
     # with two paired seeds, the mean difference and its standard error (sd / sqrt 2)
     assert ("- sigma (σ-VAE) (seeds 0, 1): bpd +0.5000, +0.3000 (mean +0.4000 ± 0.1000); "
