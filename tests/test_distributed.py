@@ -120,8 +120,8 @@ def test_distributed_evaluation_equals_one_process(tmp_path, data_file):
     subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, run, "logistic-mixture", epochs=1)],
                    env=_env(), check=True, capture_output=True, timeout=300)
     common = ["eval", str(run), "--metric", "elbo", "--metric", "bpd", "--metric", "nll", "--metric", "kl",
-              "--metric", "mse", "--metric", "active-units", "--iw-samples", "5", "--batch-size", "3", "--json",
-              "--no-store"]
+              "--metric", "mse", "--metric", "active-units", "--metric", "aggregate-kl", "--iw-samples", "5",
+              "--batch-size", "3", "--json", "--no-store"]
     one = subprocess.run([sys.executable, "-m", "vaecli", *common], env=_env(), capture_output=True, text=True,
                          check=True, timeout=300)
     two = subprocess.run([sys.executable, "-m", "vaecli", *common, "--nproc", "2"], env=_env(),
