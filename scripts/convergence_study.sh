@@ -10,19 +10,28 @@
 # Resumable: a finished run is skipped, an interrupted one resumed.  Several queues may
 # share the list, one a core (CORE=0 and CORE=1): each run is claimed with a lock.
 # Environment: MODEL (conv), OUT (study-convergence/MODEL), CORE (0), RUNS
-# (likelihood:beta:seed words, in the order the issue asks for them: the sigma-VAE and the
-# two best betas of the short study first), EPOCHS (100: the most), PATIENCE (5),
-# MIN_DELTA (0.001 bits/dim), FID (10000), CODE=DIR (run vaecli from a fixed worktree;
-# start the queue from that directory).
+# (likelihood:beta:seed words, in the order the issue asks for them: for conv the sigma-VAE
+# and the two best betas of the short study first, 3 seeds, then the rest of the paper's
+# grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (100: the most),
+# BUDGET (each run's most training time, e.g. 2h; default none), PATIENCE (5), MIN_DELTA
+# (0.001 bits/dim), FID (10000), CODE=DIR (run vaecli from a fixed worktree; start the
+# queue from that directory).
 set -euo pipefail
 if [[ -n "${CODE:-}" ]]; then export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"; fi
 model="${MODEL:-conv}"
 out="${OUT:-study-convergence/$model}"
 core="${CORE:-0}"
-runs="${RUNS:-sigma:1:0 gaussian:0.1:0 gaussian:0.01:0 sigma:1:1 gaussian:0.1:1 gaussian:0.01:1 \
+if [[ "$model" == hvae ]]; then
+  default_runs="sigma:1:0 gaussian:0.1:0 gaussian:0.01:0 gaussian:1:0 sigma:1:1 gaussian:0.1:1 gaussian:0.01:1 gaussian:1:1"
+else
+  default_runs="sigma:1:0 gaussian:0.1:0 gaussian:0.01:0 sigma:1:1 gaussian:0.1:1 gaussian:0.01:1 \
 sigma:1:2 gaussian:0.1:2 gaussian:0.01:2 sigma-learned:1:0 gaussian:1:0 gaussian:0.001:0 gaussian:10:0 \
 sigma-learned:1:1 gaussian:1:1 gaussian:0.001:1 gaussian:10:1 sigma-learned:1:2 gaussian:1:2 gaussian:0.001:2 \
-gaussian:10:2}"
+gaussian:10:2"
+fi
+runs="${RUNS:-$default_runs}"
+budget=()
+if [[ -n "${BUDGET:-}" ]]; then budget=(--time-budget "$BUDGET"); fi
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core a process
 
@@ -46,7 +55,7 @@ for spec in $runs; do
   claim "$file" || continue
   train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" \
     --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs "${EPOCHS:-100}" --validation 0.1 \
-    --early-stop "${PATIENCE:-5}" --min-delta "${MIN_DELTA:-0.001}" --out "$file" --device cpu --quiet
+    --early-stop "${PATIENCE:-5}" --min-delta "${MIN_DELTA:-0.001}" "${budget[@]}" --out "$file" --device cpu --quiet
   evaluate "$file"
   release
 done
