@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The sigma-VAE against the tuned beta at convergence (docs/study.md, "At convergence"):
-# the conv model (or MODEL=hvae) on Fashion-MNIST, each setting trained until its
-# validation bits/dim (10% of the training split, never the test split) has not improved
-# by MIN_DELTA for PATIENCE epochs, then evaluated on the 10,000 test images with FID
-# from 10,000 prior samples and the aggregate posterior's KL from the prior (prior holes).
+# the conv model (or MODEL=hvae) on Fashion-MNIST, each setting trained until its own
+# objective on a validation split (10% of the training split, never the test split; the
+# bound with the KL weighted by its beta, `--monitor loss`, with fixed noise) has had no
+# new best for PATIENCE epochs, then evaluated on the 10,000 test images with FID from
+# 10,000 prior samples and the aggregate posterior's KL from the prior (prior holes).
+# Why the loss and MIN_DELTA 0: a fixed-sigma (sigma = 1) gaussian's bound barely moves
+# with its reconstructions (beta 0.1: 5.1590 to 5.1561 validation bits/dim from epoch 1 to
+# 2, where the sigma-VAE's went from 4.2812 to 4.2111), so a fixed bits/dim threshold
+# stops it early; and its bound may worsen while its beta objective still gains.
 #
 #   scripts/convergence_study.sh          train and evaluate the runs of RUNS in order
 #
@@ -12,9 +17,9 @@
 # Environment: MODEL (conv), OUT (study-convergence/MODEL), CORE (0), RUNS
 # (likelihood:beta:seed words, in the order the issue asks for them: for conv the sigma-VAE
 # and the two best betas of the short study first, 3 seeds, then the rest of the paper's
-# grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (100: the most),
+# grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (50: the most),
 # BUDGET (each run's most training time, e.g. 2h; default none), PATIENCE (5), MIN_DELTA
-# (0.001 bits/dim), FID (10000), CODE=DIR (run vaecli from a fixed worktree; start the
+# (0 bits/dim), MONITOR (loss), FID (10000), CODE=DIR (run vaecli from a fixed worktree; start the
 # queue from that directory).
 set -euo pipefail
 if [[ -n "${CODE:-}" ]]; then export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"; fi
@@ -54,8 +59,8 @@ for spec in $runs; do
   file="$out/$likelihood-beta$beta-s$seed.h5"
   claim "$file" || continue
   train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" \
-    --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs "${EPOCHS:-100}" --validation 0.1 \
-    --early-stop "${PATIENCE:-5}" --min-delta "${MIN_DELTA:-0.001}" "${budget[@]}" --out "$file" --device cpu --quiet
+    --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs "${EPOCHS:-50}" --validation 0.1 \
+    --early-stop "${PATIENCE:-5}" --min-delta "${MIN_DELTA:-0}" --monitor "${MONITOR:-loss}" "${budget[@]}" --out "$file" --device cpu --quiet
   evaluate "$file"
   release
 done

@@ -54,8 +54,11 @@ def implied_beta(result):
 
 
 def best_validation_epoch(result):
-    """1-based epoch of the best validation bits/dim by the early-stopping rule's own count."""
-    best = best_validation({"val_bpd": result.get("val_bpd_history") or []}, result.get("min_delta", 0.0))
+    """1-based epoch of the best validation value the early-stopping rule watched (bits/dim or
+    the beta-weighted loss), by the rule's own count."""
+    monitor = result.get("monitor", "bpd")
+    best = best_validation({f"val_{monitor}": result.get(f"val_{monitor}_history") or []},
+                           result.get("min_delta", 0.0), monitor)
     return None if best is None else best[1] + 1
 
 

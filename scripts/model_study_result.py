@@ -26,9 +26,9 @@ def result(run_path, test_path, held_out_path=None) -> dict:
         "parameters": int(sum(v.size for k, v in run.model.items())),
         "latent_groups": json.loads(run.attrs["latent_groups"]),
         "beta": run.config.beta, "validation": run.config.validation, "early_stop": run.config.early_stop,
-        "min_delta": run.config.min_delta, "epochs_limit": run.config.epochs,
+        "min_delta": run.config.min_delta, "monitor": run.config.monitor, "epochs_limit": run.config.epochs,
         "test_elbo_history": [float(v) for v in run.history["test_elbo"]],
-        **{f"{k}_history": [float(x) for x in run.history[k]] for k in ("val_bpd", "sigma", "equivalent_beta")
+        **{f"{k}_history": [float(x) for x in run.history[k]] for k in ("val_bpd", "val_loss", "sigma", "equivalent_beta")
            if k in run.history},
         "test_kl_groups_history": {k: [float(x) for x in v] for k, v in run.history.items()
                                    if k.startswith("test_kl_group")},

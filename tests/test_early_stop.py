@@ -30,11 +30,18 @@ def _config(**kw):
 
 @pytest.fixture
 def scripted(monkeypatch):
-    """The validation bits/dim of each epoch, as the test scripts them."""
+    """The validation values of each epoch, as the test scripts them: bits/dim (the loss the
+    same), or a pair (bits/dim, loss)."""
     import vaecli.training.loop as loop_module
 
     values = []
-    monkeypatch.setattr(loop_module, "_validation_bpd", lambda model, images, config: values.pop(0))
+
+    def scripted_validation(model, images, config):
+        value = values.pop(0)
+        bpd, loss = value if isinstance(value, tuple) else (value, value)
+        return {"val_bpd": bpd, "val_loss": loss}
+
+    monkeypatch.setattr(loop_module, "_validation", scripted_validation)
     return values
 
 
@@ -57,11 +64,46 @@ def test_a_stopped_run_is_finished_and_more_patience_trains_on(tmp_path, scripte
     train(_config(early_stop=2), out, data=_data(), progress=False)
     lines = []
     train(_config(early_stop=2), out, data=_data(), resume=True, log=lines.append)
-    assert "stopped early after 3 epochs (validation best 3.0000 bits/dim at epoch 1)" in lines[0]
+    assert "stopped early after 3 epochs (validation best bits/dim 3.0000 at epoch 1)" in lines[0]
     scripted += [2.0, 2.1, 2.2, 2.3]
     run = train(_config(early_stop=3), out, data=_data(), resume=True, progress=False)
     assert list(run.history["val_bpd"]) == [3.0, 3.1, 3.2, 2.0, 2.1, 2.2, 2.3]
     assert int(run.attrs["epochs_done"]) == 7 and run.attrs["status"] == "complete"
+
+
+def test_monitoring_the_loss_follows_the_beta_objective_not_the_bound(tmp_path, scripted):
+    # the bound (bpd) worsens from epoch 2 on while the beta objective (loss) still gains:
+    # watching the loss, training goes on until the loss has had no gain for 2 epochs
+    scripted += [(3.0, 2.0), (3.1, 1.9), (3.2, 1.8), (3.3, 1.85), (3.4, 1.81), (9.0, 9.0)]
+    lines = []
+    run = train(_config(early_stop=2, monitor="loss", beta=0.5, likelihood="gaussian"), tmp_path / "r.h5",
+                data=_data(), progress=True, log=lines.append)
+    assert int(run.attrs["epochs_done"]) == 5 and run.attrs["status"] == "complete"
+    assert list(run.history["val_loss"]) == [2.0, 1.9, 1.8, 1.85, 1.81]
+    assert any("validation loss (bits/dim, KL weighted by beta) has not improved by more than 0 for 2 epochs "
+               "(best 1.8000 at epoch 3)" in s for s in lines)
+    assert best_validation(run.history, 0.0, "loss") == (1.8, 2)
+    assert best_validation(run.history, 0.0, "bpd") == (3.0, 0)  # watching the bound it would have ended at 3
+    with pytest.raises(VaeError, match="monitor must be one of bpd, loss"):
+        TrainConfig(monitor="elbo")
+
+
+def test_the_validation_loss_weighs_the_kl_by_beta(tmp_path):
+    from vaecli.training.loop import _validation
+
+    run = train(_config(epochs=1, likelihood="gaussian", beta=0.25), tmp_path / "r.h5", data=_data(),
+                progress=False)
+    # a real (unscripted) epoch records both; the beta objective is below the bound by (1 - beta) KL
+    assert len(run.history["val_loss"]) == 1 and run.history["val_loss"][0] < run.history["val_bpd"][0]
+    from vaecli.runs import load_model, prepare_images
+
+    model = load_model(run, device="cpu")
+    images = torch.from_numpy(prepare_images(_data()[0].images[:10], run.config))
+    values = {beta: _validation(model, images, _config(likelihood="gaussian", beta=beta)) for beta in (0.0, 0.25, 1.0)}
+    assert values[0.0]["val_bpd"] == values[0.25]["val_bpd"] == values[1.0]["val_bpd"] == values[1.0]["val_loss"]
+    kl_bits = values[1.0]["val_bpd"] - values[0.0]["val_loss"]  # the KL, in bits/dim
+    assert kl_bits > 0
+    assert values[0.25]["val_loss"] == pytest.approx(values[1.0]["val_bpd"] - 0.75 * kl_bits, rel=1e-12)
 
 
 def test_the_validation_split_is_carved_from_training_only(tmp_path):
@@ -97,10 +139,11 @@ def test_sweep_passes_the_stopping_rule_to_every_run(tmp_path):
     np.savez(data, images=blob_images(50, size=8))
     result = CliRunner().invoke(main, ["sweep", "--out-dir", str(tmp_path / "s"), "--dataset", str(data),
                                        "--likelihood", "sigma", "--epochs", "3", "--validation", "0.2",
-                                       "--early-stop", "1", "--min-delta", "5", "--batch-size", "16",
+                                       "--early-stop", "1", "--min-delta", "5", "--monitor", "loss", "--batch-size", "16",
                                        "--latent-dim", "2", "--device", "cpu", "--metric", "bpd"])
     assert result.exit_code == 0, result.output
     run = runfile.read(next((tmp_path / "s").glob("*.h5")))
     assert (run.config.validation, run.config.early_stop, run.config.min_delta) == (0.2, 1, 5.0)
+    assert run.config.monitor == "loss" and len(run.history["val_loss"]) == 2
     # a gain of 5 bits/dim never comes: the run stops after epoch 2
     assert int(run.attrs["epochs_done"]) == 2 and run.attrs["status"] == "complete"

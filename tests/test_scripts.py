@@ -218,16 +218,19 @@ def test_svg_study_table_compares_each_decoder_with_svgs_setting(tmp_path):
 def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     import json
 
-    def run(likelihood, beta, seed, fid, *, sigma=1.0, val=(3.0, 2.9, 2.95, 2.96), epochs=4, limit=100):
+    def run(likelihood, beta, seed, fid, *, sigma=1.0, val=(3.0, 2.9, 2.95, 2.96), epochs=4, limit=100, loss=None):
         extra = {"fid": {"applicable": True, "value": fid},
                  "aggregate-kl": {"applicable": True, "value": fid / 10, "mutual_information": 9.0}}
         r = _result("conv", likelihood, seed, 4.0, extra=extra)
         r.update(beta=beta, epochs=epochs, epochs_limit=limit, early_stop=2, min_delta=0.001, trained_seconds=600.0,
                  val_bpd_history=list(val), equivalent_beta_history=[2 * sigma**2] * epochs)
+        if loss:  # stopped on the beta-weighted validation loss
+            r.update(monitor="loss", val_loss_history=list(loss))
         return r
 
     runs = {"sigma-beta1-s0": run("sigma", 1.0, 0, 30.0, sigma=0.1), "sigma-beta1-s1": run("sigma", 1.0, 1, 40.0, sigma=0.1),
-            "gaussian-beta0.1-s0": run("gaussian", 0.1, 0, 35.0), "gaussian-beta0.1-s1": run("gaussian", 0.1, 1, 37.0),
+            "gaussian-beta0.1-s0": run("gaussian", 0.1, 0, 35.0, loss=(2.0, 1.9, 1.8, 1.85)),
+            "gaussian-beta0.1-s1": run("gaussian", 0.1, 1, 37.0, loss=(2.0, 1.9, 1.8, 1.85)),
             # trained to the epoch limit, its validation still improving (best at the last epoch)
             "gaussian-beta1-s0": run("gaussian", 1.0, 0, 70.0, val=(3.0, 2.9, 2.8, 2.7), limit=4)}
     for name, r in runs.items():
@@ -240,6 +243,7 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     assert "| 2.9000 ± 0.0000 | 2.9600 ± 0.0000 |" in rows["sigma (σ-VAE)"]  # best and last validation bits/dim
     assert "| 0 of 1 |" in rows["gaussian σ=1, β=1"] and "| 4.0 |" in rows["gaussian σ=1, β=1"]
     assert rows["gaussian σ=1, β=0.1"].endswith("| 0.2000 ± 0.0000 |")
+    assert "| 3.0 ± 0.0 |" in rows["gaussian σ=1, β=0.1"]  # its loss was best at epoch 3 (its bound at 2)
     assert "best by mean FID: β = 0.1" in out
     assert "| 0 | 30.0 | 35.0 | 70.0 | -5.0 |" in out and "| 1 | 40.0 | 37.0 | – | +3.0 |" in out
     # 35 - 36 = -1; standard error sqrt(50/2 + 2/2) = 5.10

@@ -16,6 +16,8 @@ from .errors import VaeError
 DEFAULT_DATASET = "mnist5k"
 MEMORY_FORMATS = ("contiguous", "channels_last")
 FLOAT32_MAX = 3.4028234663852886e38
+MONITORS = ("bpd", "loss")  # early stopping's validation value: history val_bpd or val_loss
+MONITOR_NAMES = {"bpd": "bits/dim", "loss": "loss (bits/dim, KL weighted by beta)"}
 MAX_VALIDATION = 0.5  # the most of the training split a validation split may take
 # the PMF calibration searches sigma in [exp(log_sigma_min), PMF_SIGMA_MAX]: a floor above
 # its top leaves nothing to fit (a sigma above 2 is twice the [0, 1] data range)
@@ -36,8 +38,9 @@ class TrainConfig:
     epochs: int = 10  # the most epochs (a time budget may end training sooner)
     time_budget: float | None = None  # seconds of training (the history's seconds) after which it ends; None: no limit
     validation: float = 0.0  # share of the training split held out as a validation split (0: none)
-    early_stop: int = 0  # epochs without a validation bits/dim gain of min_delta after which training ends; 0: off
+    early_stop: int = 0  # epochs without a validation gain of min_delta after which training ends; 0: off
     min_delta: float = 0.0  # bits/dim by which a validation must beat the best so far to count as a gain
+    monitor: str = "bpd"  # what early stopping watches: bpd (the bound, KL weight 1) or loss (KL weight beta)
     batch_size: int = 128
     lr: float = 1e-3
     model: str = models.DEFAULT_MODEL  # a name from vaecli.models
@@ -86,6 +89,7 @@ class TrainConfig:
             (not self.early_stop or self.validation > 0,
              "early stopping needs a validation split (--validation 0.1, say): the test split is never used"),
             (self.min_delta >= 0, f"min delta must be >= 0 bits/dim, got {self.min_delta}"),
+            (self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
             (not self.validation or not registry.info(self.likelihood).training_only,
              f"{self.likelihood} is a training objective only: it has no bits/dim to validate on"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),

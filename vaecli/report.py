@@ -134,9 +134,11 @@ def _validation_lines(run) -> list:
         return []
     from .training.state import best_validation
 
-    best = best_validation(run.history, c.min_delta)
+    from .config import MONITOR_NAMES
+
+    best = best_validation(run.history, c.min_delta, c.monitor)
     text = (f"validation   {run.attrs.get('num_validation', '?')} images ({c.validation:.0%} of the training split)"
-            + (f", best {best[0]:.4f} bits/dim at epoch {best[1] + 1}" if best else ""))
+            + (f", best {MONITOR_NAMES[c.monitor]} {best[0]:.4f} at epoch {best[1] + 1}" if best else ""))
     if c.early_stop:
         text += f"; early stop after {c.early_stop} epochs without a gain > {c.min_delta:g} bits/dim"
     return [text]

@@ -8,7 +8,7 @@ import click
 
 from .. import models, registry
 from ..backends import LIKELIHOOD_BACKENDS
-from ..config import MEMORY_FORMATS
+from ..config import MEMORY_FORMATS, MONITORS
 from ..constants import LOG_SIGMA_MIN as LOG_SIGMA_MIN_DEFAULT
 from .common import (CONTEXT, METRIC_CHOICES, SEED, Duration, FiniteFloat, echo_json, inception_options,
                      tqdm_log)
@@ -83,12 +83,18 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
                    "per-epoch test pass count), within an epoch if need be; --epochs is then the most epochs.")
 @click.option("--validation", type=FiniteFloat(min=0, max=0.5), default=0.0, show_default=True,
               help="Share of the training split held out (fixed permutation) as a validation split, whose "
-                   "bits/dim is recorded each epoch (history val_bpd); 0: none.")
+                   "bits/dim (history val_bpd) and loss (val_loss) are recorded each epoch; 0: none.")
 @click.option("--early-stop", type=click.IntRange(0), default=0, show_default=True,
-              help="End training after this many epochs without a validation bits/dim gain of --min-delta "
-                   "(needs --validation; 0: off).  The last weights are kept; the best epoch is reported.")
+              help="End training after this many epochs without a validation gain of --min-delta on "
+                   "--monitor (needs --validation; 0: off).  The last weights are kept; the best epoch is "
+                   "reported.")
 @click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Bits/dim by which validation must beat its best so far to count as a gain.")
+@click.option("--monitor", type=click.Choice(MONITORS), default="bpd", show_default=True,
+              help="What --early-stop watches: bpd (the validation bound, KL weight 1) or loss (the same "
+                   "bound with the KL weighted by --beta, the objective a beta run trains, in bits/dim; "
+                   "equal to bpd at beta 1).  A fixed-sigma gaussian's bound barely moves with its "
+                   "reconstructions: watch its loss, with --min-delta 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate.")
@@ -243,6 +249,8 @@ def _parse_floor(text):
 @click.option("--early-stop", type=click.IntRange(0), default=0, show_default=True,
               help="Patience in epochs on the validation bits/dim (as vae train; needs --validation).")
 @click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True)
+@click.option("--monitor", type=click.Choice(MONITORS), default="bpd", show_default=True,
+              help="What --early-stop watches (as vae train): bpd or loss (the KL weighted by beta).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
@@ -254,7 +262,8 @@ def _parse_floor(text):
               help="Prior samples for FID (0: no FID).")
 @inception_options
 def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, model_option, latent_dim, width, epochs,
-                  time_budget, validation, early_stop, min_delta, batch_size, lr, mixtures, device, metrics, iw_samples, fid_samples, inception,
+                  time_budget, validation, early_stop, min_delta, monitor, batch_size, lr, mixtures, device, metrics,
+                  iw_samples, fid_samples, inception,
                   allow_unknown_weights):
     """Train and evaluate a grid of runs (likelihoods x betas x seeds) into a directory.
 
@@ -272,7 +281,7 @@ def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, mode
     else:
         grid_models = _shared_options(names, model_option, shortcuts)
     base = TrainConfig(dataset=dataset or DEFAULT_DATASET, epochs=epochs, time_budget=time_budget,
-                       validation=validation, early_stop=early_stop, min_delta=min_delta,
+                       validation=validation, early_stop=early_stop, min_delta=min_delta, monitor=monitor,
                        batch_size=batch_size, lr=lr, model=names[0], model_options=grid_models[names[0]],
                        mixtures=mixtures, device=device)
     if "fid" in metrics and not fid_samples:

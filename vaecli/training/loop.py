@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import runfile, runs
-from ..config import TrainConfig
+from ..config import MONITOR_NAMES, TrainConfig
 from ..errors import VaeError
 from ..models.protocol import draw_noise, kl_per_group, log_likelihood, target_shape, total_kl
 from ..report import epoch_line, progress_postfix
@@ -41,8 +41,8 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool = Tr
                     f"(--epochs {done + 1} or more trains on)")
             elif stopped is not None:
                 log(f"{out} is already complete: stopped early after {done} epochs (validation best "
-                    f"{stopped[0]:.4f} bits/dim at epoch {stopped[1]}); nothing to train (a larger --early-stop "
-                    "trains on)")
+                    f"{MONITOR_NAMES[config.monitor]} {stopped[0]:.4f} at epoch {stopped[1]}); nothing to train "
+                    "(a larger --early-stop trains on)")
             else:
                 log(f"{out} is already complete: its time budget of {config.time_budget:g} s is spent "
                     f"({done} epochs); nothing to train (a larger --time-budget trains on)")
@@ -188,7 +188,8 @@ class _EpochLoop:
                              if ended_early else f"with epoch {run.epochs_done}")
                     self.log(f"time budget of {config.time_budget:g} s spent {where}: training ends here")
                 elif stopped is not None:
-                    self.log(f"validation bits/dim has not improved by more than {config.min_delta:g} for "
+                    self.log(f"validation {MONITOR_NAMES[config.monitor]} has not improved by more than "
+                             f"{config.min_delta:g} for "
                              f"{config.early_stop} epochs (best {stopped[0]:.4f} at epoch {stopped[1]}): "
                              "training ends here")
             out_of_time = out_of_time or stopped is not None  # (either way the run is complete)
@@ -302,7 +303,8 @@ class _EpochLoop:
         test = _test_elbo(self.model, self.test_images, config)
         if self.validation_images is not None:
             pmf_fixed, lik.pmf_sigma = lik.pmf_sigma, (values or {}).get("pmf_sigma", lik.pmf_sigma)
-            run.history.setdefault("val_bpd", []).append(_validation_bpd(self.model, self.validation_images, config))
+            for key, value in _validation(self.model, self.validation_images, config).items():
+                run.history.setdefault(key, []).append(value)
             lik.pmf_sigma = pmf_fixed
         lik.sigma = fixed
         h = run.history
@@ -368,21 +370,26 @@ def _test_elbo(model, images, config, batch_size=512):
 
 
 @torch.no_grad()
-def _validation_bpd(model, images, config, batch_size=512) -> float:
-    """Bits/dim of the validation split: the discretized PMF's single-sample ELBO (as
-    `vae eval --metric bpd`, comparable across decoders), with fixed noise."""
+def _validation(model, images, config, batch_size=512) -> dict:
+    """The validation split's bits/dim, with fixed noise: ``val_bpd``, the discretized PMF's
+    single-sample ELBO (as `vae eval --metric bpd`, comparable across decoders), and
+    ``val_loss``, the same bound with the KL weighted by beta, the objective a beta run
+    trains (free bits aside); the two are equal at beta 1."""
     from ..units import bits_per_dim
 
     model.eval()
     lik = model.likelihood
-    total = 0.0
+    rec = kl = 0.0
     gen = torch.Generator(device=images.device).manual_seed(config.seed + 7)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
-        total += float((log_likelihood(lik, x, out, pmf=True).double() - total_kl(out.groups).double()).sum())
+        rec += float(log_likelihood(lik, x, out, pmf=True).double().sum())
+        kl += float(total_kl(out.groups).double().sum())
     model.train()
-    return float(bits_per_dim(total / max(images.shape[0], 1), int(np.prod(target_shape(model)))))
+    n, dims = max(images.shape[0], 1), int(np.prod(target_shape(model)))
+    return {"val_bpd": float(bits_per_dim((rec - kl) / n, dims)),
+            "val_loss": float(bits_per_dim((rec - config.beta * kl) / n, dims))}
 
 
 def _progress_bar(enabled, total, initial):

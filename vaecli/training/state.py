@@ -91,11 +91,12 @@ def is_finished(previous, config: TrainConfig) -> bool:
             or early_stopped(previous.history, config) is not None)
 
 
-def best_validation(history, min_delta: float = 0.0):
-    """(best validation bits/dim, its epoch index) of a history, where an epoch counts as
-    better only if it beats the best so far by more than ``min_delta``; None without any."""
+def best_validation(history, min_delta: float = 0.0, monitor: str = "bpd"):
+    """(best validation value, its epoch index) of a history (``val_bpd`` or, monitoring the
+    loss, ``val_loss``; bits/dim), where an epoch counts as better only if it beats the best
+    so far by more than ``min_delta``; None without any."""
     best = None
-    for i, value in enumerate(history.get("val_bpd", [])):
+    for i, value in enumerate(history.get(f"val_{monitor}", [])):
         value = float(value)
         if value == value and (best is None or value < best[0] - min_delta):  # (NaN never counts)
             best = (value, i)
@@ -103,12 +104,12 @@ def best_validation(history, min_delta: float = 0.0):
 
 
 def early_stopped(history, config: TrainConfig):
-    """(best bits/dim, its epoch) when the last ``early_stop`` epochs brought no gain: the
-    run ends; else None."""
+    """(best validation value, its epoch) when the last ``early_stop`` epochs brought no gain
+    on the monitored value: the run ends; else None."""
     if not config.early_stop:
         return None
-    best = best_validation(history, config.min_delta)
-    epochs = len(history.get("val_bpd", []))
+    best = best_validation(history, config.min_delta, config.monitor)
+    epochs = len(history.get(f"val_{config.monitor}", []))
     if best is None or epochs - 1 - best[1] < config.early_stop:
         return None
     return best[0], best[1] + 1
@@ -205,7 +206,7 @@ class TrainingState:
             match_layouts(optimizer)
         self.history = {k: list(previous.history.get(k, [])) for k in HISTORY_COLUMNS}
         self.history.update({k: list(v) for k, v in previous.history.items()
-                             if k.startswith("test_kl_group") or k == "val_bpd"})
+                             if k.startswith("test_kl_group") or k in ("val_bpd", "val_loss")})
         self.epochs_done = int(previous.attrs["epochs_done"])
         self.step_in_epoch = int(previous.progress.get("step_in_epoch", 0))
         self.epoch_seconds = float(previous.progress.get("seconds", 0.0)) if self.step_in_epoch else 0.0
