@@ -132,9 +132,8 @@ def _validation_lines(run) -> list:
     c = run.config
     if not c.validation:
         return []
-    from .training.state import best_validation
-
     from .config import MONITOR_NAMES
+    from .training.state import best_validation
 
     best = best_validation(run.history, c.min_delta, c.monitor)
     text = (f"validation   {run.attrs.get('num_validation', '?')} images ({c.validation:.0%} of the training split)"

@@ -247,7 +247,8 @@ def _parse_floor(text):
 @click.option("--validation", type=FiniteFloat(min=0, max=0.5), default=0.0, show_default=True,
               help="Share of the training split held out as a validation split (as vae train).")
 @click.option("--early-stop", type=click.IntRange(0), default=0, show_default=True,
-              help="Patience in epochs on the validation bits/dim (as vae train; needs --validation).")
+              help="Patience in epochs on the validation value --monitor names (as vae train; needs "
+                   "--validation).")
 @click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True)
 @click.option("--monitor", type=click.Choice(MONITORS), default="bpd", show_default=True,
               help="What --early-stop watches (as vae train): bpd or loss (the KL weighted by beta).")
