@@ -106,6 +106,20 @@ def test_the_validation_loss_weighs_the_kl_by_beta(tmp_path):
     assert values[0.25]["val_loss"] == pytest.approx(values[1.0]["val_bpd"] - 0.75 * kl_bits, rel=1e-12)
 
 
+def test_resuming_a_run_made_before_the_validation_loss_existed(tmp_path, monkeypatch):
+    import vaecli.training.loop as loop_module
+
+    real = loop_module._validation
+    out = tmp_path / "r.h5"
+    monkeypatch.setattr(loop_module, "_validation", lambda *a: {"val_bpd": real(*a)["val_bpd"]})  # the old column
+    train(_config(epochs=1), out, data=_data(), progress=False)
+    monkeypatch.setattr(loop_module, "_validation", real)
+    train(_config(epochs=2), out, data=_data(), resume=True, progress=False)
+    run = runfile.read(out)  # a valid file: every history column has a row an epoch
+    assert np.isnan(run.history["val_loss"][0]) and np.isfinite(run.history["val_loss"][1])
+    assert run.history["val_loss"][1] == run.history["val_bpd"][1]  # beta 1
+
+
 def test_the_validation_split_is_carved_from_training_only(tmp_path):
     train_set, test_set = _data()
     run = train(_config(epochs=2), tmp_path / "r.h5", data=(train_set, test_set), progress=False)

@@ -304,7 +304,8 @@ class _EpochLoop:
         if self.validation_images is not None:
             pmf_fixed, lik.pmf_sigma = lik.pmf_sigma, (values or {}).get("pmf_sigma", lik.pmf_sigma)
             for key, value in _validation(self.model, self.validation_images, config).items():
-                run.history.setdefault(key, []).append(value)
+                # (NaN for the epochs of a run made before the column existed: not recorded)
+                run.history.setdefault(key, [math.nan] * run.epochs_done).append(value)
             lik.pmf_sigma = pmf_fixed
         lik.sigma = fixed
         h = run.history
