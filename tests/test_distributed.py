@@ -278,6 +278,23 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path, data_file):
     assert float(np.sum(run.history["seconds"])) >= 3.0
 
 
+def test_early_stopping_ends_every_rank_at_the_epoch_one_process_ends(tmp_path, data_file):
+    """Rank 0's validation values decide (a collective, as the time budget): both ranks end
+    together, at the epoch the same run in one process ends, with the same values."""
+    stop = ["--epochs", "50", "--validation", "0.2", "--early-stop", "2", "--min-delta", "0.5", "--monitor", "loss"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        out = tmp_path / f"{name}.h5"
+        done = subprocess.run([sys.executable, "-m", "vaecli", *_args(data_file, out, "sigma"), *stop, *extra],
+                              env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = runfile.read(out)
+    one, two = runs["one"], runs["two"]
+    assert two.attrs["status"] == one.attrs["status"] == "complete"
+    assert int(two.attrs["epochs_done"]) == int(one.attrs["epochs_done"]) < 50
+    np.testing.assert_allclose(two.history["val_loss"], one.history["val_loss"], rtol=ELBO_RTOL)
+
+
 def test_two_ranks_follow_one_process_for_the_video_model(tmp_path):
     """SVG-LP under torchrun: the sigma-VAE's sigma from the global MSE over every
     predicted frame of the global batch; the same trajectory as one process."""

@@ -80,7 +80,7 @@ def test_monitoring_the_loss_follows_the_beta_objective_not_the_bound(tmp_path, 
                 data=_data(), progress=True, log=lines.append)
     assert int(run.attrs["epochs_done"]) == 5 and run.attrs["status"] == "complete"
     assert list(run.history["val_loss"]) == [2.0, 1.9, 1.8, 1.85, 1.81]
-    assert any("validation loss (bits/dim, KL weighted by beta) has not improved by more than 0 for 2 epochs "
+    assert any("validation loss (the training loss in bits/dim, KL weighted by beta) has not improved by more than 0 for 2 epochs "
                "(best 1.8000 at epoch 3)" in s for s in lines)
     assert best_validation(run.history, 0.0, "loss") == (1.8, 2)
     assert best_validation(run.history, 0.0, "bpd") == (3.0, 0)  # watching the bound it would have ended at 3
@@ -88,22 +88,57 @@ def test_monitoring_the_loss_follows_the_beta_objective_not_the_bound(tmp_path, 
         TrainConfig(monitor="elbo")
 
 
-def test_the_validation_loss_weighs_the_kl_by_beta(tmp_path):
+def _validation_oracle(model, images, config):
+    """The validation values from the NumPy reference: the density (continuous decoders) or
+    PMF of the images at one posterior sample with _validation's noise, and the KL."""
+    from vaecli import reference
+    from vaecli.models.protocol import draw_noise
+
+    gen = torch.Generator().manual_seed(config.seed + 7)
+    model.eval()
+    with torch.no_grad():
+        mu, logvar = model.encode(images)
+        out = model.posterior((mu, logvar), draw_noise(model, images.shape[0], gen))
+    x, raw = images.numpy(), out.raw.double().numpy()
+    kl = reference.gaussian_kl(mu.double().numpy(), logvar.double().numpy())
+    return reference.log_prob(config.likelihood, x, raw), reference.log_pmf(config.likelihood, x, raw), kl
+
+
+def test_the_validation_loss_is_the_training_loss(tmp_path):
     from vaecli.training.loop import _validation
+    from vaecli.runs import load_model, prepare_images
 
     run = train(_config(epochs=1, likelihood="gaussian", beta=0.25), tmp_path / "r.h5", data=_data(),
                 progress=False)
-    # a real (unscripted) epoch records both; the beta objective is below the bound by (1 - beta) KL
-    assert len(run.history["val_loss"]) == 1 and run.history["val_loss"][0] < run.history["val_bpd"][0]
-    from vaecli.runs import load_model, prepare_images
-
+    assert len(run.history["val_loss"]) == len(run.history["val_bpd"]) == 1
     model = load_model(run, device="cpu")
     images = torch.from_numpy(prepare_images(_data()[0].images[:10], run.config))
-    values = {beta: _validation(model, images, _config(likelihood="gaussian", beta=beta)) for beta in (0.0, 0.25, 1.0)}
-    assert values[0.0]["val_bpd"] == values[0.25]["val_bpd"] == values[1.0]["val_bpd"] == values[1.0]["val_loss"]
-    kl_bits = values[1.0]["val_bpd"] - values[0.0]["val_loss"]  # the KL, in bits/dim
-    assert kl_bits > 0
-    assert values[0.25]["val_loss"] == pytest.approx(values[1.0]["val_bpd"] - 0.75 * kl_bits, rel=1e-12)
+    dims = int(np.prod(images.shape[1:]))
+    for beta, free_bits in ((0.0, 0.0), (0.25, 0.0), (1.0, 0.0), (0.25, 50.0)):
+        config = _config(likelihood="gaussian", beta=beta, free_bits=free_bits)
+        values = _validation(model, images, config)
+        log_p, log_pmf, kl = _validation_oracle(model, images, config)
+        assert kl.max() < free_bits or free_bits == 0  # so the free bits replace every image's KL
+        kl_objective = np.maximum(kl, free_bits)
+        # the density's bits/dim on the scale of the 256 levels: -log2 p(y) + log2(255) a dimension
+        loss = -(log_p - beta * kl_objective).mean() / (dims * np.log(2)) + np.log2(255)
+        assert values["val_loss"] == pytest.approx(loss, rel=1e-6)
+        assert values["val_bpd"] == pytest.approx(-(log_pmf - kl).mean() / (dims * np.log(2)), rel=1e-6)
+    # the density and the PMF differ (the edge bins reach to infinity), so at beta 1 the two differ
+    one = _validation(model, images, _config(likelihood="gaussian"))
+    assert abs(one["val_loss"] - one["val_bpd"]) > 1e-3
+
+
+def test_a_discrete_decoders_validation_loss_at_beta_1_is_its_bits_per_dim(tmp_path):
+    from vaecli.training.loop import _validation
+    from vaecli.runs import load_model, prepare_images
+
+    run = train(_config(epochs=1, likelihood="logistic"), tmp_path / "r.h5", data=_data(), progress=False)
+    model = load_model(run, device="cpu")
+    images = torch.from_numpy(prepare_images(_data()[0].images[:10], run.config))
+    values = _validation(model, images, run.config)
+    assert values["val_loss"] == values["val_bpd"]
+    assert run.history["val_loss"][0] == run.history["val_bpd"][0]
 
 
 def test_resuming_a_run_made_before_the_validation_loss_existed(tmp_path, monkeypatch):
@@ -117,7 +152,6 @@ def test_resuming_a_run_made_before_the_validation_loss_existed(tmp_path, monkey
     train(_config(epochs=2), out, data=_data(), resume=True, progress=False)
     run = runfile.read(out)  # a valid file: every history column has a row an epoch
     assert np.isnan(run.history["val_loss"][0]) and np.isfinite(run.history["val_loss"][1])
-    assert run.history["val_loss"][1] == run.history["val_bpd"][1]  # beta 1
 
 
 def test_the_validation_split_is_carved_from_training_only(tmp_path):
@@ -161,3 +195,28 @@ def test_sweep_passes_the_stopping_rule_to_every_run(tmp_path):
     assert run.config.monitor == "loss" and len(run.history["val_loss"]) == 2
     # a gain of 5 bits/dim never comes: the run stops after epoch 2
     assert int(run.attrs["epochs_done"]) == 2 and run.attrs["status"] == "complete"
+
+
+def test_a_sweep_with_a_setting_that_cannot_validate_stops_before_training_anything(tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez(data, images=blob_images(50, size=8))
+    result = CliRunner().invoke(main, ["sweep", "--out-dir", str(tmp_path / "s"), "--dataset", str(data),
+                                       "--likelihood", "sigma", "--likelihood", "sigma-image", "--epochs", "1",
+                                       "--validation", "0.2", "--batch-size", "16", "--latent-dim", "2",
+                                       "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "sigma-image is a training objective only" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "s").glob("*.h5"))  # the sigma run was not trained first
+
+
+def test_the_default_sweep_grid_leaves_out_what_cannot_validate(tmp_path, monkeypatch):
+    import vaecli.sweep as sweep_module
+
+    asked = {}
+    monkeypatch.setattr(sweep_module, "sweep", lambda out, base, likelihoods, *a, **k: asked.update(
+        likelihoods=list(likelihoods), validation=base.validation) or [])
+    result = CliRunner().invoke(main, ["sweep", "--out-dir", str(tmp_path / "s"), "--validation", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "leaving out sigma-image" in result.output
+    assert "sigma-image" not in asked["likelihoods"] and len(asked["likelihoods"]) == 10
+    assert asked["validation"] == 0.1

@@ -17,7 +17,7 @@ DEFAULT_DATASET = "mnist5k"
 MEMORY_FORMATS = ("contiguous", "channels_last")
 FLOAT32_MAX = 3.4028234663852886e38
 MONITORS = ("bpd", "loss")  # early stopping's validation value: history val_bpd or val_loss
-MONITOR_NAMES = {"bpd": "bits/dim", "loss": "loss (bits/dim, KL weighted by beta)"}
+MONITOR_NAMES = {"bpd": "bits/dim", "loss": "loss (the training loss in bits/dim, KL weighted by beta)"}
 MAX_VALIDATION = 0.5  # the most of the training split a validation split may take
 # the PMF calibration searches sigma in [exp(log_sigma_min), PMF_SIGMA_MAX]: a floor above
 # its top leaves nothing to fit (a sigma above 2 is twice the [0, 1] data range)
@@ -40,7 +40,7 @@ class TrainConfig:
     validation: float = 0.0  # share of the training split held out as a validation split (0: none)
     early_stop: int = 0  # epochs without a validation gain of min_delta after which training ends; 0: off
     min_delta: float = 0.0  # bits/dim by which a validation must beat the best so far to count as a gain
-    monitor: str = "bpd"  # what early stopping watches: bpd (the bound, KL weight 1) or loss (KL weight beta)
+    monitor: str = "bpd"  # what early stopping watches: bpd (the PMF bound, KL weight 1) or loss (the training loss)
     batch_size: int = 128
     lr: float = 1e-3
     model: str = models.DEFAULT_MODEL  # a name from vaecli.models

@@ -66,9 +66,12 @@ def sweep(directory, base: TrainConfig, likelihoods, betas, seeds, metrics, *, f
     test = None
     models = models or {base.model: base.model_options}
     cells = [(model, *cell) for model in models for cell in grid(likelihoods, betas, seeds)]
-    for model, name, beta, seed in cells:
+    # every cell's settings are checked before the first run trains, so that a bad one stops
+    # the sweep at once rather than hours in
+    configs = [base.replace(model=model, model_options=models[model], likelihood=name, beta=beta, seed=seed)
+               for model, name, beta, seed in cells]
+    for (model, name, beta, seed), config in zip(cells, configs):
         path = os.path.join(directory, run_name(name, beta, seed, model))
-        config = base.replace(model=model, model_options=models[model], likelihood=name, beta=beta, seed=seed)
         previous = runfile.read(path) if os.path.exists(path) else None
         if previous is not None:
             try:

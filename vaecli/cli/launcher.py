@@ -21,8 +21,7 @@ def launch_data_parallel(nproc, out, what="training"):
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "vaecli", *args]
+    cmd = [sys.executable, "-m", "vaecli.cli.torchrun", str(nproc), *args]  # (not torchrun's parser: see there)
     proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env=rank_environment(nproc))
 
     def forward(signum, frame):

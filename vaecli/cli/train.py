@@ -91,10 +91,11 @@ def parse_model_options(model, pairs, base=None, **shortcuts) -> dict:
 @click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Bits/dim by which validation must beat its best so far to count as a gain.")
 @click.option("--monitor", type=click.Choice(MONITORS), default="bpd", show_default=True,
-              help="What --early-stop watches: bpd (the validation bound, KL weight 1) or loss (the same "
-                   "bound with the KL weighted by --beta, the objective a beta run trains, in bits/dim; "
-                   "equal to bpd at beta 1).  A fixed-sigma gaussian's bound barely moves with its "
-                   "reconstructions: watch its loss, with --min-delta 0.")
+              help="What --early-stop watches: bpd (the validation bound of the discretized likelihood, KL "
+                   "weight 1) or loss (the training loss on the validation split: the likelihood training "
+                   "scores, a continuous decoder's density, with the KL weighted by --beta, in bits/dim).  A "
+                   "fixed-sigma gaussian's bound barely moves with its reconstructions: watch its loss, with "
+                   "--min-delta 0.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate.")
@@ -251,7 +252,8 @@ def _parse_floor(text):
                    "--validation).")
 @click.option("--min-delta", type=FiniteFloat(min=0), default=0.0, show_default=True)
 @click.option("--monitor", type=click.Choice(MONITORS), default="bpd", show_default=True,
-              help="What --early-stop watches (as vae train): bpd or loss (the KL weighted by beta).")
+              help="What --early-stop watches (as vae train): bpd or loss (the training loss, the KL "
+                   "weighted by beta).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--mixtures", type=click.IntRange(1), default=10, show_default=True)
@@ -288,7 +290,14 @@ def sweep_command(out_dir, likelihoods, betas, seeds, dataset, model_names, mode
     if "fid" in metrics and not fid_samples:
         raise click.UsageError("--metric fid needs --fid-samples N (the prior samples FID is computed on)")
     metrics = [m for m in (metrics or ("elbo", "bpd", "kl", "mse", "active-units")) if m != "fid"]
-    paths = sweep(out_dir, base, likelihoods or registry.NAMES, betas or PAPER_BETAS, seeds or (0,), metrics,
+    if not likelihoods:
+        likelihoods = registry.NAMES
+        if validation:  # the default grid leaves out what has no bits/dim to validate on
+            left_out = [n for n in likelihoods if registry.info(n).training_only]
+            likelihoods = [n for n in likelihoods if n not in left_out]
+            click.echo(f"--validation: leaving out {', '.join(left_out)} (a training objective only, no "
+                       "bits/dim to validate on)")
+    paths = sweep(out_dir, base, likelihoods, betas or PAPER_BETAS, seeds or (0,), metrics,
                   fid_samples=fid_samples, inception=inception, allow_unknown_weights=allow_unknown_weights,
                   iw_samples=iw_samples, log=click.echo, models=grid_models)
     click.echo(f"{len(paths)} runs in {out_dir}; see `vae compare {out_dir}`")

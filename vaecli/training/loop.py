@@ -175,7 +175,7 @@ class _EpochLoop:
             run.epoch_seconds = 0.0
             ended_early = out_of_time  # within the epoch
             out_of_time = out_of_time or self._spent(state.trained_seconds(run.history))
-            stopped = state.early_stopped(run.history, config)
+            stopped = self._early_stopped()
             if not any(math.isfinite(v) for v in run.history["train_elbo"]):
                 raise NothingTrained(run.epochs_done + 1)
             steps_done, run.step_in_epoch = run.step_in_epoch, 0
@@ -216,6 +216,15 @@ class _EpochLoop:
         if self.world > 1 and self.config.time_budget is not None:
             spent = distributed.any_ranks([spent and self.rank == 0], self.train_images.device)[0]
         return spent
+
+    def _early_stopped(self):
+        """The early-stopping rule's (best, epoch) when the run ends here, else None, by rank
+        0's validation values on every rank (a collective under torchrun, as _spent)."""
+        stopped = state.early_stopped(self.state.history, self.config)
+        if self.world > 1 and self.config.early_stop:
+            ends = distributed.any_ranks([stopped is not None and self.rank == 0], self.train_images.device)[0]
+            stopped = (stopped or (math.nan, 0)) if ends else None
+        return stopped
 
     def seconds_so_far(self) -> float:
         """Training seconds of the run up to now (the epoch in progress included)."""
@@ -374,23 +383,33 @@ def _test_elbo(model, images, config, batch_size=512):
 def _validation(model, images, config, batch_size=512) -> dict:
     """The validation split's bits/dim, with fixed noise: ``val_bpd``, the discretized PMF's
     single-sample ELBO (as `vae eval --metric bpd`, comparable across decoders), and
-    ``val_loss``, the same bound with the KL weighted by beta, the objective a beta run
-    trains (free bits aside); the two are equal at beta 1."""
+    ``val_loss``, the training loss itself on these images: the likelihood training scores
+    (a continuous decoder's density on y = x/(L-1)) with the KL weighted by beta and free
+    bits as in training.  A density's -log p(y) reads in bits/dim of the data's levels with
+    log2(L-1) a dimension added (the PMF of a bin 1/(L-1) wide is about p(y)/(L-1)), so it
+    sits on val_bpd's scale; at beta 1 a discrete decoder's two values are equal."""
     from ..units import bits_per_dim
 
     model.eval()
     lik = model.likelihood
-    rec = kl = 0.0
+    rec = pmf = kl = kl_objective = 0.0
     gen = torch.Generator(device=images.device).manual_seed(config.seed + 7)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         out = model.posterior(model.encode(x), draw_noise(model, x.shape[0], gen))
-        rec += float(log_likelihood(lik, x, out, pmf=True).double().sum())
+        pmf += float(log_likelihood(lik, x, out, pmf=True).double().sum())
+        rec += float(log_likelihood(lik, x, out).double().sum())
         kl += float(total_kl(out.groups).double().sum())
+        if config.free_bits:
+            kl_objective += float(sum(torch.clamp(part.double(), min=config.free_bits)
+                                      for part in kl_per_group(out.groups)).sum())
     model.train()
+    if not config.free_bits:
+        kl_objective = kl
     n, dims = max(images.shape[0], 1), int(np.prod(target_shape(model)))
-    return {"val_bpd": float(bits_per_dim((rec - kl) / n, dims)),
-            "val_loss": float(bits_per_dim((rec - config.beta * kl) / n, dims))}
+    offset = math.log2(2**config.n_bits - 1) if lik.info.continuous else 0.0
+    return {"val_bpd": float(bits_per_dim((pmf - kl) / n, dims)),
+            "val_loss": float(bits_per_dim((rec - config.beta * kl_objective) / n, dims)) + offset}
 
 
 def _progress_bar(enabled, total, initial):
