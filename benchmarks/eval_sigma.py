@@ -56,13 +56,15 @@ def main():
         if run.config.likelihood != "sigma":
             continue
         model = load_model(run, "cpu")
-        train_split = load_split(run.config.dataset, "train")
+        train_split = load_split(run.config.dataset, "train", run.config.image_size)
+        if train_split.checksum != run.attrs["dataset_checksum"]:
+            raise SystemExit(f"{path}: the training data {run.config.dataset} here differs from the run's")
         validation = None
         if run.config.validation:
             train_split, held_out = hold_out_validation(train_split, run.config.validation)
             validation = torch.from_numpy(prepare_images(held_out.images, run.config))
         train = torch.from_numpy(prepare_images(train_split.images, run.config))
-        test = torch.from_numpy(prepare_images(load_split(run.config.dataset, "test").images, run.config))
+        test = torch.from_numpy(prepare_images(load_split(run.config.dataset, "test", run.config.image_size).images, run.config))
         running = float(run.calibration["eval_sigma"])
         mse = pass_mse(model, train)
         final = softclipped_sigma(mse, run.config.log_sigma_min)

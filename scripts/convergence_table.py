@@ -62,6 +62,20 @@ def best_validation_epoch(result):
     return None if best is None else best[1] + 1
 
 
+def stopped_early(result):
+    """Whether the early-stopping rule ended the run (not the epoch limit, nor a time budget):
+    its last epoch is the patience past the best the rule watched."""
+    best, patience = best_validation_epoch(result), result.get("early_stop") or 0
+    return bool(patience) and best is not None and result["epochs"] < result["epochs_limit"] \
+        and result["epochs"] - best >= patience
+
+
+def validation_bpd_at_best(result):
+    """The validation bits/dim at the epoch the rule watched as best (the monitored value may be the loss)."""
+    best, history = best_validation_epoch(result), result.get("val_bpd_history") or []
+    return history[best - 1] if best is not None and best <= len(history) else None
+
+
 def load(folder):
     rows = defaultdict(list)
     for path in sorted(Path(folder).glob("*.json")):
@@ -83,16 +97,16 @@ def main(folder):
         raise SystemExit(f"no results (*.json) in {folder}")
     settings = sorted(rows, key=order)
     print("| decoder | seeds | epochs trained | best validation epoch | stopped early | training (min, 1 core) "
-          "| validation bits/dim, best | validation bits/dim, last epoch (the weights kept) | test bits/dim | test ELBO (nats) | KL (nats) | MSE | active units "
+          "| validation bits/dim at the best epoch | validation bits/dim, last epoch (the weights kept) | test bits/dim | test ELBO (nats) | KL (nats) | MSE | active units "
           "| aggregate posterior KL (nats) | I(x; z) (nats) | FID (10k vs 10k test) | β of SSE + β·KL |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in settings:
         runs = rows[s]
-        stopped = sum(bool(r.get("early_stop")) and r["epochs"] < r["epochs_limit"] for r in runs)
+        stopped = sum(stopped_early(r) for r in runs)
         print(f"| {label(s)} | {', '.join(str(r['seed']) for r in runs)} | {cell([r['epochs'] for r in runs], 1)} "
               f"| {cell([best_validation_epoch(r) for r in runs], 1)} "
               f"| {stopped} of {len(runs)} | {cell([r['trained_seconds'] / 60 for r in runs], 0)} "
-              f"| {cell([min(r['val_bpd_history']) if r.get('val_bpd_history') else None for r in runs], 4)} "
+              f"| {cell([validation_bpd_at_best(r) for r in runs], 4)} "
               f"| {cell([r['val_bpd_history'][-1] if r.get('val_bpd_history') else None for r in runs], 4)} "
               f"| {cell([value(r, 'bpd') for r in runs], 4)} | {cell([value(r, 'elbo') for r in runs], 1)} "
               f"| {cell([value(r, 'kl') for r in runs], 2)} | {cell([value(r, 'mse') for r in runs], 5)} "

@@ -1,5 +1,6 @@
 """The sigma-VAE's PMF evaluation sigma: a maximum-likelihood fit on training data."""
 
+import json
 import math
 
 import numpy as np
@@ -175,6 +176,25 @@ def test_calibrate_command_upgrades_a_run_and_drops_stale_results(tmp_path, monk
     run = runfile.read(out)
     assert run.calibration["pmf_sigma"] == pytest.approx(stored)  # the same fit as at training time
     assert "bpd" not in run.evaluations["test"] and "kl" in run.evaluations["test"]
+
+
+@pytest.mark.parametrize("validation", [0.0, 0.25])
+def test_calibrate_fits_the_images_training_calibrated_on(tmp_path, monkeypatch, validation):
+    """With --validation the held-out images are not training images: vae calibrate leaves
+    them out, as training did, and gets training's fit again."""
+    import vaecli.runs as train_module
+
+    config = TrainConfig(epochs=1, batch_size=32, model_options=dict(latent_dim=4, width=4), seed=3,
+                         validation=validation)
+    out = tmp_path / "s.h5"
+    train(config, out, data=_data(), progress=False)
+    stored = runfile.read(out).calibration
+    monkeypatch.setattr(train_module, "load_split", lambda dataset, split, size=None: _data()[0])
+    result = CliRunner().invoke(main, ["calibrate", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output)["calibration"]
+    assert values["pmf_images"] == stored["pmf_images"] == round(len(_data()[0].images) * (1 - validation))
+    assert values["pmf_sigma"] == pytest.approx(stored["pmf_sigma"], rel=1e-6)
 
 
 def test_calibrate_refuses_what_has_no_evaluation_sigma(tmp_path):

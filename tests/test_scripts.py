@@ -244,6 +244,9 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     assert "| 0 of 1 |" in rows["gaussian σ=1, β=1"] and "| 4.0 |" in rows["gaussian σ=1, β=1"]
     assert rows["gaussian σ=1, β=0.1"].endswith("| 0.2000 ± 0.0000 |")
     assert "| 3.0 ± 0.0 |" in rows["gaussian σ=1, β=0.1"]  # its loss was best at epoch 3 (its bound at 2)
+    # ended one epoch after its best (a time budget, say), short of the patience: not the rule's stop;
+    # the validation bits/dim shown is its bound at the epoch the rule took as best
+    assert "| 0 of 2 |" in rows["gaussian σ=1, β=0.1"] and "| 2.9500 ± 0.0000 |" in rows["gaussian σ=1, β=0.1"]
     assert "best by mean FID: β = 0.1" in out
     assert "| 0 | 30.0 | 35.0 | 70.0 | -5.0 |" in out and "| 1 | 40.0 | 37.0 | – | +3.0 |" in out
     # 35 - 36 = -1; standard error sqrt(50/2 + 2/2) = 5.10

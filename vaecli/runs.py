@@ -322,6 +322,8 @@ def recalibrate(run: runfile.Run, device="auto") -> dict:
     if data.checksum != run.attrs["dataset_checksum"]:
         raise VaeError(f"{run.path}: the training data {run.config.dataset} here differs from the run's "
                        f"(SHA-256 {data.checksum[:16]}… vs {run.attrs['dataset_checksum'][:16]}…)")
+    if run.config.validation:  # the images it trained on, as training calibrated it
+        data = hold_out_validation(data, run.config.validation)[0]
     images = torch.from_numpy(prepare_images(data.images, run.config)).to(next(model.parameters()).device)
     return pmf_sigma(model, images, seed=run.config.seed + 6, n_bits=run.config.n_bits,
                      log_sigma_min=run.config.log_sigma_min)
