@@ -120,7 +120,7 @@ def test_the_validation_loss_is_the_training_loss(tmp_path):
         log_p, log_pmf, kl = _validation_oracle(model, images, config)
         assert kl.max() < free_bits or free_bits == 0  # so the free bits replace every image's KL
         kl_objective = np.maximum(kl, free_bits)
-        # the density's bits/dim on the scale of the 256 levels: -log2 p(y) + log2(255) a dimension
+        # the density in bits/dim with log2(255) a dimension added: -log2 p(y) + log2(255)
         loss = -(log_p - beta * kl_objective).mean() / (dims * np.log(2)) + np.log2(255)
         assert values["val_loss"] == pytest.approx(loss, rel=1e-6)
         assert values["val_bpd"] == pytest.approx(-(log_pmf - kl).mean() / (dims * np.log(2)), rel=1e-6)

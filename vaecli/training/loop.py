@@ -385,9 +385,11 @@ def _validation(model, images, config, batch_size=512) -> dict:
     single-sample ELBO (as `vae eval --metric bpd`, comparable across decoders), and
     ``val_loss``, the training loss itself on these images: the likelihood training scores
     (a continuous decoder's density on y = x/(L-1)) with the KL weighted by beta and free
-    bits as in training.  A density's -log p(y) reads in bits/dim of the data's levels with
-    log2(L-1) a dimension added (the PMF of a bin 1/(L-1) wide is about p(y)/(L-1)), so it
-    sits on val_bpd's scale; at beta 1 a discrete decoder's two values are equal."""
+    bits as in training.  A density's -log p(y) is given in bits/dim with log2(L-1) a
+    dimension added (an interior bin 1/(L-1) wide has mass about p(y)/(L-1)), the usual
+    convention for continuous models; it is not the discretized bound: where many pixels sit
+    at the edge levels, whose bins reach to infinity, it reads well above val_bpd.  At beta 1
+    a discrete decoder's two values are equal."""
     from ..units import bits_per_dim
 
     model.eval()
