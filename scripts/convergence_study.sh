@@ -17,7 +17,7 @@
 # Environment: MODEL (conv), OUT (study-convergence/MODEL), CORE (0), RUNS
 # (likelihood:beta:seed words, in the order the issue asks for them: for conv the sigma-VAE
 # and the two best betas of the short study first, 3 seeds, then the rest of the paper's
-# grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (50: the most),
+# grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (30: the most),
 # BUDGET (each run's most training time, e.g. 2h; default none), PATIENCE (5), MIN_DELTA
 # (0 bits/dim), MONITOR (loss), FID (10000), CODE=DIR (run vaecli from a fixed worktree; start the
 # queue from that directory).
@@ -59,7 +59,7 @@ for spec in $runs; do
   file="$out/$likelihood-beta$beta-s$seed.h5"
   claim "$file" || continue
   train_or_resume "$file" taskset -c "$core" python3 -m vaecli train --dataset fashion-mnist --model "$model" \
-    --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs "${EPOCHS:-50}" --validation 0.1 \
+    --likelihood "$likelihood" --beta "$beta" --seed "$seed" --epochs "${EPOCHS:-30}" --validation 0.1 \
     --early-stop "${PATIENCE:-5}" --min-delta "${MIN_DELTA:-0}" --monitor "${MONITOR:-loss}" "${budget[@]}" --out "$file" --device cpu --quiet
   evaluate "$file"
   release
