@@ -78,7 +78,9 @@ def validation_bpd_at_best(result):
 
 def load(folder):
     rows = defaultdict(list)
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(Path(folder).glob("*-beta*-s*.json")):  # one a run; other JSON beside them is not a run
+        if path.name.startswith("eval-sigma-"):
+            continue
         r = json.loads(path.read_text())
         rows[(r["likelihood"], float(r["beta"]))].append(r)
     for runs in rows.values():
