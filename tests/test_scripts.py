@@ -235,6 +235,8 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
             "gaussian-beta1-s0": run("gaussian", 1.0, 0, 70.0, val=(3.0, 2.9, 2.8, 2.7), limit=4)}
     for name, r in runs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    # other JSON beside the runs (benchmarks/eval_sigma.py's, a list) is not a run
+    (tmp_path / "eval-sigma-sigma-beta1-s0.json").write_text(json.dumps([{"method": "running"}]))
     out = _table("convergence_table", tmp_path)
     rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
     # the sigma-VAE first; 2 sigma^2 = 0.02 is its beta; the fixed Gaussian's is 2 beta
