@@ -10,7 +10,11 @@ to the patience past the best: both validation numbers are shown), the test numb
 parts of the rate; vaecli.aggregate), FID and the beta of the
 equivalent MSE-loss objective SSE + beta*KL (2*beta*sigma^2: 2*beta for the fixed
 Gaussian, 2*sigma^2 for the calibrated decoders).  Then FID seed by seed against the
-best fixed beta, and the ranking beside the paper's SVHN FIDs (its Tables 2-3).
+best fixed beta, and the ranking beside the paper's SVHN FIDs (its Tables 2-3).  Where
+a run has more FIDs beside it (fid/NAME-tT.json: its prior samples at temperature T, as
+scripts/model_study_fid.sh writes them; reconstruction-fid/NAME.json: the test images'
+reconstructions, scripts/reconstruction_fid.py), a last table shows them by its prior
+samples' FID and its aggregate posterior's KL: the prior-holes diagnostics.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from model_study_table import cell, difference_of_means  # this folder is first on the path of a script run from it
+from model_study_table import cell, difference_of_means, fids_at_temperatures  # this folder is first on the path of a script run from it
 
 from vaecli.training.state import best_validation
 
@@ -82,6 +86,7 @@ def load(folder):
         if path.name.startswith("eval-sigma-"):
             continue
         r = json.loads(path.read_text())
+        r["name"] = path.stem
         rows[(r["likelihood"], float(r["beta"]))].append(r)
     for runs in rows.values():
         runs.sort(key=lambda r: r["seed"])
@@ -150,6 +155,35 @@ def main(folder):
     for rank, (fid, s) in enumerate(sorted(scored), 1):
         paper = PAPER_SVHN_FID.get(s)
         print(f"| {rank} | {label(s)} | {fid:.1f} | {'–' if paper is None else f'{paper:g}'} |")
+
+    diagnostics(folder, [r for s in settings for r in rows[s]])
+
+
+def diagnostics(folder, runs):
+    """FID of prior samples at each temperature measured and of the test images' reconstructions."""
+    found = {}
+    for r in runs:
+        fids = {t: f for t, f in fids_at_temperatures(folder, r["name"]).items() if t != 1.0}
+        recon = Path(folder) / "reconstruction-fid" / f"{r['name']}.json"
+        if recon.exists():
+            fids["reconstructions"] = json.loads(recon.read_text())["reconstruction_fid"]
+        if fids:
+            found[r["name"]] = (r, fids)
+    if not found:
+        return
+    ts = sorted({t for _, fids in found.values() for t in fids if t != "reconstructions"}, reverse=True)
+    columns = ts + (["reconstructions"] if any("reconstructions" in f for _, f in found.values()) else [])
+    print("\nPrior holes: FID (10k against the 10k test images) of prior samples at temperature T = 1 and "
+          "lower, and of the test images' reconstructions (no prior involved), beside the aggregate "
+          "posterior's KL from the prior:\n")
+    print("| decoder | seed | aggregate posterior KL (nats) | T = 1 | " + " | ".join(
+        f"T = {t:g}" if t != "reconstructions" else t for t in columns) + " |")
+    print("|---|---|---|---|" + "---|" * len(columns))
+    for r, fids in found.values():
+        agg, fid = value(r, "aggregate-kl"), value(r, "fid")
+        print(f"| {label((r['likelihood'], float(r['beta'])))} | {r['seed']} | {'–' if agg is None else f'{agg:.2f}'} "
+              f"| {'–' if fid is None else f'{fid:.1f}'} | "
+              + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in columns) + " |")
 
 
 if __name__ == "__main__":

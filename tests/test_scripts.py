@@ -237,8 +237,16 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(r))
     # other JSON beside the runs (benchmarks/eval_sigma.py's, a list) is not a run
     (tmp_path / "eval-sigma-sigma-beta1-s0.json").write_text(json.dumps([{"method": "running"}]))
+    # the prior-holes diagnostics beside the runs: a lower temperature, the reconstructions
+    (tmp_path / "fid").mkdir()
+    (tmp_path / "fid" / "sigma-beta1-s0-t0.8.json").write_text(json.dumps({"results": {"fid": {"value": 21.25}}}))
+    (tmp_path / "reconstruction-fid").mkdir()
+    (tmp_path / "reconstruction-fid" / "gaussian-beta0.1-s1.json").write_text(json.dumps({"reconstruction_fid": 12.5}))
     out = _table("convergence_table", tmp_path)
-    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
+    rows = {}
+    for line in out.splitlines():  # the first table's rows (the diagnostics' rows begin with a decoder too)
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
     # the sigma-VAE first; 2 sigma^2 = 0.02 is its beta; the fixed Gaussian's is 2 beta
     assert rows["sigma (σ-VAE)"].endswith("| 3.50 ± 0.71 | 9.00 ± 0.00 | 35.0 ± 7.1 | 0.0200 ± 0.0000 |")
     assert "| 2 of 2 |" in rows["sigma (σ-VAE)"] and "| 2.0 ± 0.0 |" in rows["sigma (σ-VAE)"]  # best at epoch 2
@@ -254,6 +262,10 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     # 35 - 36 = -1; standard error sqrt(50/2 + 2/2) = 5.10
     assert "difference of means -1.0 ± 5.1 (standard error); the σ-VAE is lower in 1 of 2 paired seeds." in out
     assert "| 1 | sigma (σ-VAE) | 35.0 | 27.25 |" in out and "| 3 | gaussian σ=1, β=1 | 70.0 | 70.4 |" in out
+    # the diagnostics: only the runs that have them, their prior samples' FID (T = 1) and aggregate KL beside
+    assert "| decoder | seed | aggregate posterior KL (nats) | T = 1 | T = 0.8 | reconstructions |" in out
+    assert "| sigma (σ-VAE) | 0 | 3.00 | 30.0 | 21.2 | – |" in out
+    assert "| gaussian σ=1, β=0.1 | 1 | 3.70 | 37.0 | – | 12.5 |" in out and "| sigma (σ-VAE) | 1 |" not in out
 
 
 def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypatch):
