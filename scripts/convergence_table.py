@@ -13,7 +13,8 @@ Gaussian, 2*sigma^2 for the calibrated decoders).  Then FID seed by seed against
 best fixed beta, and the ranking beside the paper's SVHN FIDs (its Tables 2-3).  Where
 a run has more FIDs beside it (fid/NAME-tT.json: its prior samples at temperature T, as
 scripts/model_study_fid.sh writes them; reconstruction-fid/NAME.json: the test images'
-reconstructions, scripts/reconstruction_fid.py), a last table shows them by its prior
+reconstructions, scripts/reconstruction_fid.py; fitted-prior-fid/NAME.json: samples from
+a Gaussian fitted to the aggregate posterior, scripts/fitted_prior_fid.py), a last table shows them by its prior
 samples' FID and its aggregate posterior's KL: the prior-holes diagnostics.
 """
 
@@ -167,17 +168,22 @@ def diagnostics(folder, runs):
         recon = Path(folder) / "reconstruction-fid" / f"{r['name']}.json"
         if recon.exists():
             fids["reconstructions"] = json.loads(recon.read_text())["reconstruction_fid"]
+        fitted = Path(folder) / "fitted-prior-fid" / f"{r['name']}.json"
+        if fitted.exists():
+            fids["fitted prior"] = json.loads(fitted.read_text())["fitted_prior_fid"]
         if fids:
             found[r["name"]] = (r, fids)
     if not found:
         return
-    ts = sorted({t for _, fids in found.values() for t in fids if t != "reconstructions"}, reverse=True)
-    columns = ts + (["reconstructions"] if any("reconstructions" in f for _, f in found.values()) else [])
+    others = ("fitted prior", "reconstructions")
+    ts = sorted({t for _, fids in found.values() for t in fids if t not in others}, reverse=True)
+    columns = ts + [o for o in others if any(o in f for _, f in found.values())]
     print("\nPrior holes: FID (10k against the 10k test images) of prior samples at temperature T = 1 and "
-          "lower, and of the test images' reconstructions (no prior involved), beside the aggregate "
+          "lower, of samples from a Gaussian fitted to the aggregate posterior (scripts/fitted_prior_fid.py) "
+          "and of the test images' reconstructions (no prior involved), beside the aggregate "
           "posterior's KL from the prior:\n")
     print("| decoder | seed | aggregate posterior KL (nats) | T = 1 | " + " | ".join(
-        f"T = {t:g}" if t != "reconstructions" else t for t in columns) + " |")
+        t if t in others else f"T = {t:g}" for t in columns) + " |")
     print("|---|---|---|---|" + "---|" * len(columns))
     for r, fids in found.values():
         agg, fid = value(r, "aggregate-kl"), value(r, "fid")

@@ -242,6 +242,8 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     (tmp_path / "fid" / "sigma-beta1-s0-t0.8.json").write_text(json.dumps({"results": {"fid": {"value": 21.25}}}))
     (tmp_path / "reconstruction-fid").mkdir()
     (tmp_path / "reconstruction-fid" / "gaussian-beta0.1-s1.json").write_text(json.dumps({"reconstruction_fid": 12.5}))
+    (tmp_path / "fitted-prior-fid").mkdir()
+    (tmp_path / "fitted-prior-fid" / "sigma-beta1-s0.json").write_text(json.dumps({"fitted_prior_fid": 17.0}))
     out = _table("convergence_table", tmp_path)
     rows = {}
     for line in out.splitlines():  # the first table's rows (the diagnostics' rows begin with a decoder too)
@@ -263,9 +265,68 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     assert "difference of means -1.0 ± 5.1 (standard error); the σ-VAE is lower in 1 of 2 paired seeds." in out
     assert "| 1 | sigma (σ-VAE) | 35.0 | 27.25 |" in out and "| 3 | gaussian σ=1, β=1 | 70.0 | 70.4 |" in out
     # the diagnostics: only the runs that have them, their prior samples' FID (T = 1) and aggregate KL beside
-    assert "| decoder | seed | aggregate posterior KL (nats) | T = 1 | T = 0.8 | reconstructions |" in out
-    assert "| sigma (σ-VAE) | 0 | 3.00 | 30.0 | 21.2 | – |" in out
-    assert "| gaussian σ=1, β=0.1 | 1 | 3.70 | 37.0 | – | 12.5 |" in out and "| sigma (σ-VAE) | 1 |" not in out
+    assert "| decoder | seed | aggregate posterior KL (nats) | T = 1 | T = 0.8 | fitted prior | reconstructions |" in out
+    assert "| sigma (σ-VAE) | 0 | 3.00 | 30.0 | 21.2 | 17.0 | – |" in out
+    assert "| gaussian σ=1, β=0.1 | 1 | 3.70 | 37.0 | – | – | 12.5 |" in out and "| sigma (σ-VAE) | 1 |" not in out
+
+
+def test_fitted_prior_fid_fits_the_kept_training_images_and_scores_its_samples(tmp_path, monkeypatch):
+    """The Gaussian is fitted to the posteriors of the images the run trained on (not its
+    validation share, not the test split), its KL from the prior is the oracle's, and the
+    FID is that of the samples decoded from it: with a stand-in feature map."""
+    import numpy as np
+    import torch
+
+    from fakes import FakeData, blob_images
+    from vaecli import fid, reference, runfile
+    from vaecli.config import TrainConfig
+    from vaecli.runs import hold_out_validation, load_model
+    from vaecli.training import train
+
+    data = FakeData(blob_images(64))
+    test = FakeData(blob_images(40, seed=1), split="test", checksum="1" * 64)
+    config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=4, width=4), seed=0, validation=0.25)
+    train(config, tmp_path / "r.h5", data=(data, test), progress=False)
+
+    def features(images):  # (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks
+        return np.asarray(images, dtype=np.float64).reshape(len(images), 6, -1).mean(axis=2)
+
+    class StandIn:
+        device = "cpu"
+
+        def __init__(self, *args):
+            pass
+
+        def features(self, images, batch_size):
+            return features(images)
+
+    script = _script("fitted_prior_fid")
+    monkeypatch.setattr(script, "load_split", lambda dataset, split, size=None: {"train": data, "test": test}[split])
+    monkeypatch.setattr(script.fid, "FeatureExtractor", StandIn)
+    monkeypatch.setattr(script.fid, "reference_statistics",
+                        lambda extractor, d, **kw: (*fid.statistics(features(d.images)), len(d.images)))
+    result = script.fitted_prior_fid(tmp_path / "r.h5", samples=30, seed=3, batch_size=7)
+
+    kept, _ = hold_out_validation(data, 0.25)
+    model = load_model(runfile.read(tmp_path / "r.h5"), "cpu")
+    with torch.no_grad():
+        mu, logvar = (t.double().numpy() for t in model.encode(torch.from_numpy(kept.images)))
+    assert result["fitted_images"] == 48 and result["n"] == 30 and result["n_reference"] == 40
+    assert result["fitted_kl_from_prior"] == pytest.approx(reference.gaussian_fit_kl(mu, logvar), rel=1e-9)
+    m = mu.mean(0)
+    cov = (mu - m).T @ (mu - m) / len(mu) + np.diag(np.exp(logvar).mean(0))
+    assert result["fitted_mean_norm"] == pytest.approx(np.linalg.norm(m), rel=1e-9)
+    assert result["fitted_variances"]["max"] == pytest.approx(np.linalg.eigvalsh(cov).max(), rel=1e-9)
+    pictures = script.fitted_prior_pictures(model, torch.from_numpy(m), torch.from_numpy(cov), 30, seed=3)
+    expected = fid.frechet(fid.statistics(features(pictures)), fid.statistics(features(test.images)))
+    assert result["fitted_prior_fid"] == pytest.approx(expected, rel=1e-9)
+    # another seed draws other samples
+    assert not np.array_equal(pictures, script.fitted_prior_pictures(model, torch.from_numpy(m),
+                                                                      torch.from_numpy(cov), 30, seed=4))
+    # a hierarchy has no single aggregate posterior: a one-line error
+    monkeypatch.setattr(script, "load_model", lambda run, device: object())
+    with pytest.raises(SystemExit, match="^error: .*more than one latent group"):
+        script.main([str(tmp_path / "r.h5")])
 
 
 def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypatch):

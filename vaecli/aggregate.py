@@ -68,13 +68,18 @@ def aggregate_kl_terms(mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
     return torch.cat(out)
 
 
-def gaussian_fit_kl(mean: torch.Tensor, logvar: torch.Tensor) -> float:
-    """KL(N(m, S) || N(0, I)) in nats, with m and S the mean and covariance of the mixture
-    of the N posteriors: m = mean over n of mean_n, S = the (population) covariance of the
-    means plus the average posterior variance on the diagonal."""
+def gaussian_fit(mean: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, S): the mean and covariance of the mixture of the N posteriors, m = mean over n
+    of mean_n, S = the (population) covariance of the means plus the average posterior
+    variance on the diagonal."""
     mean, logvar = _check(mean, logvar)
     m = mean.mean(0)
     centred = mean - m
-    cov = centred.T @ centred / mean.shape[0] + torch.diag(torch.exp(logvar).mean(0))
+    return m, centred.T @ centred / mean.shape[0] + torch.diag(torch.exp(logvar).mean(0))
+
+
+def gaussian_fit_kl(mean: torch.Tensor, logvar: torch.Tensor) -> float:
+    """KL(N(m, S) || N(0, I)) in nats, with (m, S) = :func:`gaussian_fit`."""
+    m, cov = gaussian_fit(mean, logvar)
     _, logdet = torch.linalg.slogdet(cov)
-    return float(0.5 * (torch.trace(cov) + m @ m - mean.shape[1] - logdet))
+    return float(0.5 * (torch.trace(cov) + m @ m - len(m) - logdet))
