@@ -270,6 +270,25 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     assert "| gaussian σ=1, β=0.1 | 1 | 3.70 | 37.0 | – | – | 12.5 |" in out and "| sigma (σ-VAE) | 1 |" not in out
 
 
+def _block_features(images):
+    """A stand-in for Inception's features: (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks."""
+    import numpy as np
+
+    return np.asarray(images, dtype=np.float64).reshape(len(images), 6, -1).mean(axis=2)
+
+
+class _StandInExtractor:
+    """fid.FeatureExtractor's interface with :func:`_block_features` in place of Inception."""
+
+    device = "cpu"
+
+    def __init__(self, *args):
+        pass
+
+    def features(self, images, batch_size):
+        return _block_features(images)
+
+
 def test_fitted_prior_fid_fits_the_kept_training_images_and_scores_its_samples(tmp_path, monkeypatch):
     """The Gaussian is fitted to the posteriors of the images the run trained on (not its
     validation share, not the test split), its KL from the prior is the oracle's, and the
@@ -288,21 +307,11 @@ def test_fitted_prior_fid_fits_the_kept_training_images_and_scores_its_samples(t
     config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=4, width=4), seed=0, validation=0.25)
     train(config, tmp_path / "r.h5", data=(data, test), progress=False)
 
-    def features(images):  # (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks
-        return np.asarray(images, dtype=np.float64).reshape(len(images), 6, -1).mean(axis=2)
-
-    class StandIn:
-        device = "cpu"
-
-        def __init__(self, *args):
-            pass
-
-        def features(self, images, batch_size):
-            return features(images)
+    features = _block_features
 
     script = _script("fitted_prior_fid")
     monkeypatch.setattr(script, "load_split", lambda dataset, split, size=None: {"train": data, "test": test}[split])
-    monkeypatch.setattr(script.fid, "FeatureExtractor", StandIn)
+    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
     monkeypatch.setattr(script.fid, "reference_statistics",
                         lambda extractor, d, **kw: (*fid.statistics(features(d.images)), len(d.images)))
     result = script.fitted_prior_fid(tmp_path / "r.h5", samples=30, seed=3, batch_size=7)
@@ -344,22 +353,11 @@ def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypa
     config = TrainConfig(epochs=1, batch_size=16, model_options=dict(latent_dim=4, width=4), seed=0)
     train(config, tmp_path / "r.h5", data=(FakeData(blob_images(64)), test), progress=False)
 
-    def features(images):  # (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks
-        x = np.asarray(images, dtype=np.float64).reshape(len(images), 6, -1)
-        return x.mean(axis=2)
-
-    class StandIn:
-        device = "cpu"
-
-        def __init__(self, *args):
-            pass
-
-        def features(self, images, batch_size):
-            return features(images)
+    features = _block_features
 
     script = _script("reconstruction_fid")
     monkeypatch.setattr(script, "load_split", lambda *args: test)
-    monkeypatch.setattr(script.fid, "FeatureExtractor", StandIn)
+    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
     monkeypatch.setattr(script.fid, "reference_statistics",
                         lambda extractor, data, **kw: (*fid.statistics(features(data.images)), len(data.images)))
     result = script.reconstruction_fid(tmp_path / "r.h5", samples=30, batch_size=7)  # batches of 7: 5 calls
