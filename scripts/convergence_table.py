@@ -83,7 +83,7 @@ def validation_bpd_at_best(result):
 
 def load(folder):
     rows = defaultdict(list)
-    for path in sorted(Path(folder).glob("*-beta*-s*.json")):  # one a run; other JSON beside them is not a run
+    for path in sorted(Path(folder).glob("*-beta*-s*.json")):  # a run's; eval-sigma-RUN.json is not one
         if path.name.startswith("eval-sigma-"):
             continue
         r = json.loads(path.read_text())
@@ -161,7 +161,9 @@ def main(folder):
 
 
 def diagnostics(folder, runs):
-    """FID of prior samples at each temperature measured and of the test images' reconstructions."""
+    """The runs' other FIDs (prior samples at each temperature measured, samples from the
+    fitted prior, the test images' reconstructions) beside their prior samples' FID and
+    aggregate posterior KL."""
     found = {}
     for r in runs:
         fids = {t: f for t, f in fids_at_temperatures(folder, r["name"]).items() if t != 1.0}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vaecli import fid, runfile
-from vaecli.aggregate import gaussian_fit, gaussian_fit_kl
+from vaecli.aggregate import gaussian_fit, standard_normal_kl
 from vaecli.errors import VaeError
 from vaecli.models.protocol import OneGaussianLatent
 from vaecli.runs import hold_out_validation, load_model, load_split, mean_to_uint8, prepare_images
@@ -32,7 +32,7 @@ from vaecli.runs import hold_out_validation, load_model, load_split, mean_to_uin
 
 @torch.no_grad()
 def posterior_moments(model, images: np.ndarray, batch: int = 1000):
-    """(mean, logvar), (N, Z) float64, of the posteriors of ``images`` (prepared, float)."""
+    """(mean, logvar), (N, Z) float64, of the posteriors of ``images`` (uint8 levels, prepare_images)."""
     means, logvars = [], []
     for start in range(0, len(images), batch):
         mu, logvar = model.encode(torch.from_numpy(images[start : start + batch]))
@@ -58,9 +58,8 @@ def fitted_prior_fid(path, samples=10_000, seed=0, batch_size=fid.DEFAULT_BATCH)
         raise VaeError(f"{path}: --model {run.config.model} has more than one latent group; "
                        "a fitted prior is defined here for models with one Gaussian latent (conv, mlp)")
     train = load_split(run.config.dataset, "train", run.config.image_size)
-    share = getattr(run.config, "validation", 0) or 0
-    if share:
-        train, _ = hold_out_validation(train, share)
+    if run.config.validation:
+        train, _ = hold_out_validation(train, run.config.validation)
     mean, logvar = posterior_moments(model, prepare_images(train.images, run.config))
     m, cov = gaussian_fit(mean, logvar)
     pictures = fitted_prior_pictures(model, m, cov, samples, seed)
@@ -73,7 +72,7 @@ def fitted_prior_fid(path, samples=10_000, seed=0, batch_size=fid.DEFAULT_BATCH)
     return {"run": str(path), "fitted_prior_fid": fid.frechet(fid.statistics(feats), (mu_ref, sigma_ref)),
             "n": len(pictures), "n_reference": n_ref, "reference": f"{reference.name}/{reference.split}",
             "fitted_on": f"{train.name}/{train.split}", "fitted_images": len(mean), "seed": seed,
-            "fitted_kl_from_prior": gaussian_fit_kl(mean, logvar),
+            "fitted_kl_from_prior": standard_normal_kl(m, cov),
             "fitted_mean_norm": float(m.norm()),
             "fitted_variances": {"min": float(variances.min()), "median": float(variances.median()),
                                  "max": float(variances.max())},

@@ -78,8 +78,12 @@ def gaussian_fit(mean: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor
     return m, centred.T @ centred / mean.shape[0] + torch.diag(torch.exp(logvar).mean(0))
 
 
-def gaussian_fit_kl(mean: torch.Tensor, logvar: torch.Tensor) -> float:
-    """KL(N(m, S) || N(0, I)) in nats, with (m, S) = :func:`gaussian_fit`."""
-    m, cov = gaussian_fit(mean, logvar)
+def standard_normal_kl(m: torch.Tensor, cov: torch.Tensor) -> float:
+    """KL(N(m, cov) || N(0, I)) in nats."""
     _, logdet = torch.linalg.slogdet(cov)
     return float(0.5 * (torch.trace(cov) + m @ m - len(m) - logdet))
+
+
+def gaussian_fit_kl(mean: torch.Tensor, logvar: torch.Tensor) -> float:
+    """KL(N(m, S) || N(0, I)) in nats, with (m, S) = :func:`gaussian_fit`."""
+    return standard_normal_kl(*gaussian_fit(mean, logvar))
