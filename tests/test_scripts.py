@@ -269,6 +269,13 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     assert "| sigma (σ-VAE) | 0 | 3.00 | 30.0 | 21.2 | 17.0 | – |" in out
     assert "| gaussian σ=1, β=0.1 | 1 | 3.70 | 37.0 | – | – | 12.5 |" in out and "| sigma (σ-VAE) | 1 |" not in out
 
+    # another model's runs are ranked without the paper's SVHN column (its conv VAE's numbers)
+    for name, r in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({**r, "model": "hvae"}))
+    out = _table("convergence_table", tmp_path)
+    assert "| 1 | sigma (σ-VAE) | 35.0 |\n" in out and "27.25" not in out and "FID in the paper" not in out
+    assert "model hvae; the paper's SVHN FIDs are its conv VAE's" in out
+
 
 def _block_features(images):
     """A stand-in for Inception's features: (n, 1, 12, 12) uint8 -> 6 averages of pixel blocks."""
