@@ -153,19 +153,18 @@ def main(folder):
     # the paper's SVHN numbers are its small conv VAE's: set beside conv runs only
     models = sorted({r["model"] for s in settings for r in rows[s]})
     beside_paper = models == ["conv"]
-    if beside_paper:
-        print("\nRanking by mean FID here, beside the paper's SVHN FIDs (its conv VAE; Tables 2-3):\n")
-        print("| rank | decoder | FID here | FID in the paper (SVHN) |")
-        print("|---|---|---|---|")
-    else:
-        print(f"\nRanking by mean FID here (model {', '.join(models)}; the paper's SVHN FIDs are its conv "
-              "VAE's, so they are not set beside it):\n")
-        print("| rank | decoder | FID here |")
-        print("|---|---|---|")
+    columns = ["rank", "decoder", "FID here"] + (["FID in the paper (SVHN)"] if beside_paper else [])
+    print("\nRanking by mean FID here, beside the paper's SVHN FIDs (its conv VAE; Tables 2-3):\n" if beside_paper
+          else f"\nRanking by mean FID here (model {', '.join(models)}; the paper's SVHN FIDs are its conv VAE's, "
+               "so they are not set beside it):\n")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     scored = [(np.mean(f), s) for s in settings if (f := [value(r, "fid") for r in rows[s] if value(r, "fid") is not None])]
     for rank, (fid, s) in enumerate(sorted(scored), 1):
-        paper = PAPER_SVHN_FID.get(s)
-        print(f"| {rank} | {label(s)} | {fid:.1f} |" + (f" {'–' if paper is None else f'{paper:g}'} |" if beside_paper else ""))
+        cells = [str(rank), label(s), f"{fid:.1f}"]
+        if beside_paper:
+            paper = PAPER_SVHN_FID.get(s)
+            cells.append("–" if paper is None else f"{paper:g}")
+        print("| " + " | ".join(cells) + " |")
 
     diagnostics(folder, [r for s in settings for r in rows[s]])
 
