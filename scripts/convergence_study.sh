@@ -19,7 +19,8 @@
 # and the two best betas of the short study first, 3 seeds, then the rest of the paper's
 # grid; for hvae the sigma-VAE and beta 0.1, 0.01, 1, 2 seeds), EPOCHS (30: the most),
 # BUDGET (each run's most training time, e.g. 2h; default none), PATIENCE (5), MIN_DELTA
-# (0 bits/dim), MONITOR (loss), FID (10000), CODE=DIR (run vaecli from a fixed worktree; start the
+# (0 bits/dim), MONITOR (loss), FID (10000), THREADS (1: torch's threads; with CORE=0,1 and THREADS=2
+# one run takes both cores), CODE=DIR (run vaecli from a fixed worktree; start the
 # queue from that directory).
 set -euo pipefail
 if [[ -n "${CODE:-}" ]]; then export PYTHONPATH="$CODE${PYTHONPATH:+:$PYTHONPATH}"; fi
@@ -38,7 +39,7 @@ runs="${RUNS:-$default_runs}"
 budget=()
 if [[ -n "${BUDGET:-}" ]]; then budget=(--time-budget "$BUDGET"); fi
 mkdir -p "$out"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core a process
+export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"  # one core a process unless told
 
 source "$(dirname "$0")/study_queue.sh"
 
