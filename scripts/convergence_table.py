@@ -105,7 +105,7 @@ def main(folder):
     if not rows:
         raise SystemExit(f"no results (*.json) in {folder}")
     settings = sorted(rows, key=order)
-    print("| decoder | seeds | epochs trained | best validation epoch | stopped early | training (min, 1 core) "
+    print("| decoder | seeds | epochs trained | best validation epoch | stopped early | training (min, wall) "
           "| validation bits/dim at the best epoch | validation bits/dim, last epoch (the weights kept) | test bits/dim | test ELBO (nats) | KL (nats) | MSE | active units "
           "| aggregate posterior KL (nats) | I(x; z) (nats) | FID (10k vs 10k test) | β of SSE + β·KL |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
