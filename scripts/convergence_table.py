@@ -15,8 +15,10 @@ conv model (the paper's SVHN VAE) only.  Where
 a run has more FIDs beside it (fid/NAME-tT.json: its prior samples at temperature T, as
 scripts/model_study_fid.sh writes them; reconstruction-fid/NAME.json: the test images'
 reconstructions, scripts/reconstruction_fid.py; fitted-prior-fid/NAME.json: samples from
-a Gaussian fitted to the aggregate posterior, scripts/fitted_prior_fid.py), a last table shows them by its prior
-samples' FID and its aggregate posterior's KL: the prior-holes diagnostics.
+a Gaussian fitted to the aggregate posterior, scripts/fitted_prior_fid.py), a table shows them by its prior
+samples' FID and its aggregate posterior's KL: the prior-holes diagnostics; and where a
+hierarchical run has hierarchy-fid/NAME.json (scripts/hierarchy_fid.py), a last table gives
+its FID with the groups down to each cut drawn from the posteriors, the rest from the prior.
 """
 
 from __future__ import annotations
@@ -166,7 +168,9 @@ def main(folder):
             cells.append("–" if paper is None else f"{paper:g}")
         print("| " + " | ".join(cells) + " |")
 
-    diagnostics(folder, [r for s in settings for r in rows[s]])
+    every = [r for s in settings for r in rows[s]]
+    diagnostics(folder, every)
+    hierarchy(folder, every)
 
 
 def diagnostics(folder, runs):
@@ -201,6 +205,28 @@ def diagnostics(folder, runs):
         print(f"| {label((r['likelihood'], float(r['beta'])))} | {r['seed']} | {'–' if agg is None else f'{agg:.2f}'} "
               f"| {'–' if fid is None else f'{fid:.1f}'} | "
               + " | ".join(f"{fids[t]:.1f}" if t in fids else "–" for t in columns) + " |")
+
+
+def hierarchy(folder, runs):
+    """FID of each cut of scripts/hierarchy_fid.py (hierarchy-fid/NAME.json): the groups
+    down to the cut from the test images' posteriors, the rest from the prior."""
+    found = [(r, json.loads(f.read_text())) for r in runs
+             if (f := Path(folder) / "hierarchy-fid" / f"{r['name']}.json").exists()]
+    if not found:
+        return
+    cuts = sorted({(c["posterior_groups"], c["posterior_through"]) for _, h in found for c in h["cuts"]},
+                  key=lambda c: c[0])
+    print("\nWhere along the hierarchy (scripts/hierarchy_fid.py): FID of pictures whose latent groups down to "
+          "the one named are drawn from the posteriors of the first n test images and the rest from the prior "
+          "(the same noise at every cut; none: prior samples, the last group: posterior samples), against the "
+          "10k test images:\n")
+    print("| decoder | seed | n | " + " | ".join("none (prior)" if k == 0 else f"to {through}"
+                                                for k, through in cuts) + " |")
+    print("|---|---|---|" + "---|" * len(cuts))
+    for r, h in found:
+        by_cut = {c["posterior_groups"]: c["fid"] for c in h["cuts"]}
+        print(f"| {label((r['likelihood'], float(r['beta'])))} | {r['seed']} | {h['n']} | "
+              + " | ".join(f"{by_cut[k]:.1f}" if k in by_cut else "–" for k, _ in cuts) + " |")
 
 
 if __name__ == "__main__":

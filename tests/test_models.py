@@ -180,6 +180,33 @@ def test_hvae_groups_priors_and_temperatures():
         model.generate(eps, [1.0, 1.0, 1.0])
 
 
+def test_hvae_draws_the_top_groups_from_the_posterior_and_the_rest_from_the_prior():
+    """posterior_then_prior(features, eps, k): k = 0 is generate, k = every group the
+    posterior pass; between, groups above the cut depend on the image and groups below
+    are drawn from their priors (posterior equal to prior there)."""
+    from vaecli.runs import build_model
+
+    config = TrainConfig(model="hvae", model_options={"width": 8, "latent_channels": 2, "resolutions": "1,4"})
+    torch.manual_seed(0)
+    model = build_model(config, (1, 8, 8), "cpu")
+    with torch.no_grad():  # posteriors that differ from the priors, as after training
+        for block in model.decoder:
+            block.posterior.weight.normal_(0, 0.5)
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    eps = torch.randn(3, model.latent_size)
+    features = model.encode(x)
+    with torch.no_grad():
+        assert torch.equal(model.posterior_then_prior(features, eps, 0), model.generate(eps))
+        assert torch.equal(model.posterior_then_prior(features, eps, 4), model.posterior(features, eps).raw)
+        middle = model.posterior_then_prior(features, eps, 2)
+        _, groups = model._top_down(eps, features, 1.0, 2)
+    assert not torch.allclose(middle, model.generate(eps)) and not torch.allclose(middle, model.posterior(features, eps).raw)
+    assert all(not torch.equal(g.mean, g.prior_mean) for g in groups[:2])
+    assert all(torch.equal(g.mean, g.prior_mean) and torch.equal(g.logvar, g.prior_logvar) for g in groups[2:])
+    with pytest.raises(VaeError, match="posterior_groups must be 0 to 4, got 5"):
+        model.posterior_then_prior(features, eps, 5)
+
+
 def test_the_weights_average_is_stored_resumes_exactly_and_is_what_evaluation_uses(tmp_path):
     import numpy as np
 

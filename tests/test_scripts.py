@@ -275,6 +275,14 @@ def test_convergence_table_best_beta_paired_seeds_and_paper_ranking(tmp_path):
     out = _table("convergence_table", tmp_path)
     assert "| 1 | sigma (σ-VAE) | 35.0 |\n" in out and "27.25" not in out and "FID in the paper" not in out
     assert "model hvae; the paper's SVHN FIDs are its conv VAE's" in out
+    # a hierarchy's cuts (scripts/hierarchy_fid.py): one column a cut, in the order of depth
+    (tmp_path / "hierarchy-fid").mkdir()
+    cuts = [{"posterior_groups": k, "posterior_through": through, "fid": f}
+            for k, through, f in ((4, "7x7/1", 20.0), (0, None, 30.25), (2, "1x1/1", 29.0))]
+    (tmp_path / "hierarchy-fid" / "sigma-beta1-s0.json").write_text(json.dumps({"n": 5000, "cuts": cuts}))
+    out = _table("convergence_table", tmp_path)
+    assert "| decoder | seed | n | none (prior) | to 1x1/1 | to 7x7/1 |\n|---|---|---|---|---|---|\n" in out
+    assert "| sigma (σ-VAE) | 0 | 5000 | 30.2 | 29.0 | 20.0 |" in out and out.count("| 5000 |") == 1
 
 
 def _block_features(images):
@@ -374,3 +382,53 @@ def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypa
     assert result["n"] == 30 and result["n_reference"] == 40
     assert result["reconstruction_fid"] == pytest.approx(expected, rel=1e-9)
     assert result["reconstruction_fid"] > 0  # an epoch of training does not reconstruct blobs exactly
+
+
+def test_hierarchy_fid_scores_each_cut_from_prior_samples_to_posterior_samples(tmp_path, monkeypatch):
+    """Each cut's FID is that of the hvae's pictures with its first k groups drawn from
+    the test images' posteriors (same noise at every cut): k = 0 scores prior samples
+    decoded from that noise, every group the posterior samples; a stand-in feature map."""
+    import numpy as np
+    import torch
+
+    from fakes import FakeData, blob_images
+    from vaecli import fid, runfile
+    from vaecli.config import TrainConfig
+    from vaecli.models.protocol import draw_noise
+    from vaecli.runs import load_model, mean_to_uint8
+    from vaecli.training import train
+
+    test = FakeData(blob_images(40, seed=1), split="test", checksum="1" * 64)
+    config = TrainConfig(model="hvae", epochs=1, batch_size=16, seed=0,
+                         model_options={"width": 4, "latent_channels": 1, "resolutions": "1,3,6"})
+    train(config, tmp_path / "r.h5", data=(FakeData(blob_images(64)), test), progress=False)
+
+    features = _block_features
+    script = _script("hierarchy_fid")
+    monkeypatch.setattr(script, "load_split", lambda *args: test)
+    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
+    monkeypatch.setattr(script.fid, "reference_statistics",
+                        lambda extractor, data, **kw: (*fid.statistics(features(data.images)), len(data.images)))
+    result = script.hierarchy_fid(tmp_path / "r.h5", samples=30, seed=2, batch_size=7)
+    assert [c["posterior_groups"] for c in result["cuts"]] == [0, 2, 4, 6]  # 0, then each resolution's last group
+    assert [c["posterior_through"] for c in result["cuts"]] == [None, "1x1/1", "3x3/1", "6x6/1"]
+
+    model = load_model(runfile.read(tmp_path / "r.h5"), "cpu")
+    eps = draw_noise(model, 30, torch.Generator().manual_seed(2))
+    x = torch.from_numpy(test.images[:30])
+    reference = fid.statistics(features(test.images))
+    with torch.no_grad():
+        prior = mean_to_uint8(model.likelihood.mean(model.generate(eps)))
+        posterior = mean_to_uint8(model.likelihood.mean(model.posterior(model.encode(x), eps).raw))
+    assert result["cuts"][0]["fid"] == pytest.approx(fid.frechet(fid.statistics(features(prior)), reference), rel=1e-9)
+    assert result["cuts"][-1]["fid"] == pytest.approx(fid.frechet(fid.statistics(features(posterior)), reference),
+                                                      rel=1e-9)
+    assert len({round(c["fid"], 9) for c in result["cuts"]}) == 4  # every cut draws other pictures
+    # a cut past the last group, or a model with one latent, is a one-line error
+    with pytest.raises(SystemExit, match="^error: --groups: cuts must be 0 to 6"):
+        script.main([str(tmp_path / "r.h5"), "--groups", "0,7"])
+    with pytest.raises(SystemExit, match="^error: --groups takes whole numbers"):
+        script.main([str(tmp_path / "r.h5"), "--groups", "top"])
+    monkeypatch.setattr(script, "load_model", lambda run, device: object())
+    with pytest.raises(SystemExit, match="^error: .*no hierarchy of latent groups"):
+        script.main([str(tmp_path / "r.h5")])

@@ -149,7 +149,9 @@ class HierarchicalVAE(nn.Module):
             features.append(h)
         return tuple(reversed(features))
 
-    def _top_down(self, eps, features=None, temperature=1.0):
+    def _top_down(self, eps, features=None, temperature=1.0, posterior_groups=None):
+        """(raw outputs, groups): each group drawn from its posterior (given ``features``)
+        up to ``posterior_groups`` groups (all when None), the rest from its prior."""
         batch = eps.shape[0]
         h = self.start.expand(batch, -1, -1, -1)
         groups, offset, g = [], 0, 0
@@ -160,7 +162,8 @@ class HierarchicalVAE(nn.Module):
                 size = self.group_sizes[g]
                 noise = eps[:, offset : offset + size].reshape(batch, self.latent_channels, r, r)
                 t = temperature[g] if isinstance(temperature, (list, tuple)) else temperature
-                h, group = self.decoder[g](h, None if features is None else features[level], noise, t)
+                from_posterior = features is not None and (posterior_groups is None or g < posterior_groups)
+                h, group = self.decoder[g](h, features[level] if from_posterior else None, noise, t)
                 groups.append(group)
                 offset, g = offset + size, g + 1
         side = self.image_shape[-1]
@@ -181,6 +184,17 @@ class HierarchicalVAE(nn.Module):
         if isinstance(temperature, (list, tuple)) and len(temperature) != len(self.group_names):
             raise VaeError(f"hvae: {len(temperature)} temperatures for {len(self.group_names)} latent groups")
         return self._top_down(eps, None, temperature)[0]
+
+    def posterior_then_prior(self, features, eps: torch.Tensor, posterior_groups: int,
+                             temperature=1.0) -> torch.Tensor:
+        """Raw outputs with the first ``posterior_groups`` latent groups drawn from the
+        posteriors of the images whose bottom-up ``features`` (encode) are given and the
+        groups below from their priors at ``temperature``: 0 is a prior sample, all the
+        groups a posterior sample.  Between the two it shows at which group samples from
+        the prior leave what the images' posteriors cover (scripts/hierarchy_fid.py)."""
+        if not 0 <= posterior_groups <= len(self.group_names):
+            raise VaeError(f"hvae: posterior_groups must be 0 to {len(self.group_names)}, got {posterior_groups}")
+        return self._top_down(eps, features, temperature, posterior_groups)[0]
 
 
 def build(image_shape, likelihood: Likelihood, options) -> HierarchicalVAE:
