@@ -9,8 +9,8 @@ path) and the FID of prior samples at lower temperatures.  Where a prior-sampled
 scores far worse than its reconstructions, this finds the groups that open the gap: if
 drawing the top groups from the posteriors (the aggregate posterior at that depth) and the
 rest from the prior still scores like a prior sample, the lower groups' priors
-p(z_g | z_<g) do not match what the posteriors there hold; if it scores like a
-reconstruction, the top groups do.  Every cut decodes the same test images with the same
+p(z_g | z_<g) do not match what the posteriors there hold; if it scores like the
+all-posterior cut, the top groups do.  Every cut decodes the same test images with the same
 noise (common random numbers), so differences between cuts are the cut's alone.  The
 pictures are the likelihood's mean, quantized to uint8 as prior samples are for FID; the
 reference statistics are those vae eval uses (cached); the EMA weights where the run has
@@ -56,8 +56,8 @@ def hierarchy_fid(path, cuts=None, samples=10_000, seed=0, batch_size=fid.DEFAUL
     if bad:
         raise VaeError(f"--groups: cuts must be 0 to {groups} (the model's latent groups), got {bad}")
     reference = load_split(run.config.dataset, "test", run.config.image_size)
-    if samples > len(reference.images):
-        raise VaeError(f"--samples {samples}: the test split has {len(reference.images)} images")
+    if not 2 <= samples <= len(reference.images):
+        raise VaeError(f"--samples {samples}: FID needs 2 to {len(reference.images)} images (the test split's)")
     extractor = fid.FeatureExtractor(None, torch.device("cpu"), False)
     mu_ref, sigma_ref, n_ref = fid.reference_statistics(extractor, reference, batch_size=batch_size)
     images = torch.from_numpy(prepare_images(reference.images[:samples], run.config))

@@ -203,8 +203,19 @@ def test_hvae_draws_the_top_groups_from_the_posterior_and_the_rest_from_the_prio
     assert not torch.allclose(middle, model.generate(eps)) and not torch.allclose(middle, model.posterior(features, eps).raw)
     assert all(not torch.equal(g.mean, g.prior_mean) for g in groups[:2])
     assert all(torch.equal(g.mean, g.prior_mean) and torch.equal(g.logvar, g.prior_logvar) for g in groups[2:])
+    # the temperature reaches the prior groups below the cut only
+    with torch.no_grad():
+        cold = model.posterior_then_prior(features, eps, 2, 0.0)
+        assert torch.equal(cold, model.posterior_then_prior(features, eps, 2, [1.0, 1.0, 0.0, 0.0]))
+        assert torch.equal(cold, model.posterior_then_prior(features, eps, 2, [0.0, 0.0, 0.0, 0.0]))
+        moved = eps.clone()
+        moved[:, 4:] += 2.0  # the noise of the groups below the cut
+        assert torch.equal(cold, model.posterior_then_prior(features, moved, 2, 0.0))
+        assert not torch.allclose(middle, model.posterior_then_prior(features, moved, 2))
     with pytest.raises(VaeError, match="posterior_groups must be 0 to 4, got 5"):
         model.posterior_then_prior(features, eps, 5)
+    with pytest.raises(VaeError, match="3 temperatures for 4 latent groups"):
+        model.posterior_then_prior(features, eps, 2, [1.0, 1.0, 1.0])
 
 
 def test_the_weights_average_is_stored_resumes_exactly_and_is_what_evaluation_uses(tmp_path):

@@ -423,12 +423,20 @@ def test_hierarchy_fid_scores_each_cut_from_prior_samples_to_posterior_samples(t
     assert result["cuts"][0]["fid"] == pytest.approx(fid.frechet(fid.statistics(features(prior)), reference), rel=1e-9)
     assert result["cuts"][-1]["fid"] == pytest.approx(fid.frechet(fid.statistics(features(posterior)), reference),
                                                       rel=1e-9)
+    with torch.no_grad():  # a cut between: the first 2 groups (the 1x1 resolution's) from the posteriors
+        middle = mean_to_uint8(model.likelihood.mean(model.posterior_then_prior(model.encode(x), eps, 2)))
+    assert result["cuts"][1]["fid"] == pytest.approx(fid.frechet(fid.statistics(features(middle)), reference), rel=1e-9)
     assert len({round(c["fid"], 9) for c in result["cuts"]}) == 4  # every cut draws other pictures
     # a cut past the last group, or a model with one latent, is a one-line error
     with pytest.raises(SystemExit, match="^error: --groups: cuts must be 0 to 6"):
         script.main([str(tmp_path / "r.h5"), "--groups", "0,7"])
     with pytest.raises(SystemExit, match="^error: --groups takes whole numbers"):
         script.main([str(tmp_path / "r.h5"), "--groups", "top"])
+    for n in ("0", "41"):
+        with pytest.raises(SystemExit, match=f"^error: --samples {n}: FID needs 2 to 40 images"):
+            script.main([str(tmp_path / "r.h5"), "--samples", n])
+    with pytest.raises(SystemExit, match="^error: .*no such run file"):
+        script.main([str(tmp_path / "missing.h5")])
     monkeypatch.setattr(script, "load_model", lambda run, device: object())
     with pytest.raises(SystemExit, match="^error: .*no hierarchy of latent groups"):
         script.main([str(tmp_path / "r.h5")])

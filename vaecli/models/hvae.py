@@ -181,19 +181,24 @@ class HierarchicalVAE(nn.Module):
     def generate(self, eps: torch.Tensor, temperature=1.0) -> torch.Tensor:
         """Raw outputs of latents drawn from the prior, group by group; ``temperature`` is
         one number or one per group (len(group_names))."""
+        self._check_temperatures(temperature)
+        return self._top_down(eps, None, temperature)[0]
+
+    def _check_temperatures(self, temperature):
         if isinstance(temperature, (list, tuple)) and len(temperature) != len(self.group_names):
             raise VaeError(f"hvae: {len(temperature)} temperatures for {len(self.group_names)} latent groups")
-        return self._top_down(eps, None, temperature)[0]
 
     def posterior_then_prior(self, features, eps: torch.Tensor, posterior_groups: int,
                              temperature=1.0) -> torch.Tensor:
         """Raw outputs with the first ``posterior_groups`` latent groups drawn from the
         posteriors of the images whose bottom-up ``features`` (encode) are given and the
-        groups below from their priors at ``temperature``: 0 is a prior sample, all the
+        groups below from their priors at ``temperature`` (one number, or one per group:
+        the groups above the cut ignore theirs): 0 is a prior sample, all the
         groups a posterior sample.  Between the two it shows at which group samples from
         the prior leave what the images' posteriors cover (scripts/hierarchy_fid.py)."""
         if not 0 <= posterior_groups <= len(self.group_names):
             raise VaeError(f"hvae: posterior_groups must be 0 to {len(self.group_names)}, got {posterior_groups}")
+        self._check_temperatures(temperature)
         return self._top_down(eps, features, temperature, posterior_groups)[0]
 
 
