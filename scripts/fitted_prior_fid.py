@@ -17,11 +17,11 @@ one Gaussian latent only (conv, mlp): a hierarchy's groups have no single aggreg
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 import numpy as np
 import torch
+
+from script_output import print_result  # this folder is first on the path of a script run from it
 
 from vaecli import fid, runfile
 from vaecli.aggregate import gaussian_fit, standard_normal_kl
@@ -85,12 +85,7 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=10_000, help="samples drawn and scored")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples' noise")
     args = parser.parse_args(argv)
-    try:
-        result = fitted_prior_fid(args.run, args.samples, args.seed)
-    except VaeError as e:
-        raise SystemExit(f"error: {e}") from None
-    json.dump(result, sys.stdout, indent=1)
-    print()
+    print_result(fitted_prior_fid, args.run, args.samples, args.seed)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ them.  By default the cuts are 0 and the end of each resolution's groups.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
+
+from script_output import print_result  # this folder is first on the path of a script run from it
 
 from vaecli import fid, runfile
 from vaecli.errors import VaeError
@@ -87,12 +88,7 @@ def main(argv=None):
         cuts = None if args.groups is None else [int(k) for k in args.groups.split(",")]
     except ValueError:
         raise SystemExit(f"error: --groups takes whole numbers like 0,2,4,6, got {args.groups!r}") from None
-    try:
-        result = hierarchy_fid(args.run, cuts, args.samples, args.seed)
-    except VaeError as e:
-        raise SystemExit(f"error: {e}") from None
-    json.dump(result, sys.stdout, indent=1)
-    print()
+    print_result(hierarchy_fid, args.run, cuts, args.samples, args.seed)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ run has them, as vae eval.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 import torch
+
+from script_output import print_result  # this folder is first on the path of a script run from it
 
 from vaecli import fid, runfile
 from vaecli.runs import load_model, load_split, prepare_images, reconstruct
@@ -46,8 +46,7 @@ def main(argv=None):
     parser.add_argument("run")
     parser.add_argument("--samples", type=int, default=10_000, help="test images reconstructed (the first N)")
     args = parser.parse_args(argv)
-    json.dump(reconstruction_fid(args.run, args.samples), sys.stdout, indent=1)
-    print()
+    print_result(reconstruction_fid, args.run, args.samples)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The analysis scripts of docs/study.md compute what vaecli computes."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def _script(name):
+    """A script of scripts/ as a module, imported as `python scripts/NAME.py` runs it
+    (scripts/ first on the path, for the modules it shares with the others)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -304,6 +309,16 @@ class _StandInExtractor:
         return _block_features(images)
 
 
+def _stand_in_inception(monkeypatch, script):
+    """A diagnostic script's FID on :func:`_block_features`: the extractor and the
+    reference statistics (no cache) both from the stand-in."""
+    from vaecli import fid
+
+    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
+    monkeypatch.setattr(script.fid, "reference_statistics",
+                        lambda extractor, data, **kw: (*fid.statistics(_block_features(data.images)), len(data.images)))
+
+
 def test_fitted_prior_fid_fits_the_kept_training_images_and_scores_its_samples(tmp_path, monkeypatch):
     """The Gaussian is fitted to the posteriors of the images the run trained on (not its
     validation share, not the test split), its KL from the prior is the oracle's, and the
@@ -326,9 +341,7 @@ def test_fitted_prior_fid_fits_the_kept_training_images_and_scores_its_samples(t
 
     script = _script("fitted_prior_fid")
     monkeypatch.setattr(script, "load_split", lambda dataset, split, size=None: {"train": data, "test": test}[split])
-    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
-    monkeypatch.setattr(script.fid, "reference_statistics",
-                        lambda extractor, d, **kw: (*fid.statistics(features(d.images)), len(d.images)))
+    _stand_in_inception(monkeypatch, script)
     result = script.fitted_prior_fid(tmp_path / "r.h5", samples=30, seed=3, batch_size=7)
 
     kept, _ = hold_out_validation(data, 0.25)
@@ -372,9 +385,7 @@ def test_reconstruction_fid_scores_what_vae_reconstruct_shows(tmp_path, monkeypa
 
     script = _script("reconstruction_fid")
     monkeypatch.setattr(script, "load_split", lambda *args: test)
-    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
-    monkeypatch.setattr(script.fid, "reference_statistics",
-                        lambda extractor, data, **kw: (*fid.statistics(features(data.images)), len(data.images)))
+    _stand_in_inception(monkeypatch, script)
     result = script.reconstruction_fid(tmp_path / "r.h5", samples=30, batch_size=7)  # batches of 7: 5 calls
     monkeypatch.setattr(runs, "load_split", lambda *args: test)
     shown = runs.reconstructions(runfile.read(tmp_path / "r.h5"), 30, device="cpu")[1]
@@ -406,9 +417,7 @@ def test_hierarchy_fid_scores_each_cut_from_prior_samples_to_posterior_samples(t
     features = _block_features
     script = _script("hierarchy_fid")
     monkeypatch.setattr(script, "load_split", lambda *args: test)
-    monkeypatch.setattr(script.fid, "FeatureExtractor", _StandInExtractor)
-    monkeypatch.setattr(script.fid, "reference_statistics",
-                        lambda extractor, data, **kw: (*fid.statistics(features(data.images)), len(data.images)))
+    _stand_in_inception(monkeypatch, script)
     result = script.hierarchy_fid(tmp_path / "r.h5", samples=30, seed=2, batch_size=7)
     assert [c["posterior_groups"] for c in result["cuts"]] == [0, 2, 4, 6]  # 0, then each resolution's last group
     assert [c["posterior_through"] for c in result["cuts"]] == [None, "1x1/1", "3x3/1", "6x6/1"]
