@@ -449,3 +449,15 @@ def test_hierarchy_fid_scores_each_cut_from_prior_samples_to_posterior_samples(t
     monkeypatch.setattr(script, "load_model", lambda run, device: object())
     with pytest.raises(SystemExit, match="^error: .*no hierarchy of latent groups"):
         script.main([str(tmp_path / "r.h5")])
+
+
+@pytest.mark.parametrize("model", ["conv", "hvae"])
+def test_study_md_holds_the_convergence_tables_of_the_committed_results(model, capsys):
+    """docs/study.md's "At convergence" tables are what convergence_table.py makes of the
+    committed JSON results, so a result added without its table (or a table edited by
+    hand) fails here."""
+    root = SCRIPTS.parent
+    _script("convergence_table").main(str(root / "docs" / "convergence-study" / model))
+    tables = capsys.readouterr().out.strip()
+    assert tables.count("| decoder | seeds |") == 1
+    assert tables in (root / "docs" / "study.md").read_text()
